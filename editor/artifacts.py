@@ -1,0 +1,214 @@
+"""Artifact plumbing shared by every stage: atomic writes, hashes, provenance, safe output paths.
+
+Every stage reads and writes documented files. A final-named file or folder is only ever created by an
+atomic rename, so an interrupted run never leaves a half-written artifact under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import InputError, OutputExistsError
+
+TRACKED_PACKAGES = (
+    "hneurons",
+    "torch",
+    "transformers",
+    "safetensors",
+    "peft",
+    "huggingface-hub",
+    "lm-eval",
+    "gguf",
+    "accelerate",
+    "numpy",
+)
+
+_TMP_PREFIX = ".hneurons-tmp-"
+
+
+# ----------------------------------------------------------------------------------------------- hashes
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the form every settings hash is taken of."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def sha256_json(obj: Any) -> str:
+    return sha256_bytes(canonical_json(obj).encode("utf-8"))
+
+
+def files_sha256(folder: str | os.PathLike, names: list[str] | None = None) -> dict[str, str]:
+    """sha256 of every regular file below ``folder`` (or of ``names``), keyed by POSIX relative path."""
+    root = Path(folder)
+    if names is None:
+        names = sorted(
+            p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.is_symlink()
+        )
+    return {name: sha256_file(root / name) for name in names}
+
+
+# -------------------------------------------------------------------------------------------- provenance
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def provenance() -> dict[str, Any]:
+    """What every manifest records about the software and machine that produced it."""
+    return {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": package_versions(),
+    }
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temporary sibling, fsync it, then rename it over ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Read a JSON file, turning a missing or malformed file into one clear :class:`InputError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} not found: {p}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {p} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{what} {p} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it is renamed to ``final`` in one step.
+
+    On any exception the temporary folder is removed and ``final`` is left as it was. An existing
+    ``final`` is an :class:`OutputExistsError` unless ``overwrite`` is set; then it is replaced only
+    once the new folder is complete.
+    """
+    target = Path(final)
+    check_output_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX + target.name + "-", dir=target.parent))
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        if target.exists():
+            old = target.with_name(f"{_TMP_PREFIX}old-{target.name}-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_output_target(target: Path, overwrite: bool) -> None:
+    """Fail before any work starts when ``target`` exists (without overwrite) or cannot be written."""
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"output {target} already exists; pass --overwrite to replace it")
+    parent = target.parent if target.parent != Path("") else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise InputError(f"output {target} cannot be created: {probe} is not writable")
+
+
+def clean_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Remove temporary siblings left behind by a killed process; returns how many were removed."""
+    root = Path(folder)
+    removed = 0
+    if not root.is_dir():
+        return 0
+    for entry in root.iterdir():
+        if entry.name.startswith(_TMP_PREFIX):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed += 1
+    return removed
+
+
+# ------------------------------------------------------------------------------------------- safe paths
+def safe_join(root: str | os.PathLike, relative: str) -> Path:
+    """Join a user-supplied relative path to ``root`` and refuse anything that escapes it.
+
+    Absolute paths, ``..`` components and symlinks that point outside ``root`` are all errors: recipe
+    and neuron files come from strangers and must not make hneurons write elsewhere.
+    """
+    rel = Path(relative)
+    if rel.is_absolute() or any(part == ".." for part in rel.parts):
+        raise InputError(f"path {relative!r} must be relative to the output folder and not contain '..'")
+    base = Path(root).resolve()
+    joined = (Path(root) / rel).resolve()
+    if joined != base and base not in joined.parents:
+        raise InputError(f"path {relative!r} resolves to {joined}, outside the output folder {base}")
+    return Path(root) / rel

@@ -1,0 +1,47 @@
+"""Argument groups shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..loading import DEFAULT_MODEL, EMBEDDED
+
+HELP_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+MODEL_HELP = (
+    "model to use: a Hub repo id (owner/name), a local checkpoint folder, a .gguf file, or an embedded "
+    f"alias ({', '.join(EMBEDDED)}; default {DEFAULT_MODEL})"
+)
+
+
+def add_model_args(parser: argparse.ArgumentParser, flag: str | None = "--model", required: bool = False) -> None:
+    """The model argument and how to load it. ``flag=None`` makes MODEL positional."""
+    group = parser.add_argument_group("model loading")
+    if flag is None:
+        parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    else:
+        group.add_argument(flag, dest="model", metavar="MODEL", required=required,
+                           default=None if required else DEFAULT_MODEL, help=MODEL_HELP)
+    group.add_argument("--revision", help="Hub revision (branch, tag or commit) of a Hub model")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="weights dtype (auto: the checkpoint's own; GGUF files become float32)")
+    group.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
+                       help="where to run: cpu, cuda (one GPU), or auto (device_map=auto, for models larger "
+                            "than one GPU); default: cuda when available, else cpu")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="allow the checkpoint's own Python code to run (off by default: only for authors you trust)")
+    group.add_argument("--allow-pickle", action="store_true",
+                       help="allow pickled .bin weights (refused by default: unpickling can execute code)")
+
+
+def load_from_args(args: argparse.Namespace, spec: str | None = None):
+    from ..loading import load_model
+
+    return load_model(
+        spec or args.model,
+        dtype=args.dtype,
+        device=args.device,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
+    )

@@ -1,0 +1,48 @@
+"""User-facing errors.
+
+Every error a user can cause (bad input, wrong model, existing output, ...) is raised as a subclass of
+:class:`HNeuronsError` with a message that names the culprit and says what was expected. The CLI prints
+these as one line (no traceback) and exits with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class HNeuronsError(Exception):
+    """Base class of every error caused by the user's input rather than by a bug."""
+
+
+class InputError(HNeuronsError, ValueError):
+    """A file, dataset, argument or setting is malformed or missing."""
+
+
+class ModelLoadError(HNeuronsError):
+    """A model could not be found or loaded (path, checkpoint files, pickle policy, remote code)."""
+
+
+class UnsupportedArchitectureError(HNeuronsError):
+    """The model's architecture is not in the registry (or is a mixture-of-experts model)."""
+
+
+class ModelMismatchError(HNeuronsError):
+    """An artifact (neuron set, probe) was made with another model than the one given."""
+
+
+class OutputExistsError(HNeuronsError):
+    """The output folder or file exists and overwriting was not asked for."""
+
+
+class RecipeError(InputError):
+    """A recipe file is invalid (unknown key, wrong type, missing required setting)."""
+
+
+class NumericalError(HNeuronsError):
+    """NaN or inf appeared where finite numbers are required (e.g. activations after an fp16 overflow)."""
+
+
+class VerificationError(HNeuronsError):
+    """A written model does not reproduce the intended edit within tolerance."""
+
+
+class PublishError(HNeuronsError):
+    """The model card or the push to the Hub cannot be done as asked."""

@@ -1,0 +1,27 @@
+"""Shared fixtures. Tests never reach the Hub: offline mode is forced before transformers is imported."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded default model (SmolLM2-135M-Instruct), loaded once per test session."""
+    from editor.loading import load_model
+
+    return load_model("smollm2-135m-instruct", device="cpu")
+
+
+@pytest.fixture
+def tiny_tok():
+    from tinymodels import tiny_tokenizer
+
+    return tiny_tokenizer()
