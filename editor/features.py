@@ -42,11 +42,14 @@ _STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 @dataclass
 class FeatureSettings:
     aggregate: str = "mean"  # "mean" | "max" over the tokens of each span
+    span: str = "response"  # "response": all response tokens | "answer": narrowed to the gold alias if found
     batch_size: int = 8  # responses per forward pass
     store_dtype: str = "float16"
     shard_bytes: int = 256 * 2**20  # target size of one shard file
 
     def validate(self) -> None:
+        if self.span not in ("response", "answer"):
+            raise InputError(f"span must be 'response' or 'answer', got {self.span!r}")
         if self.aggregate not in ("mean", "max"):
             raise InputError(f"aggregate must be 'mean' or 'max', got {self.aggregate!r}")
         if self.store_dtype not in _STORE_DTYPES:
@@ -56,18 +59,22 @@ class FeatureSettings:
 
 
 # ---------------------------------------------------------------------------------------- computation
-def span_masks(records: Sequence[dict], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean [batch, width] masks of the answer tokens and of all other (non-padding) tokens."""
+def span_masks(records: Sequence[dict], width: int, span: str = "answer") -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean [batch, width] masks of the answer tokens and of all other (non-padding) tokens.
+
+    ``span`` names the representative's span fields: ``answer`` (``answer_start``/``answer_end``) or
+    ``response`` (``response_start``/``response_end``, the whole response).
+    """
     answer = torch.zeros(len(records), width, dtype=torch.bool)
     valid = torch.zeros(len(records), width, dtype=torch.bool)
     for row, rec in enumerate(records):
         rep = rec["representative"]
         n = len(rep["input_ids"])
-        if not 0 <= rep["answer_start"] < rep["answer_end"] <= n:
-            raise InputError(f"record {rec.get('id')!r}: answer span [{rep['answer_start']}, {rep['answer_end']}) "
-                             f"is not inside its {n} tokens")
+        start, end = rep.get(f"{span}_start"), rep.get(f"{span}_end")
+        if start is None or end is None or not 0 <= start < end <= n:
+            raise InputError(f"record {rec.get('id')!r}: {span} span [{start}, {end}) is not inside its {n} tokens")
         valid[row, :n] = True
-        answer[row, rep["answer_start"]:rep["answer_end"]] = True
+        answer[row, start:end] = True
     return answer, valid & ~answer
 
 
@@ -126,7 +133,7 @@ class _CettReducer:
 
 @torch.no_grad()
 def cett_features(lm: LoadedModel, records: Sequence[dict], aggregate: str = "mean",
-                  batch_size: int = 8) -> Iterator[tuple[list[str], torch.Tensor]]:
+                  batch_size: int = 8, span: str = "answer") -> Iterator[tuple[list[str], torch.Tensor]]:
     """Yield (ids, features [B, 2, layers * d_ff] float32) per batch; [:, 0] answer, [:, 1] other."""
     reducer = _CettReducer(lm, aggregate)
     handles = [m.register_forward_hook(reducer.hook(i)) for i, m in enumerate(reducer.modules)]
@@ -140,7 +147,7 @@ def cett_features(lm: LoadedModel, records: Sequence[dict], aggregate: str = "me
             for row, rec in enumerate(batch):
                 seq = rec["representative"]["input_ids"]
                 ids[row, :len(seq)] = torch.tensor(seq)  # right padding: causal attention never sees it
-            answer, other = span_masks(batch, width)
+            answer, other = span_masks(batch, width, span)
             reducer.set_batch(answer, other, [str(r["id"]) for r in batch])
             lm.model(input_ids=ids.to(device), attention_mask=(answer | other).long().to(device), use_cache=False)
             yield [str(r["id"]) for r in batch], reducer.collect()
@@ -205,6 +212,7 @@ def _store_settings(lm: LoadedModel, records: Sequence[dict], settings: FeatureS
         "model": lm.identity(),
         "records_sha256": sha256_json([[r["id"], r["representative"]] for r in records]),
         "aggregate": settings.aggregate,
+        "span": settings.span,
         "store_dtype": settings.store_dtype,
     }
 
@@ -269,7 +277,7 @@ def _write_shard(lm: LoadedModel, records: Sequence[dict], path: Path, settings:
     n_features = lm.num_layers * lm.d_ff
     buffer = torch.empty(len(records), 2, n_features, dtype=dtype)
     row = 0
-    for ids, feats in cett_features(lm, records, settings.aggregate, settings.batch_size):
+    for ids, feats in cett_features(lm, records, settings.aggregate, settings.batch_size, settings.span):
         stored = feats.to(dtype)
         if not torch.isfinite(stored).all():
             raise NumericalError(f"CETT features of {ids[:3]} overflow {settings.store_dtype}; use store_dtype float32")

@@ -29,7 +29,8 @@ def make_records(n=5, seed=0):
         prompt_len = length - 3
         start = prompt_len + (i % 2)
         records.append({"id": f"q{i}", "representative": {"input_ids": ids, "prompt_len": prompt_len,
-                                                          "answer_start": start, "answer_end": length - 1}})
+                                                          "answer_start": start, "answer_end": length - 1,
+                                                          "response_start": prompt_len, "response_end": length}})
     return records
 
 
@@ -96,7 +97,7 @@ def test_store_streams_shards_and_resumes(tmp_path):
     store = extract_features(lm, records, tmp_path / "f", settings, progress=False)
     assert len(store.meta["shards"]) == 4 and store.meta["complete"]
     x = store.load(["q6", "q0"], "answer")
-    direct = {i: f for ids, feats in cett_features(lm, records) for i, f in zip(ids, feats)}
+    direct = {i: f for ids, feats in cett_features(lm, records, span="response") for i, f in zip(ids, feats)}
     torch.testing.assert_close(x[0], direct["q6"][0].half().float())
     torch.testing.assert_close(store.load(["q1"], "other", columns=torch.tensor([3, 50]))[0],
                                direct["q1"][1][[3, 50]].half().float())
