@@ -25,3 +25,12 @@ def tiny_tok():
     from tinymodels import tiny_tokenizer
 
     return tiny_tokenizer()
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A test double of the Hub's HTTP API on 127.0.0.1 with the real client pointed at it (tests/hubserver.py)."""
+    from hubserver import serve_for_test
+
+    with serve_for_test(monkeypatch, tmp_path / "hf-home") as server:
+        yield server
