@@ -16,6 +16,7 @@ from ..errors import HNeuronsError
 
 # Order is the order of `hneurons --help`: the pipeline first, then tools.
 COMMAND_MODULES = [
+    "collect_cmd",
     "push_cmd",
     "inspect_cmd",
 ]
