@@ -17,6 +17,8 @@ from ..errors import HNeuronsError
 # Order is the order of `hneurons --help`: the pipeline first, then tools.
 COMMAND_MODULES = [
     "collect_cmd",
+    "locate_cmd",
+    "detect_cmd",
     "edit_cmd",
     "push_cmd",
     "inspect_cmd",

@@ -1,0 +1,79 @@
+"""`hneurons detect`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .common import HELP_FORMATTER, add_model_args, load_from_args
+
+DESCRIPTION = """\
+Score answers for hallucination risk with a probe from `hneurons locate`. For every (question, answer)
+pair the model reads the question (with the collect stage's prompt) and the answer in one teacher-forced
+forward pass; the probe turns the CETT features of the answer tokens into a hallucination probability.
+A record without an answer is answered first by the model (greedy, as in collect).
+
+Input: JSONL records with "question" and optionally "answer" (other fields are kept). Output: the same
+records plus "answer", "hallucination_prob" and "top_neurons" (the H-Neurons that raised the score
+most). Records are streamed: memory stays bounded however many records there are.
+
+The probe records the model it was trained on: another model is an error unless --force.
+
+examples:
+  hneurons detect --probe runs/smollm2/locate/probe.safetensors --question "What is the capital of Togo?"
+  hneurons detect --probe probe.safetensors --question "Who wrote Hamlet?" --answer "Christopher Marlowe"
+  hneurons detect --model M --probe probe.safetensors --input qa.jsonl --out scored.jsonl
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("detect", help="score answers for hallucination risk with a located probe",
+                              description=DESCRIPTION, formatter_class=HELP_FORMATTER)
+    add_model_args(p)
+    p.add_argument("--probe", required=True, help="probe.safetensors from `hneurons locate`")
+    p.add_argument("--input", help="JSONL file of {question, answer?} records")
+    p.add_argument("--out", help="output JSONL (default: standard output)")
+    p.add_argument("--question", help="score one question (instead of --input)")
+    p.add_argument("--answer", help="the answer to score with --question (default: the model answers)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--force", action="store_true", help="use the probe with a model other than its own")
+    p.set_defaults(func=run)
+
+
+def _read_jsonl(path: str):
+    from ..errors import InputError
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise InputError(f"{path} line {number} is not valid JSON: {exc.msg}") from None
+    except FileNotFoundError:
+        raise InputError(f"input file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+
+
+def run(args) -> int:
+    from ..detect import Detector
+    from ..errors import InputError
+
+    if bool(args.input) == bool(args.question):
+        raise InputError("give either --input FILE or --question TEXT")
+    detector = Detector(load_from_args(args), args.probe, force=args.force, batch_size=args.batch_size)
+    items = _read_jsonl(args.input) if args.input else [{"question": args.question, "answer": args.answer}]
+    scored = detector.score(items, progress=bool(args.input))
+    if args.out:
+        from ..artifacts import atomic_writer
+
+        with atomic_writer(args.out) as handle:
+            for record in scored:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        for record in scored:
+            print(json.dumps(record, ensure_ascii=False))
+    return 0

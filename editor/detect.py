@@ -1,0 +1,150 @@
+"""Detect: the locate stage's probe as a run-time hallucination detector.
+
+Given (question, answer) pairs, or questions alone (the model then answers first, with the prompt and
+greedy decoding of the collect stage), the detector runs one teacher-forced forward pass per batch,
+computes the probe's CETT features exactly as locate does (same span, aggregation and storage
+rounding), and returns the hallucination probability of every answer together with the H-Neurons
+that pushed it up most.
+
+The probe records the model it was trained on; using it with a model whose weights differ is an
+error unless ``force=True`` (the origin analysis does that on purpose, on a base model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+
+from .errors import InputError
+from .features import cett_features
+from .loading import LoadedModel
+from .locate import FittedProbe, check_same_model, load_probe
+from .prompting import PromptStyle, build_prompt
+
+_STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class Detection:
+    hallucination_prob: float
+    logit: float
+    top_neurons: list[dict]  # H-Neurons with the largest positive contributions to the logit
+
+
+class Detector:
+    """A probe bound to a model. ``score_records`` is the exact path; ``score`` the convenient one."""
+
+    def __init__(self, lm: LoadedModel, probe_path: str, *, force: bool = False, style: PromptStyle = PromptStyle(),
+                 batch_size: int = 8, top_k: int = 5):
+        self.lm = lm
+        self.probe, self.meta = load_probe(probe_path)
+        check_same_model(self.meta["model"], lm, f"probe {probe_path}", force)
+        if self.probe.weight.numel() != lm.num_layers * lm.d_ff:
+            raise InputError(f"probe {probe_path} has {self.probe.weight.numel()} weights; the model has "
+                             f"{lm.num_layers * lm.d_ff} FFN neurons")
+        self.style, self.batch_size, self.top_k = style, batch_size, top_k
+        self.round_to = _STORE_DTYPES.get(self.meta.get("store_dtype", "float16"), torch.float16)
+        self.positive = torch.nonzero(self.probe.weight > 0).flatten()
+
+    # ------------------------------------------------------------------ exact path (token ids given)
+    def score_records(self, records: Sequence[dict]) -> Iterator[tuple[str, Detection]]:
+        """Score collect-style records (``representative`` with ``input_ids`` and span fields)."""
+        span = self.meta.get("span", "response")
+        for ids, feats in cett_features(self.lm, records, self.meta.get("aggregate", "mean"), self.batch_size, span):
+            x = feats[:, 0].to(self.round_to).float()  # locate reads features back from fp16 shards
+            for rid, row in zip(ids, x):
+                yield rid, self._detection(row)
+
+    def _detection(self, x: torch.Tensor) -> Detection:
+        p: FittedProbe = self.probe
+        z = (x - p.standardiser.mean) / p.standardiser.std
+        logit = float(z @ p.weight + p.bias)
+        contrib = z[self.positive] * p.weight[self.positive]
+        order = torch.argsort(contrib, descending=True)[: self.top_k]
+        d_ff = self.lm.d_ff
+        top = [{"layer": int(f) // d_ff, "index": int(f) % d_ff, "contribution": round(float(c), 4)}
+               for f, c in zip(self.positive[order].tolist(), contrib[order].tolist()) if c > 0]
+        return Detection(float(torch.sigmoid(torch.tensor(logit))), logit, top)
+
+    # ---------------------------------------------------------------- convenient path (text given)
+    def record_for(self, question: str, answer: str, rid: str = "0") -> dict:
+        prompt = build_prompt(self.lm.tokenizer, question, self.style)
+        answer_ids = self.lm.tokenizer(answer.strip(), add_special_tokens=False)["input_ids"]
+        if not answer_ids:
+            raise InputError(f"record {rid!r}: the answer is empty; nothing to score")
+        n = len(prompt.input_ids)
+        return {"id": rid, "representative": {"input_ids": list(prompt.input_ids) + list(answer_ids),
+                                              "response_start": n, "response_end": n + len(answer_ids),
+                                              "answer_start": n, "answer_end": n + len(answer_ids)}}
+
+    def answer(self, questions: Sequence[str], max_new_tokens: int = 50) -> list[str]:
+        """Greedy answers with collect's prompt (for inputs that carry no answer)."""
+        from .collect import SamplingSettings, generate
+
+        prompts = [build_prompt(self.lm.tokenizer, q, self.style) for q in questions]
+        gens = generate(self.lm, prompts, SamplingSettings(max_new_tokens=max_new_tokens), sample=False)
+        return [g.text for g in gens]
+
+    def score(self, items: Iterable[dict], progress: bool = False) -> Iterator[dict]:
+        """Stream ``items`` ({"question", optional "answer", ...}) to output records with
+        ``answer``, ``hallucination_prob`` and ``top_neurons``; memory stays bounded by one batch."""
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc="detect", unit="answer", dynamic_ncols=True)
+        batch: list[dict] = []
+        for n, item in enumerate(items):
+            if not isinstance(item, dict) or not str(item.get("question", "")).strip():
+                raise InputError(f"input record {n + 1} has no 'question'")
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield from self._score_batch(batch, n + 1 - len(batch))
+                bar and bar.update(len(batch))
+                batch = []
+        if batch:
+            yield from self._score_batch(batch, 0)
+            bar and bar.update(len(batch))
+        if bar:
+            bar.close()
+
+    def _score_batch(self, items: list[dict], offset: int) -> Iterator[dict]:
+        missing = [i for i, it in enumerate(items) if not str(it.get("answer") or "").strip()]
+        if missing:
+            answers = self.answer([items[i]["question"] for i in missing])
+            for i, a in zip(missing, answers):
+                items[i] = dict(items[i], answer=a, answer_generated=True)
+        records = [self.record_for(it["question"], it["answer"], str(offset + i)) for i, it in enumerate(items)]
+        for item, (_, det) in zip(items, self.score_records(records)):
+            yield dict(item, hallucination_prob=round(det.hallucination_prob, 6), top_neurons=det.top_neurons)
+
+
+def generate_with_detection(detector: Detector, question: str, *, threshold: float = 0.5, retries: int = 0,
+                            temperature: float = 0.7, seed: int = 0, max_new_tokens: int = 50) -> dict[str, Any]:
+    """Answer a question, score the finished answer, and optionally regenerate while it is flagged.
+
+    Returns ``{"answer", "hallucination_prob", "flagged", "attempts"}`` for the accepted (or last)
+    answer. Retries sample (temperature ``temperature``) with seeds ``seed + attempt``.
+    """
+    from .collect import SamplingSettings, generate
+
+    prompt = build_prompt(detector.lm.tokenizer, question, detector.style)
+    attempts = []
+    for attempt in range(retries + 1):
+        settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature)
+        gen = generate(detector.lm, [prompt], settings, sample=attempt > 0, seed=seed + attempt)[0]
+        if not gen.token_ids:
+            prob = 1.0
+        else:
+            n = len(prompt.input_ids)
+            rec = {"id": str(attempt), "representative": {"input_ids": prompt.input_ids + gen.token_ids,
+                                                          "response_start": n, "response_end": n + gen.n_tokens,
+                                                          "answer_start": n, "answer_end": n + gen.n_tokens}}
+            prob = next(detector.score_records([rec]))[1].hallucination_prob
+        attempts.append({"answer": gen.text, "hallucination_prob": prob})
+        if prob < threshold:
+            break
+    final = attempts[-1]
+    return {**final, "flagged": final["hallucination_prob"] >= threshold, "attempts": attempts}

@@ -1,0 +1,142 @@
+"""Locate: end to end on a tiny model with a planted signal; outputs, splits, probe file, detector."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from editor.artifacts import atomic_write_json
+from editor.errors import InputError, ModelMismatchError
+from editor.loading import LoadedModel, ModelSource
+from editor.locate import LocateSettings, load_probe, locate
+from editor.registry import get_arch
+from tinymodels import tiny_model, tiny_tokenizer
+
+MARK = 7  # the planted signal: hallucinated answers contain this token
+
+
+def tiny_lm(seed=0) -> LoadedModel:
+    model = tiny_model("llama", seed=seed)
+    return LoadedModel(model, tiny_tokenizer(), ModelSource("tiny", "folder", "tiny"), get_arch(model.config))
+
+
+def synthetic_collect(folder, lm, n_per_split=(80, 30, 30), relations=("a", "b"), seed=0, fabricated=10):
+    """A collect folder whose hallucinated answers carry token MARK (a signal the FFN can see)."""
+    g = np.random.default_rng(seed)
+    records = []
+    for split, n in zip(("train", "validation", "test"), n_per_split):
+        for i in range(n):
+            y = i % 2
+            prompt = g.integers(10, 300, size=int(g.integers(5, 9))).tolist()
+            answer = g.integers(10, 300, size=3).tolist()
+            if y:
+                answer[:2] = [MARK, MARK]
+            records.append(_record(f"{split}{i}", split, relations[i // 2 % len(relations)], False, y, prompt, answer))
+    for i in range(fabricated):
+        prompt = g.integers(10, 300, size=6).tolist()
+        answer = g.integers(10, 300, size=3).tolist()
+        if i % 2:
+            answer[0] = MARK
+        records.append(_record(f"fab{i}", "test", "nonexist", True, i % 2, prompt, answer))
+    folder.mkdir(parents=True)
+    (folder / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_json(folder / "collect.json", {"model": lm.identity(), "questions_sha256": "x", "data": {},
+                                                "sampling": {}, "prompt": {}})
+    return records
+
+
+def _record(rid, split, relation, fabricated, y, prompt, answer):
+    n = len(prompt)
+    return {"id": rid, "split": split, "relation": relation, "fabricated": fabricated, "selected": True,
+            "hallucinated": y, "consistency": "wrong" if y else "correct",
+            "representative": {"input_ids": prompt + answer, "prompt_len": n, "response_start": n,
+                               "response_end": n + 3, "answer_start": n, "answer_end": n + 3}}
+
+
+@pytest.fixture(scope="module")
+def located(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("locate")
+    lm = tiny_lm()
+    synthetic_collect(tmp / "collect", lm)
+    result = locate(lm, tmp / "collect", tmp / "locate", LocateSettings(random_draws=5, bootstrap=200, n_C=12),
+                    progress=False)
+    return lm, tmp, result
+
+
+def test_locate_finds_the_planted_signal_and_reports_honestly(located):
+    lm, tmp, result = located
+    report = result.report
+    # one marked token in a random 135-parameter-per-layer FFN is a visible but not a perfect signal
+    assert report["test"]["probe"]["auroc"] > 0.8
+    assert report["test"]["probe"]["auroc"] > report["test"]["random"]["auroc_mean"] + 0.1
+    lo, hi = report["test"]["probe"]["auroc_ci95"]
+    assert lo <= report["test"]["probe"]["auroc"] <= hi
+    assert report["test"]["random"]["draws"] == 5
+    assert report["counts"]["test"] == {"n": 30, "hallucinated": 15}
+    # C is chosen on validation: the chosen point is the sparsest within tol of the best validation AUROC
+    path = report["path"]
+    best = max(p["val_auroc"] for p in path)
+    chosen = report["chosen"]["index"]
+    assert path[chosen]["val_auroc"] >= best - 0.01
+    assert all(p["val_auroc"] < best - 0.01 for p in path[:chosen] if p["n_nonzero"] < path[chosen]["n_nonzero"])
+    assert report["fabricated"]["probe"]["n"] == 10
+    assert {"folds"} <= set(report["cross_relation"])
+    for name in report["plots"]:
+        assert (tmp / "locate" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_neurons_file_holds_exactly_the_positive_weights(located):
+    lm, tmp, result = located
+    probe, meta = load_probe(tmp / "locate" / "probe.safetensors")
+    doc = json.loads((tmp / "locate" / "neurons.json").read_text())
+    positive = set(torch.nonzero(probe.weight > 0).flatten().tolist())
+    assert {n["flat_index"] for n in doc["neurons"]} == positive
+    assert doc["count"] == len(positive) > 0
+    for n in doc["neurons"]:
+        assert n["flat_index"] == n["layer"] * lm.d_ff + n["index"] and n["weight"] > 0
+    assert sum(doc["per_layer"].values()) == doc["count"]
+    assert doc["model"]["weights_fingerprint"] == lm.fingerprint == meta["model"]["weights_fingerprint"]
+    assert meta["labels"] == "3v1" and float(meta["C"]) == doc["probe"]["C"]
+
+
+def test_detector_reproduces_the_locate_predictions(located):
+    from editor.detect import Detector
+
+    lm, tmp, result = located
+    preds = {}
+    for line in (tmp / "locate" / "predictions.jsonl").read_text().splitlines():
+        p = json.loads(line)
+        preds[p["id"]] = p["hallucination_prob"]
+    records = [json.loads(x) for x in (tmp / "collect" / "responses.jsonl").read_text().splitlines()]
+    test = [r for r in records if r["split"] == "test" and not r["fabricated"]]
+    detector = Detector(lm, str(tmp / "locate" / "probe.safetensors"))
+    got = dict((rid, d.hallucination_prob) for rid, d in detector.score_records(test))
+    assert set(got) <= set(preds)
+    for rid, prob in got.items():
+        assert prob == pytest.approx(preds[rid], abs=1e-5)
+
+
+def test_probe_from_another_model_is_refused_unless_forced(located):
+    from editor.detect import Detector
+
+    lm, tmp, result = located
+    other = tiny_lm(seed=3)
+    with pytest.raises(ModelMismatchError, match="fingerprint"):
+        Detector(other, str(tmp / "locate" / "probe.safetensors"))
+    Detector(other, str(tmp / "locate" / "probe.safetensors"), force=True)
+
+
+def test_one_class_collect_output_explains_it_cannot_train(tmp_path):
+    lm = tiny_lm()
+    records = synthetic_collect(tmp_path / "c", lm)
+    lines = []
+    for r in records:
+        r["hallucinated"] = 0
+        lines.append(json.dumps(r))
+    (tmp_path / "c" / "responses.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="both classes"):
+        locate(lm, tmp_path / "c", tmp_path / "l", LocateSettings(), progress=False)
+    assert not (tmp_path / "l").exists()
