@@ -36,7 +36,8 @@ def synthetic_splits(n_train=1600, n_val=400, n_test=400, d=46080, n_signal=30, 
     rng = np.random.default_rng(seed)
     n = n_train + n_val + n_test
     X = rng.standard_normal((n, d), dtype=np.float32)
-    X += rng.standard_normal((n, n_factors), dtype=np.float32) @ (0.5 * rng.standard_normal((n_factors, d), dtype=np.float32))
+    loadings = 0.5 * rng.standard_normal((n_factors, d), dtype=np.float32)
+    X += rng.standard_normal((n, n_factors), dtype=np.float32) @ loadings
     signal = rng.choice(d, n_signal, replace=False)
     coef = np.where(np.arange(n_signal) % 2 == 0, 1.0, -1.0) * rng.uniform(0.3, 0.8, n_signal)
     logit = X[:, signal].astype(np.float64) @ coef
@@ -75,7 +76,8 @@ def run(n=1600, d=46080, reps=3, n_C=20, span=1000.0, features=None, threads=Non
     """Time both paths ``reps`` times; returns a dict of the figures (see the module docstring)."""
     if threads:
         torch.set_num_threads(threads)
-    splits = standardise(load_splits(features) if features else synthetic_splits(n_train=n, n_val=n // 4, n_test=n // 4, d=d, seed=seed))
+    raw = load_splits(features) if features else synthetic_splits(n_train=n, n_val=n // 4, n_test=n // 4, d=d, seed=seed)
+    splits = standardise(raw)
     (X_tr, y_tr), (X_va, y_va), (X_te, y_te) = splits["train"], splits["val"], splits["test"]
     X_tr_t, X_va_t, X_te_t = (torch.from_numpy(a) for a in (X_tr, X_va, X_te))
     Cs = default_C_grid(X_tr_t, y_tr, n=n_C, span=span)
@@ -96,7 +98,7 @@ def run(n=1600, d=46080, reps=3, n_C=20, span=1000.0, features=None, threads=Non
         for pt, pl in zip(path_t, path_l)
     ]
     result = {
-        "shape": {"n_train": int(X_tr.shape[0]), "n_val": int(X_va.shape[0]), "n_test": int(X_te.shape[0]), "d": int(X_tr.shape[1])},
+        "shape": {"n_train": len(X_tr), "n_val": len(X_va), "n_test": len(X_te), "d": int(X_tr.shape[1])},
         "data": features or "synthetic",
         "C_grid": [float(c) for c in Cs],
         "torch_threads": torch.get_num_threads(),
@@ -105,12 +107,14 @@ def run(n=1600, d=46080, reps=3, n_C=20, span=1000.0, features=None, threads=Non
         "liblinear_s": {"median": statistics.median(lib_times), "min": min(lib_times), "max": max(lib_times)},
         "speedup": statistics.median(lib_times) / statistics.median(torch_times),
         "selected": {
-            "torch": {"index": i_t, "C": Cs[i_t], "n_positive": len(pos_t), "n_nonzero": path_t[i_t].n_nonzero, "test_auroc": auc_t},
-            "liblinear": {"index": i_l, "C": Cs[i_l], "n_positive": len(pos_l), "n_nonzero": path_l[i_l].n_nonzero, "test_auroc": auc_l},
+            name: {"index": i, "C": Cs[i], "n_positive": len(pos), "n_nonzero": path[i].n_nonzero, "test_auroc": auc}
+            for name, i, pos, path, auc in (("torch", i_t, pos_t, path_t, auc_t), ("liblinear", i_l, pos_l, path_l, auc_l))
         },
         "jaccard_positive": len(pos_t & pos_l) / len(union) if union else 1.0,
         "test_auroc_diff": abs(auc_t - auc_l),
-        "objective_rel_diff_liblinear_minus_torch": {"median": float(np.median(rel_obj)), "min": float(np.min(rel_obj)), "max": float(np.max(rel_obj))},
+        "objective_rel_diff_liblinear_minus_torch": {
+            "median": float(np.median(rel_obj)), "min": float(np.min(rel_obj)), "max": float(np.max(rel_obj))
+        },
         "support_symdiff_per_C": supports,
         "n_nonzero_per_C": {"torch": [p.n_nonzero for p in path_t], "liblinear": [p.n_nonzero for p in path_l]},
         "torch_converged": all(p.converged for p in path_t),

@@ -48,7 +48,9 @@ def auroc(scores, labels) -> float | np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     positive = _binary(labels)
     if scores.shape != positive.shape or scores.ndim not in (1, 2):
-        raise InputError(f"auroc needs scores and labels of the same 1-D or 2-D shape; got {scores.shape} and {positive.shape}")
+        raise InputError(
+            f"auroc needs scores and labels of the same 1-D or 2-D shape; got {scores.shape} and {positive.shape}"
+        )
     if not np.isfinite(scores).all():
         raise InputError("auroc: scores contain NaN or inf")
     single = scores.ndim == 1
@@ -62,7 +64,7 @@ def auroc(scores, labels) -> float | np.ndarray:
     if (tied & (is_pos[:, 1:] != is_pos[:, :-1])).any():
         u_stat = _u_statistic_with_ties(ranked, is_pos, tied)
     else:
-        # No positive ties a negative (ties within a class, e.g. bootstrap duplicates, do not matter):
+        # No positive is tied with a negative (ties within a class, e.g. bootstrap duplicates, do not matter):
         # U = sum over positives of the negatives sorted before them.
         negatives_before = np.cumsum(~is_pos, axis=1)
         u_stat = np.where(is_pos, negatives_before, 0).sum(axis=1)
@@ -95,7 +97,9 @@ def accuracy(pred, labels) -> float | np.ndarray:
     """Fraction of ``pred == labels`` (1-D: a float; 2-D: one value per row)."""
     pred, labels = np.asarray(pred), np.asarray(labels)
     if pred.shape != labels.shape or pred.ndim not in (1, 2) or pred.shape[-1] == 0:
-        raise InputError(f"accuracy needs non-empty predictions and labels of the same shape; got {pred.shape} and {labels.shape}")
+        raise InputError(
+            f"accuracy needs non-empty predictions and labels of the same shape; got {pred.shape} and {labels.shape}"
+        )
     value = (pred == labels).mean(axis=-1)
     return float(value) if pred.ndim == 1 else value
 
