@@ -66,8 +66,9 @@ def auroc(scores, labels) -> float | np.ndarray:
     else:
         # No positive is tied with a negative (ties within a class, e.g. bootstrap duplicates, do not matter):
         # U = sum over positives of the negatives sorted before them.
-        negatives_before = np.cumsum(~is_pos, axis=1)
-        u_stat = np.where(is_pos, negatives_before, 0).sum(axis=1)
+        negatives_before = np.cumsum(~is_pos, axis=1, dtype=np.int64 if scores.shape[1] >= 2**31 else np.int32)
+        negatives_before *= is_pos
+        u_stat = negatives_before.sum(axis=1, dtype=np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         value = u_stat / (n_pos * n_neg)
     value = np.where((n_pos > 0) & (n_neg > 0), value, np.nan)
