@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "collect_cmd",
     "locate_cmd",
     "detect_cmd",
+    "origin_cmd",
     "edit_cmd",
     "push_cmd",
     "inspect_cmd",
