@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "detect_cmd",
     "origin_cmd",
     "edit_cmd",
+    "eval_cmd",
+    "sweep_cmd",
     "push_cmd",
     "inspect_cmd",
 ]
