@@ -23,7 +23,9 @@ COMMAND_MODULES = [
     "edit_cmd",
     "eval_cmd",
     "sweep_cmd",
+    "card_cmd",
     "push_cmd",
+    "recipe_cmd",
     "inspect_cmd",
 ]
 
