@@ -25,7 +25,6 @@ COMMAND_MODULES = [
     "sweep_cmd",
     "card_cmd",
     "push_cmd",
-    "recipe_cmd",
     "inspect_cmd",
 ]
 
