@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "sweep_cmd",
     "card_cmd",
     "push_cmd",
+    "recipe_cmd",
     "inspect_cmd",
 ]
 

@@ -1,0 +1,73 @@
+"""Recipes: schema validation with clear errors (key, file, line), resolution, bundled recipes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from editor.errors import RecipeError
+from editor.recipe import check_recipe, load_recipe, resolved
+
+REPO = Path(__file__).resolve().parent.parent
+MINIMAL = "model:\n  id: smollm2-135m-instruct\noutput: runs/x\n"
+
+
+def write(tmp_path, text, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_minimal_recipe_gets_every_default(tmp_path):
+    recipe = load_recipe(write(tmp_path, MINIMAL))
+    data = resolved(recipe)
+    assert data["collect"]["samples"] == 10 and data["collect"]["top_p"] == 0.9  # the paper's defaults
+    assert data["locate"]["labels"] == "3v1" and data["edit"]["alpha"] == 0.0
+    assert data["publish"]["push"] is False
+
+
+@pytest.mark.parametrize("text, key, line", [
+    (MINIMAL + "colect:\n  samples: 3\n", "colect", 4),
+    (MINIMAL + "collect:\n  samples: three\n", "collect.samples", 5),
+    (MINIMAL + "edit:\n  alpha: -1\n", "edit.alpha", 5),
+    (MINIMAL + "edit:\n  alpha: .nan\n", "edit.alpha", 5),
+    ("output: runs/x\n", "model", None),
+    (MINIMAL + "locate:\n  labels: 2v2\n", "locate.labels", 5),
+    (MINIMAL + "collect:\n  limit: {train: 10, tset: 5}\n", "collect.limit", 5),
+])
+def test_bad_recipes_name_key_file_and_line(tmp_path, text, key, line):
+    path = write(tmp_path, text)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert key.split(".")[0] in message and str(path) in message
+    if line:
+        assert f"{path}:{line}" in message
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "model: [unclosed\n"))
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(RecipeError, match="mapping"):
+        load_recipe(write(tmp_path, "- a\n- b\n"))
+
+
+def test_unknown_task_is_an_error(tmp_path):
+    recipe = load_recipe(write(tmp_path, MINIMAL + "eval:\n  tasks: [hneurons_facts, not_a_task_anywhere]\n"))
+    with pytest.raises(RecipeError, match="not_a_task_anywhere"):
+        check_recipe(recipe)
+
+
+def test_recipe_cli_check_and_show(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    out = subprocess.run([sys.executable, "-m", "editor", "recipe", "show", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    assert "samples: 10" in out and "smollm2-135m-instruct" in out
+    bad = write(tmp_path, MINIMAL + "edit:\n  alpah: 1\n", "bad.yaml")
+    proc = subprocess.run([sys.executable, "-m", "editor", "recipe", "check", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "alpah" in proc.stderr and "Traceback" not in proc.stderr
