@@ -28,7 +28,8 @@ Metric names are ``TASK:METRIC``. A task name matches its split variants too: ``
 Honest selection: alpha is a hyperparameter, so the sweep must not score on the split the final report uses.
 Before running, the sweep reads each task's split (``metadata.split`` in the task YAML, else its data file
 names, else lm-eval's split name) and refuses tasks on the ``test`` split unless ``allow_test_split`` is set;
-``sweep.json`` records the split of every task.
+``sweep.json`` records the split of every task. The default tasks (``DEFAULT_SWEEP_TASKS``) are the group
+``hneurons_val``: the validation variants of the bundled tasks (eval/README.md).
 
 Output folder
 -------------
@@ -78,6 +79,7 @@ log = logging.getLogger(__name__)
 SWEEP_FORMAT = "hneurons.sweep/1"
 SWEEP_NAME = "sweep.json"
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+DEFAULT_SWEEP_TASKS = ("hneurons_val",)  # the validation variants of the bundled tasks (eval/hneurons/*_val.yaml)
 REFERENCE_ALPHA = 1.0
 DEFAULT_TARGETS = (
     "hneurons_facts:hallucination_rate",
@@ -324,7 +326,7 @@ def sweep(
     (so changing only the constraints re-decides without re-evaluating); an ``out`` holding a sweep of other
     tasks / limit / seeds is an error unless ``overwrite``.
     """
-    settings = settings or EvalSettings()
+    settings = settings or EvalSettings(tasks=DEFAULT_SWEEP_TASKS)
     constraints = constraints or Constraints()
     grid = _grid(alphas)
     prepare_environment(settings)
