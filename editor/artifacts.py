@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import InputError, OutputExistsError
+from .errors import InputError, OutputExistsError, OutputWriteError
 
 TRACKED_PACKAGES = (
     "hneurons",
@@ -100,21 +102,57 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_WRITE_FAILURES = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EFBIG: "file too large (a file size limit was hit)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+}
+
+
+def write_failure_reason(exc: BaseException) -> str | None:
+    """Why a write failed when the cause is the storage, not a bug (None otherwise).
+
+    safetensors reports I/O errors as its own exception type with the OS error code in the text, so the
+    code is also read from the message.
+    """
+    if isinstance(exc, OSError) and exc.errno in _WRITE_FAILURES:
+        return _WRITE_FAILURES[exc.errno]
+    text = str(exc)
+    return next((reason for code, reason in _WRITE_FAILURES.items() if f"(os error {code})" in text), None)
+
+
+@contextlib.contextmanager
+def reported_write_errors(target: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk, size limit or read-only file system while writing ``target`` into one clear error."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except Exception as exc:
+        reason = write_failure_reason(exc)
+        if reason is None:
+            raise
+        raise OutputWriteError(f"cannot write {target}: {reason}; nothing was written under that name. Free some "
+                               f"space or choose another output location") from exc
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary sibling, fsync it, then rename it over ``path``."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with reported_write_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     _fsync_dir(target.parent)
     return target
 
@@ -123,19 +161,37 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """Stream into a temporary sibling; it becomes ``path`` only when the block completes."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with reported_write_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
+        try:
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     _fsync_dir(target.parent)
+
+
+def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    """A safetensors file as bytes, the same bytes for the same content in every process.
+
+    safetensors keeps metadata in a hash map whose order changes from process to process; the header is
+    rewritten here with sorted metadata keys (the tensor data and its offsets do not move).
+    """
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + length])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data section to 8 bytes
+    return len(text).to_bytes(8, "little") + text + raw[8 + length:]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -169,22 +225,62 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     """
     target = Path(final)
     check_output_target(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX + target.name + "-", dir=target.parent))
+    with reported_write_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_orphaned_temporaries(target.parent, target.name)
+        tmp = temporary_dir(target.parent, target.name)
+        try:
+            yield tmp
+            _fsync_dir(tmp)
+            if target.exists():
+                old = target.with_name(f"{_TMP_PREFIX}{target.name}-{os.getpid()}-old")
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def temporary_dir(parent: str | os.PathLike, stem: str) -> Path:
+    """A new temporary folder in ``parent`` whose name records this process (see remove_orphaned_temporaries)."""
+    return Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{stem}-{os.getpid()}-", dir=parent))
+
+
+def _process_alive(pid: int) -> bool:
     try:
-        yield tmp
-        _fsync_dir(tmp)
-        if target.exists():
-            old = target.with_name(f"{_TMP_PREFIX}old-{target.name}-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_orphaned_temporaries(parent: str | os.PathLike, stem: str) -> int:
+    """Remove temporary folders of ``stem`` (made by :func:`temporary_dir` or atomic_dir) whose process is gone.
+
+    A killed run leaves its temporary folder behind; the next run of the same output removes it. A
+    temporary of a process that is still running (a concurrent run) is left alone.
+    """
+    pattern = re.compile(re.escape(f"{_TMP_PREFIX}{stem}-") + r"(\d+)-[A-Za-z0-9_]+")
+    removed = 0
+    root = Path(parent)
+    if not root.is_dir():
+        return 0
+    for entry in root.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed += 1
+    return removed
 
 
 def check_output_target(target: Path, overwrite: bool) -> None:
@@ -195,6 +291,8 @@ def check_output_target(target: Path, overwrite: bool) -> None:
     probe = parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"output {target} cannot be created: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK):
         raise InputError(f"output {target} cannot be created: {probe} is not writable")
 
@@ -217,6 +315,26 @@ def clean_stale_temporaries(folder: str | os.PathLike) -> int:
 
 
 # ------------------------------------------------------------------------------------------- safe paths
+def check_no_outside_links(folder: str | os.PathLike) -> None:
+    """Refuse an existing output folder that holds a symbolic link leading outside it.
+
+    Stages write into existing output folders (resume, re-render); a planted link such as
+    ``plots -> /home/user/.ssh`` would make such a write land elsewhere. Links inside the folder are fine.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return
+    base = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):  # links to folders are listed, never entered
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if target != base and base not in target.parents:
+                    raise InputError(f"output folder {root} holds the symbolic link {path} -> {os.readlink(path)}, "
+                                     f"which leads outside it; hneurons does not write through such links: remove it")
+
+
 def safe_join(root: str | os.PathLike, relative: str) -> Path:
     """Join a user-supplied relative path to ``root`` and refuse anything that escapes it.
 

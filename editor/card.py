@@ -81,7 +81,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, provenance, read_json
-from .artifacts import sha256_file
+from .artifacts import check_no_outside_links, safe_join, sha256_file
 from .errors import InputError, ModelMismatchError, PublishError
 
 CARD_NAME = "README.md"
@@ -1453,13 +1453,14 @@ def write_card(edit_dir: str | os.PathLike, *, locate_report=None, eval_results=
     plan = plan_card(edit_dir, locate_report=locate_report, eval_results=eval_results, sweep=sweep, origin=origin,
                      recipe=recipe, repo_id=repo_id)
     folder = plan.inputs.folder
+    check_no_outside_links(folder)
     outputs = [CARD_NAME, *plan.files]
     taken = sorted(set(outputs) & set(plan.inputs.edit["files"]))
     if taken:
         raise PublishError(f"{folder / EDIT_MANIFEST} already lists {taken[0]}: the card would overwrite a file of the "
                            f"edit; remove it from the edit output or re-run `hneurons edit`")
     for rel, source in plan.files.items():
-        target = folder / rel
+        target = safe_join(folder, rel)  # names come from reports: never outside the edit folder
         target.parent.mkdir(parents=True, exist_ok=True)
         if callable(source):
             source(target)

@@ -33,7 +33,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .artifacts import atomic_write_json, atomic_write_text, clean_stale_temporaries, provenance, sha256_json
+from .artifacts import (atomic_write_json, atomic_write_text, check_no_outside_links, clean_stale_temporaries,
+                        provenance, sha256_json)
 from .errors import InputError, OutputExistsError
 from .judge import judge
 from .loading import LoadedModel
@@ -319,6 +320,7 @@ def _settings_record(lm: LoadedModel, questions: Sequence[Question], data: dict,
 
 def _prepare_out_dir(out: Path, settings_record: dict, overwrite: bool) -> None:
     """Create ``out`` or check that what is in it was made with the same settings (resume)."""
+    check_no_outside_links(out)
     path = out / SETTINGS
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))

@@ -96,19 +96,25 @@ class Detector:
 
             bar = tqdm(desc="detect", unit="answer", dynamic_ncols=True)
         batch: list[dict] = []
-        for n, item in enumerate(items):
-            if not isinstance(item, dict) or not str(item.get("question", "")).strip():
-                raise InputError(f"input record {n + 1} has no 'question'")
-            batch.append(item)
-            if len(batch) == self.batch_size:
-                yield from self._score_batch(batch, n + 1 - len(batch))
-                bar and bar.update(len(batch))
-                batch = []
-        if batch:
-            yield from self._score_batch(batch, 0)
-            bar and bar.update(len(batch))
-        if bar:
-            bar.close()
+        seen = 0
+        try:
+            for item in items:
+                seen += 1
+                if not isinstance(item, dict) or not str(item.get("question", "")).strip():
+                    raise InputError(f"input record {seen} has no 'question'")
+                batch.append(item)
+                if len(batch) == self.batch_size:
+                    yield from self._score_batch(batch, seen - len(batch))
+                    if bar is not None:
+                        bar.update(len(batch))
+                    batch = []
+            if batch:
+                yield from self._score_batch(batch, seen - len(batch))
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
+            if bar is not None:  # closed on errors too, so an error message starts on a line of its own
+                bar.close()
 
     def _score_batch(self, items: list[dict], offset: int) -> Iterator[dict]:
         missing = [i for i, it in enumerate(items) if not str(it.get("answer") or "").strip()]

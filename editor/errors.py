@@ -32,6 +32,11 @@ class OutputExistsError(HNeuronsError):
     """The output folder or file exists and overwriting was not asked for."""
 
 
+class OutputWriteError(HNeuronsError):
+    """An output could not be written: the disk is full, a file size limit or quota was hit, or the file
+    system is read-only. The partial output is removed; nothing appears under the final name."""
+
+
 class RecipeError(InputError):
     """A recipe file is invalid (unknown key, wrong type, missing required setting)."""
 

@@ -94,9 +94,9 @@ import numpy as np
 import torch
 
 from . import stats
-from .artifacts import (atomic_dir, atomic_write_json, atomic_writer, files_sha256, package_versions, provenance,
-                        read_json, sha256_file, sha256_json)
-from .errors import InputError, ModelMismatchError, OutputExistsError
+from .artifacts import (atomic_dir, atomic_write_json, atomic_writer, check_no_outside_links, files_sha256,
+                        package_versions, provenance, read_json, sha256_file, sha256_json)
+from .errors import InputError, ModelLoadError, ModelMismatchError, OutputExistsError
 from .loading import LoadedModel, load_model
 from .neurons import LayerScale, group_by_layer, scaled_neurons
 from .neuronset import NeuronSet, as_neuron_set
@@ -257,6 +257,11 @@ def peft_applied(model: torch.nn.Module, adapter: Path) -> Iterator[torch.nn.Mod
     if not (folder / "adapter_config.json").is_file():
         raise InputError(f"adapter folder {adapter} has no adapter_config.json; expected a PEFT adapter written by "
                          f"`hneurons edit --mode ia3|lora`")
+    if not (folder / "adapter_model.safetensors").is_file():
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        what = f"only the pickled {pickled[0]}: unpickling can run arbitrary code, so hneurons refuses it; convert " \
+               f"it to safetensors" if pickled else "no weights"
+        raise ModelLoadError(f"adapter folder {adapter} has no adapter_model.safetensors ({what})")
     wrapped = PeftModel.from_pretrained(model, str(folder))
     wrapped.eval()
     try:
@@ -938,6 +943,7 @@ def evaluate(
 
 
 def _check_out(out: Path, settings: EvalSettings, overwrite: bool) -> None:
+    check_no_outside_links(out)
     existing = out / RESULTS_NAME
     if existing.is_file() and not overwrite:
         previous = read_json(existing, "previous eval results").get("settings", {})

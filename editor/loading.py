@@ -25,14 +25,14 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
-from .artifacts import sha256_file
+from .artifacts import remove_orphaned_temporaries, reported_write_errors, sha256_file, temporary_dir
 from .errors import InputError, ModelLoadError, UnsupportedArchitectureError
 from .registry import ArchSpec, architecture_hash, get_arch
 
@@ -166,7 +166,6 @@ def converted_gguf_folder(gguf: Path, dtype: torch.dtype = torch.float32) -> tup
         return target, json.loads(meta_file.read_text())["gguf_sha256"]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
@@ -181,7 +180,17 @@ def converted_gguf_folder(gguf: Path, dtype: torch.dtype = torch.float32) -> tup
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     digest = sha256_file(gguf)
-    tmp = Path(tempfile.mkdtemp(prefix=".hneurons-tmp-gguf-", dir=target.parent))
+    with reported_write_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)  # only now: a refused GGUF leaves no trace in the cache
+        _save_converted(model, tokenizer, gguf, digest, dtype, target)
+    return target, digest
+
+
+def _save_converted(model, tokenizer, gguf: Path, digest: str, dtype: torch.dtype, target: Path) -> None:
+    """Write the converted folder to a temporary sibling and rename it into place (first writer wins)."""
+    meta_file = target / "hneurons_source.json"
+    remove_orphaned_temporaries(target.parent, target.name)  # left by a conversion that was killed
+    tmp = temporary_dir(target.parent, target.name)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -196,7 +205,6 @@ def converted_gguf_folder(gguf: Path, dtype: torch.dtype = torch.float32) -> tup
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target, digest
 
 
 # -------------------------------------------------------------------------------------------- loading
@@ -304,6 +312,32 @@ def _check_index(folder: Path) -> None:
             raise ModelLoadError(f"{index} names shard(s) that are missing from {folder}: {', '.join(missing)}")
 
 
+def _check_safetensors_files(folder: Path) -> None:
+    """Read the header of every safetensors file: a truncated or damaged file names itself here.
+
+    (safetensors' own error on such a file does not say which file it is.) Only headers are read.
+    """
+    for path in sorted(folder.glob("*.safetensors")):
+        size = path.stat().st_size
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+                if len(head) < 8:
+                    raise ValueError(f"it has {size} bytes, fewer than the 8-byte header length")
+                length = int.from_bytes(head, "little")
+                if length > size - 8:
+                    raise ValueError(f"its header claims {length} bytes but the file has {size}")
+                header = json.loads(handle.read(length))
+            end = max((int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"),
+                      default=0)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise ModelLoadError(f"weights file {path} is damaged ({exc}); re-download or re-save the checkpoint") \
+                from None
+        if 8 + length + end > size:
+            raise ModelLoadError(f"weights file {path} is truncated: its tensors need {8 + length + end} bytes but "
+                                 f"the file has {size}; re-download or re-save the checkpoint")
+
+
 def load_config(spec: str, revision: str | None = None, trust_remote_code: bool = False) -> tuple[Any, ModelSource]:
     """The model's config (no weights), for inspection and validation."""
     source = resolve_source(spec, revision)
@@ -362,6 +396,7 @@ def load_model(
         folder = Path(source.path)
         _check_pickle_policy(folder, allow_pickle)
         _check_index(folder)
+        _check_safetensors_files(folder)
         location = source.path
     else:
         location = source.path
@@ -382,7 +417,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except ValueError as exc:
         raise _wrap_load_error(spec, exc) from None
-    except (OSError, RuntimeError, EnvironmentError) as exc:
+    except (OSError, RuntimeError, EnvironmentError, SafetensorError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"cannot load model {spec!r}: {first}") from None
     if device != "auto":

@@ -36,11 +36,11 @@ from typing import Sequence
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from . import probe as probe_lib
 from . import stats
-from .artifacts import atomic_write_json, provenance, sha256_json
+from .artifacts import (atomic_write_bytes, atomic_write_json, check_no_outside_links, clean_stale_temporaries,
+                        provenance, safetensors_bytes, sha256_json)
 from .collect import load_responses
 from .errors import InputError, ModelMismatchError
 from .features import FeatureSettings, FeatureStore, extract_features
@@ -201,15 +201,13 @@ def balanced_within_relation(split: Split, seed: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- outputs
 def write_probe(path: Path, fitted: FittedProbe, settings: LocateSettings, identity: dict) -> None:
-    tmp = path.with_name(".hneurons-tmp-" + path.name)
-    save_file(
+    atomic_write_bytes(path, safetensors_bytes(
         {"weight": fitted.weight.float().contiguous(), "bias": torch.tensor([fitted.bias], dtype=torch.float32),
          "mean": fitted.standardiser.mean.contiguous(), "std": fitted.standardiser.std.contiguous()},
-        str(tmp),
         metadata={"format": "hneurons.probe/1", "C": repr(fitted.C), "labels": settings.labels,
-                  "aggregate": settings.aggregate, "span": settings.span, "store_dtype": "float16", "model": json.dumps(identity, sort_keys=True)},
-    )
-    tmp.replace(path)
+                  "aggregate": settings.aggregate, "span": settings.span, "store_dtype": "float16",
+                  "model": json.dumps(identity, sort_keys=True)},
+    ))
 
 
 def load_probe(path: str | Path) -> tuple[FittedProbe, dict]:
@@ -293,7 +291,9 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
     facts, fabricated = _splits(records, False), _splits(records, True)
     _check_classes(facts, f"collect output {responses_dir}")
     out = Path(out_dir)
+    check_no_outside_links(out)
     out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(out)  # half-written files of a killed run; this run rewrites them all
 
     chosen_records = [r for r in records if r["selected"]]
     store = extract_features(lm, chosen_records, out / "features",

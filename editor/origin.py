@@ -72,7 +72,8 @@ import numpy as np
 import torch
 
 from . import stats
-from .artifacts import atomic_write_json, provenance, read_json, sha256_file, sha256_json
+from .artifacts import (atomic_write_bytes, atomic_write_json, check_no_outside_links, provenance, read_json,
+                        safetensors_bytes, sha256_file, sha256_json)
 from .edit import (
     Checkpoint,
     checkpoint_fingerprint,
@@ -347,14 +348,11 @@ def cached_drift(path: Path, key: str) -> Drift | None:
 
 
 def write_drift(path: Path, drift: Drift, key: str) -> None:
-    from safetensors.torch import save_file
-
     tensors = {"up": drift.up, "down": drift.down, "score": drift.score, "normalised_rank": drift.normalised_rank}
-    tmp = path.with_name(".hneurons-tmp-" + path.name)
-    save_file({k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in tensors.items()}, str(tmp),
-              metadata={"format": "hneurons.drift/1", "key": key, "num_layers": str(drift.num_layers),
-                        "d_ff": str(drift.d_ff), "convention": RANK_CONVENTION})
-    tmp.replace(path)
+    atomic_write_bytes(path, safetensors_bytes(
+        {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in tensors.items()},
+        metadata={"format": "hneurons.drift/1", "key": key, "num_layers": str(drift.num_layers),
+                  "d_ff": str(drift.d_ff), "convention": RANK_CONVENTION}))
 
 
 # ================================================================================ backward transfer
@@ -549,6 +547,7 @@ def origin(probe_path: str | Path, out_dir: str | Path, *, base: str | LoadedMod
     probe, meta = load_probe(probe_path)
     instruct_id = meta["model"]
     out = Path(out_dir)
+    check_no_outside_links(out)
     out.mkdir(parents=True, exist_ok=True)
     options = checkpoint_options or {}
     if base_responses is not None and not isinstance(base, LoadedModel):

@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import atomic_write_json, provenance, read_json, sha256_file
+from .artifacts import atomic_write_json, check_no_outside_links, provenance, read_json, sha256_file
 from .errors import InputError, OutputExistsError
 from .evaluate import (EvalSettings, LmEvalRun, Variant, control_alphas, kl_divergence, kl_sequences, kl_summary,
                        paired_bootstrap, prepare_environment, random_control, run_lm_eval, task_manager,
@@ -371,6 +371,7 @@ def sweep(
 
 
 def _check_out(out: Path, settings: EvalSettings, overwrite: bool) -> None:
+    check_no_outside_links(out)
     existing = out / SWEEP_NAME
     if existing.is_file() and not overwrite:
         previous = read_json(existing, "previous sweep").get("settings", {})
