@@ -40,6 +40,8 @@ from .judge import judge
 from .loading import LoadedModel
 from .prompting import Prompt, PromptStyle, build_prompt, stop_token_ids
 from .questions import Question
+from .sampler import DecodeSettings, decode, newline_token_ids
+from .sampler import left_pad as sampler_left_pad
 
 RESPONSES = "responses.jsonl"
 MANIFEST = "collect.json"
@@ -80,69 +82,40 @@ class Generation:
 
 # ------------------------------------------------------------------------------------------ generation
 def _left_pad(prompts: Sequence[Prompt], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p.input_ids) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        n = len(prompt.input_ids)
-        ids[row, width - n:] = torch.tensor(prompt.input_ids, dtype=torch.long)
-        mask[row, width - n:] = 1
-    return ids.to(device), mask.to(device)
+    return sampler_left_pad([p.input_ids for p in prompts], pad_id, device)
 
 
-def _cut_response(tokenizer: Any, new_ids: list[int], stops: set[int], stop_at_newline: bool,
-                  max_new_tokens: int) -> Generation:
-    """Trim one row of generated ids at its end of turn (or first newline for base prompting)."""
-    ended = False
-    for pos, tok in enumerate(new_ids):
-        if tok in stops:
-            new_ids, ended = new_ids[:pos], True
-            break
-    if stop_at_newline:
-        for pos in range(len(new_ids)):
-            piece = tokenizer.decode(new_ids[: pos + 1], skip_special_tokens=True)
-            if "\n" in piece:
-                # Token `pos` brings the newline. Keep it when it also brings answer text ("Paris.\n").
-                before = piece.split("\n", 1)[0].rstrip()
-                previous = tokenizer.decode(new_ids[:pos], skip_special_tokens=True).rstrip()
-                new_ids, ended = new_ids[: pos + 1 if len(before) > len(previous) else pos], True
-                break
+def _finish(tokenizer: Any, new_ids: list[int], ended: bool, stop_at_newline: bool) -> Generation:
+    """Text of one decoded row; base-model prompting ends the answer at its first newline."""
+    if stop_at_newline and new_ids and ended:
+        last = tokenizer.decode(new_ids, skip_special_tokens=True)
+        if "\n" in last:
+            # The last token brought the newline: keep it when it also brought answer text ("Paris.\n").
+            before = last.split("\n", 1)[0].rstrip()
+            previous = tokenizer.decode(new_ids[:-1], skip_special_tokens=True).rstrip()
+            new_ids = new_ids if len(before) > len(previous) else new_ids[:-1]
     text = tokenizer.decode(new_ids, skip_special_tokens=True)
     if stop_at_newline:
         text = text.split("\n", 1)[0]
-    truncated = not ended and len(new_ids) >= max_new_tokens
-    return Generation(text.strip(), list(new_ids), truncated)
+    return Generation(text.strip(), list(new_ids), truncated=not ended)
 
 
 @torch.no_grad()
 def generate(lm: LoadedModel, prompts: Sequence[Prompt], settings: SamplingSettings, *, sample: bool,
              seed: int | None = None) -> list[Generation]:
-    """One batched ``generate`` call over left-padded prompts (greedy, or sampled with ``seed``)."""
-    from transformers import GenerationConfig
-
+    """One batched decode over left-padded prompts (greedy, or sampled with ``seed``); rows leave the
+    batch as soon as they end their turn (:mod:`editor.sampler`)."""
     tok = lm.tokenizer
-    stops = stop_token_ids(tok, getattr(lm.model, "generation_config", None))
-    device = next(lm.model.parameters()).device
-    ids, mask = _left_pad(prompts, tok.pad_token_id, device)
-    config = GenerationConfig(
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=sample,
-        temperature=settings.temperature if sample else None,
-        top_p=settings.top_p if sample else None,
-        top_k=settings.top_k if sample else None,
-        eos_token_id=stops,
-        pad_token_id=tok.pad_token_id,
-    )
-    extra = {}
-    if any(p.stop_at_newline for p in prompts):
-        extra = {"stop_strings": ["\n"], "tokenizer": tok}
-    if sample:
-        torch.manual_seed(seed if seed is not None else settings.seed)
-    out = lm.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
-    new = out[:, ids.shape[1]:].tolist()
-    stop_set = set(stops) | {tok.pad_token_id}
-    return [_cut_response(tok, row, stop_set, p.stop_at_newline, settings.max_new_tokens)
-            for row, p in zip(new, prompts)]
+    stops = set(stop_token_ids(tok, getattr(lm.model, "generation_config", None)))
+    if tok.pad_token_id is not None:
+        stops.add(tok.pad_token_id)
+    newline = newline_token_ids(tok) if any(p.stop_at_newline for p in prompts) else None
+    decoded = decode(lm.model, [p.input_ids for p in prompts],
+                     DecodeSettings(max_new_tokens=settings.max_new_tokens, sample=sample,
+                                    temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p),
+                     stop_ids=stops, pad_id=tok.pad_token_id, stop_token_ids=newline,
+                     seed=settings.seed if seed is None else seed)
+    return [_finish(tok, ids, ended, p.stop_at_newline) for (ids, ended), p in zip(decoded, prompts)]
 
 
 # ---------------------------------------------------------------------------------------------- judging

@@ -35,6 +35,9 @@ class _Section(BaseModel):
 
 class ModelSection(_Section):
     id: str = Field(description="Hub repo id, local folder, .gguf file or embedded alias")
+    # The architecture the recipe expects. `recipe check` verifies it against the registry offline (no
+    # download); loading verifies it against the model's real config.
+    model_type: str | None = None
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["cpu", "cuda", "auto"] | None = None
@@ -263,11 +266,19 @@ def check_recipe(recipe: Recipe, resolve_model: bool = False) -> list[str]:
         raise RecipeError(f"eval.tasks: unknown lm-eval task(s) {', '.join(unknown)} (neither bundled in eval/ "
                           f"nor known to lm-eval)")
     notes.append(f"eval tasks known: {', '.join(recipe.eval.tasks)}")
+    if recipe.model.model_type:
+        from .registry import get_arch
+
+        get_arch(recipe.model.model_type)
+        notes.append(f"model_type {recipe.model.model_type!r} is in the registry")
     if resolve_model:
         from .modelinfo import inspect_model
 
         info = inspect_model(recipe.model.id, revision=recipe.model.revision,
                              trust_remote_code=recipe.model.trust_remote_code)
+        if recipe.model.model_type and info.model_type != recipe.model.model_type:
+            raise RecipeError(f"model.model_type is {recipe.model.model_type!r} but {recipe.model.id} is a "
+                              f"{info.model_type!r} model")
         notes.append(f"model {recipe.model.id}: {info.model_type}, {info.num_layers} layers x {info.d_ff} "
                      f"= {info.ffn_neurons} FFN neurons (supported)")
     return notes

@@ -71,3 +71,15 @@ def test_recipe_cli_check_and_show(tmp_path):
     bad = write(tmp_path, MINIMAL + "edit:\n  alpah: 1\n", "bad.yaml")
     proc = subprocess.run([sys.executable, "-m", "editor", "recipe", "check", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2 and "alpah" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_bundled_recipe_is_valid_and_resolves_offline(path):
+    """Every recipe in recipes/ validates; its model type is in the registry and its tasks are known to
+    lm-eval or bundled (a dry run: no weights or datasets are downloaded)."""
+    recipe = load_recipe(path)
+    notes = check_recipe(recipe)
+    assert any("eval tasks known" in n for n in notes)
+    if not recipe.model.id.startswith(("smollm2", "gemma3-270m")):
+        assert recipe.model.model_type, f"{path.name}: GPU recipes name the expected model_type"
+        assert any("registry" in n for n in notes)
