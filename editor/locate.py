@@ -27,6 +27,7 @@ PNG plots (H-Neurons per layer, regularisation path, ROC curves).
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -72,8 +73,8 @@ class LocateSettings:
             raise InputError(f"labels must be '3v1' or '1v1', got {self.labels!r}")
         if self.rule not in ("sparsest_within", "best"):
             raise InputError(f"C rule must be 'sparsest_within' or 'best', got {self.rule!r}")
-        if self.C is not None and (not self.C or any(not (c > 0) for c in self.C)):
-            raise InputError(f"C values must be positive numbers, got {self.C}")
+        if self.C is not None and (not self.C or any(not (c > 0 and math.isfinite(c)) for c in self.C)):
+            raise InputError(f"C values must be positive finite numbers, got {self.C}")
         if self.random_draws < 1:
             raise InputError("random_draws must be at least 1")
 

@@ -83,3 +83,41 @@ def test_every_bundled_recipe_is_valid_and_resolves_offline(path):
     if not recipe.model.id.startswith(("smollm2", "gemma3-270m")):
         assert recipe.model.model_type, f"{path.name}: GPU recipes name the expected model_type"
         assert any("registry" in n for n in notes)
+
+
+def _parsed(argv):
+    from editor.cli import _apply_recipe, build_parser
+
+    parser = build_parser()
+    return _apply_recipe(parser, argv, parser.parse_args(argv))
+
+
+def test_stage_commands_take_settings_from_a_recipe_and_flags_override_it(tmp_path):
+    path = write(tmp_path, MINIMAL + "collect:\n  samples: 3\n  limit: {train: 50, test: 20}\n  temperature: 0.5\n"
+                           "locate:\n  labels: 1v1\n  C: [0.1, 0.2]\nedit:\n  alpha: 0.25\n  modes: [ia3]\n"
+                           "eval:\n  tasks: [hneurons_facts]\n  limit: 5\n  controls: 1\n"
+                           "publish:\n  repo: me/model\n  private: false\n")
+    out = Path("runs/x").resolve()
+    args = _parsed(["collect", "--recipe", str(path)])
+    assert (args.samples, args.temperature, args.limit) == (3, 0.5, "train=50,test=20")
+    assert args.model == "smollm2-135m-instruct" and Path(args.out).resolve() == out / "collect"
+    args = _parsed(["collect", "--recipe", str(path), "--samples", "7", "--out", str(tmp_path / "o")])
+    assert args.samples == 7 and args.out == str(tmp_path / "o") and args.temperature == 0.5
+    args = _parsed(["locate", "--recipe", str(path)])
+    assert args.labels == "1v1" and args.C == [0.1, 0.2] and Path(args.responses).resolve() == out / "collect"
+    args = _parsed(["edit", "--recipe", str(path)])
+    assert (args.alpha, args.mode) == (0.25, "ia3") and Path(args.out).resolve() == out / "adapter-ia3"
+    assert Path(args.neurons).resolve() == out / "locate" / "neurons.json"
+    args = _parsed(["eval", "--recipe", str(path)])
+    assert (args.base, args.tasks, args.limit, args.controls, args.alpha) == (
+        "smollm2-135m-instruct", "hneurons_facts", 5, 1, 0.25)
+    args = _parsed(["push", "--recipe", str(path), "--dry-run"])
+    assert args.repo == "me/model" and args.private is False and Path(args.folder).resolve() == out / "adapter-ia3"
+
+
+def test_stage_command_without_recipe_or_required_flag_is_a_usage_error(capsys):
+    from editor.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["locate", "--out", "x"])
+    assert exit_.value.code == 2 and "--responses" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from ..errors import HNeuronsError
 
 # Order is the order of `hneurons --help`: the pipeline first, then tools.
 COMMAND_MODULES = [
+    "run_cmd",
     "collect_cmd",
     "locate_cmd",
     "detect_cmd",
@@ -34,12 +35,16 @@ hneurons finds the few feed-forward neurons whose activity predicts hallucinatio
 Gao et al., arXiv 2512.01797) in a Hugging Face causal language model, rewrites the model to suppress
 them, measures what that changes with lm-evaluation-harness, and publishes the result.
 
-The pipeline, one command per stage (or all of them with `hneurons run RECIPE`):
+The pipeline, one command per stage, or all of them with `hneurons run RECIPE`:
   collect  ask factual questions several times; keep consistently right / wrong answers
   locate   CETT features per neuron, sparse L1 probe, the H-Neuron set and a detection report
-  edit     write the fixed model: patched safetensors checkpoint, or an IA3 / LoRA adapter
-  eval     lm-eval benchmarks, base vs edited, with a random-neuron control
-  push     publish the fixed model with its model card to the Hugging Face Hub
+  sweep    evaluate suppression strengths (alpha) on validation tasks; choose one under retention limits
+  edit     write the fixed model: patched safetensors checkpoint, or an exact IA3 / LoRA adapter
+  eval     lm-eval benchmarks, base vs edited, with random-neuron controls and CIs
+  card     write the model card (metadata, evidence, limitations, how to reproduce)
+  push     publish the fixed model with its card to the Hugging Face Hub
+Tools: detect (score answers for hallucination risk with a probe), origin (compare with the base
+model), recipe (validate / show a recipe), inspect (how hneurons sees a model).
 
 MODEL arguments accept a Hub repo id, a local checkpoint folder, a .gguf file, or an embedded
 alias (smollm2-135m-instruct, gemma3-270m) that works without Hub access.
@@ -63,12 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
     try:
+        args = _apply_recipe(parser, argv, args)
         return int(args.func(args) or 0)
     except HNeuronsError as exc:
         if args.verbose:
@@ -78,3 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hneurons {args.command}: interrupted; finished work is kept and a re-run resumes", file=sys.stderr)
         return 130
+
+
+def _apply_recipe(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace) -> argparse.Namespace:
+    """``--recipe FILE``: the recipe's settings become the command's defaults; explicit flags still win."""
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 (argparse has no public API)
+    if getattr(args, "recipe_file", None):
+        from ..recipe import load_recipe
+
+        sub.set_defaults(**args.recipe_defaults(load_recipe(args.recipe_file)))
+        args = parser.parse_args(argv)
+    missing = [flag for dest, flag in getattr(args, "required_unless_recipe", {}).items()
+               if getattr(args, dest, None) in (None, "", [])]
+    if missing:
+        sub.error(f"the following arguments are required (or give --recipe): {', '.join(missing)}")
+    return args

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import HELP_FORMATTER, add_model_args, load_from_args
+from .common import HELP_FORMATTER, add_model_args, add_recipe_option, load_from_args, model_defaults, stage_path
 
 DESCRIPTION = """\
 Ask the model factual questions several times, judge every answer against the gold aliases, and keep
@@ -61,10 +61,22 @@ def register(subparsers) -> None:
     pr.add_argument("--prompt-style", choices=["auto", "chat", "base"], default="auto",
                     help="chat template (chat), 'Question: ...\\nAnswer:' (base), or chat when the tokenizer has a "
                          "template (auto)")
-    p.add_argument("--out", required=True, help="output folder (resumed when it holds a run with the same settings)")
+    p.add_argument("--out", help="output folder (resumed when it holds a run with the same settings)")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run with other settings in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_recipe_option(p, recipe_defaults, {"out": "--out"})
     p.set_defaults(func=run)
+
+
+def recipe_defaults(recipe) -> dict:
+    c = recipe.collect
+    limit = c.limit if not isinstance(c.limit, dict) else ",".join(f"{k}={v}" for k, v in c.limit.items())
+    return {**model_defaults(recipe), "data": list(c.data), "split": ",".join(c.splits),
+            "limit": None if limit is None else str(limit), "samples": c.samples, "temperature": c.temperature,
+            "top_p": c.top_p, "top_k": c.top_k, "max_new_tokens": c.max_new_tokens, "seed": c.seed,
+            "all_samples": not c.early_stop, "batch_size": c.batch_size, "prompt_style": c.prompt_style,
+            "instruction": c.instruction, "question_column": c.question_column, "answers_column": c.answers_column,
+            "out": stage_path(recipe, "collect")}
 
 
 def run(args) -> int:

@@ -45,3 +45,30 @@ def load_from_args(args: argparse.Namespace, spec: str | None = None):
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
     )
+
+
+# ------------------------------------------------------------------------------------------ --recipe
+RECIPE_HELP = ("take this command's settings from a recipe (its model and this stage's section; inputs and "
+               "outputs inside the recipe's output folder); flags given on the command line override it")
+
+
+def add_recipe_option(parser: argparse.ArgumentParser, defaults, required: dict[str, str]) -> None:
+    """``--recipe FILE`` for a stage command.
+
+    ``defaults(recipe) -> {dest: value}`` maps the recipe onto the command's arguments; ``required``
+    ({dest: flag}) lists arguments that are required unless the recipe provides them.
+    """
+    parser.add_argument("--recipe", dest="recipe_file", metavar="FILE", help=RECIPE_HELP)
+    parser.set_defaults(recipe_defaults=defaults, required_unless_recipe=required)
+
+
+def model_defaults(recipe, dest: str = "model") -> dict:
+    m = recipe.model
+    return {dest: m.id, "revision": m.revision, "dtype": m.dtype, "device": m.device,
+            "trust_remote_code": m.trust_remote_code, "allow_pickle": m.allow_pickle}
+
+
+def stage_path(recipe, *parts: str) -> str:
+    from ..recipe import output_dir
+
+    return str(output_dir(recipe).joinpath(*parts))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..errors import InputError
-from .common import HELP_FORMATTER, add_model_args
+from .common import HELP_FORMATTER, add_model_args, add_recipe_option, model_defaults, stage_path
 
 DESCRIPTION = """\
 Suppress (or amplify) a set of FFN neurons permanently. Scaling neuron j's activation by alpha is
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
                                    description=DESCRIPTION, formatter_class=HELP_FORMATTER)
     add_model_args(parser)
     group = parser.add_argument_group("edit")
-    group.add_argument("--neurons", required=True, metavar="FILE",
+    group.add_argument("--neurons", metavar="FILE",
                        help="neuron file: locate's neurons.json or {\"neurons\": [{\"layer\": L, \"index\": J}, ...]}")
     group.add_argument("--alpha", type=float, default=0.0,
                        help="activation scale for every neuron (default 0 = full suppression; 1 = unchanged; >= 0)")
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
                        help="alpha for the neurons of layer L (repeatable; per-neuron alphas in the file win)")
     group.add_argument("--mode", choices=["weights", "ia3", "lora"], default="weights",
                        help="what to write: patched checkpoint (default), IA3 adapter or LoRA adapter")
-    group.add_argument("--out", required=True, metavar="DIR",
+    group.add_argument("--out", metavar="DIR",
                        help="output folder (must not exist unless --overwrite)")
     group.add_argument("--overwrite", action="store_true",
                        help="replace DIR if it exists (only once the new one is complete)")
@@ -71,6 +71,7 @@ def register(subparsers) -> None:
     group.add_argument("--max-shard-size", default="5GB",
                        help="largest safetensors shard written by the in-memory weights mode (default 5GB)")
     group.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
+    add_recipe_option(parser, recipe_defaults, {"neurons": "--neurons", "out": "--out"})
     parser.set_defaults(func=run)
 
 
@@ -89,6 +90,28 @@ def parse_layer_alphas(items: list[str]) -> dict[int, float]:
             raise InputError(f"--layer-alpha gives layer {key} twice")
         out[key] = number
     return out
+
+
+def _recipe_alpha(recipe) -> float | None:
+    """The recipe's alpha; for ``auto``, the one its sweep chose (None before the sweep ran)."""
+    if recipe.edit.alpha != "auto":
+        return float(recipe.edit.alpha)
+    import json
+    from pathlib import Path
+
+    sweep = Path(stage_path(recipe, "sweep", "sweep.json"))
+    return json.loads(sweep.read_text())["chosen"]["alpha"] if sweep.is_file() else None
+
+
+def recipe_defaults(recipe) -> dict:
+    from ..pipeline import EDIT_FOLDERS
+
+    mode = recipe.edit.modes[0]
+    alpha = _recipe_alpha(recipe)
+    return {**model_defaults(recipe), "neurons": stage_path(recipe, "locate", "neurons.json"), "mode": mode,
+            "out": stage_path(recipe, EDIT_FOLDERS[mode]), "out_of_core": recipe.edit.out_of_core,
+            "probe": stage_path(recipe, "locate", "probe.safetensors"),
+            **({"alpha": alpha} if alpha is not None else {})}
 
 
 def run(args) -> int:

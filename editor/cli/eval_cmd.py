@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import HELP_FORMATTER
+from .common import HELP_FORMATTER, add_recipe_option, model_defaults, stage_path
 
 DESCRIPTION = """\
 Evaluate a model with lm-evaluation-harness, or compare an edited model with its base model: one table of
@@ -139,9 +139,23 @@ def register(subparsers) -> None:
     what.add_argument("--control-seed", type=int, default=0, help="first control seed (default 0)")
     add_eval_args(parser)
     add_loading_args(parser)
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--out", metavar="DIR", help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace results of other settings in --out")
+    add_recipe_option(parser, recipe_defaults, {"out": "--out"})
     parser.set_defaults(func=run)
+
+
+def recipe_defaults(recipe) -> dict:
+    """The recipe's eval: its model as --base, the located neurons at the recipe's alpha, run-time scaled."""
+    from .edit_cmd import _recipe_alpha
+
+    e = recipe.eval
+    alpha = _recipe_alpha(recipe)
+    return {**model_defaults(recipe, dest="base"), "neurons": stage_path(recipe, "locate", "neurons.json"),
+            "tasks": ",".join(e.tasks), "limit": e.limit, "batch_size": e.batch_size, "controls": e.controls,
+            "control_seed": e.seed, "match_layers": e.match_layers, "ci_iters": max(e.bootstrap, 1),
+            "kl_max_prompts": e.kl_prompts, "out": stage_path(recipe, "eval"),
+            **({"alpha": alpha} if alpha is not None else {})}
 
 
 def run(args) -> int:

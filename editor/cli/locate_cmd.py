@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import HELP_FORMATTER, add_model_args, load_from_args
+from .common import HELP_FORMATTER, add_model_args, add_recipe_option, load_from_args, model_defaults, stage_path
 
 DESCRIPTION = """\
 Find the H-Neurons: compute each FFN neuron's CETT contribution (|z_j| * ||W_down[:, j]|| / ||W_down z||,
@@ -28,8 +28,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("locate", help="CETT features + sparse probe -> H-Neurons and a detection report",
                               description=DESCRIPTION, formatter_class=HELP_FORMATTER)
     add_model_args(p)
-    p.add_argument("--responses", required=True, help="collect output folder (holding responses.jsonl)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--responses", help="collect output folder (holding responses.jsonl)")
+    p.add_argument("--out", help="output folder")
     g = p.add_argument_group("probe")
     g.add_argument("--labels", choices=["3v1", "1v1"], default="3v1",
                    help="3v1 (paper): hallucinated answer tokens vs faithful answer tokens and all other tokens; "
@@ -46,11 +46,20 @@ def register(subparsers) -> None:
                         "or the best")
     g.add_argument("--tol", type=float, default=0.01, help="AUROC tolerance of the sparsest_within rule")
     g.add_argument("--random-draws", type=int, default=10, help="random-neuron baselines (default 10)")
+    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of every CI (default 1000)")
     g.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="responses per forward pass")
     p.add_argument("--force", action="store_true", help="accept responses collected with other weights")
     p.add_argument("--no-progress", action="store_true")
+    add_recipe_option(p, recipe_defaults, {"responses": "--responses", "out": "--out"})
     p.set_defaults(func=run)
+
+
+def recipe_defaults(recipe) -> dict:
+    s = recipe.locate
+    return {**model_defaults(recipe), "labels": s.labels, "aggregate": s.aggregate, "span": s.span, "C": s.C,
+            "C_path": s.n_C, "rule": s.rule, "tol": s.tol, "random_draws": s.random_draws, "bootstrap": s.bootstrap, "seed": s.seed,
+            "batch_size": s.batch_size, "responses": stage_path(recipe, "collect"), "out": stage_path(recipe, "locate")}
 
 
 def run(args) -> int:
@@ -58,7 +67,8 @@ def run(args) -> int:
 
     lm = load_from_args(args)
     settings = LocateSettings(labels=args.labels, aggregate=args.aggregate, span=args.span, C=args.C, n_C=args.C_path,
-                              rule=args.rule, tol=args.tol, random_draws=args.random_draws, seed=args.seed,
+                              rule=args.rule, tol=args.tol, random_draws=args.random_draws, bootstrap=args.bootstrap,
+                              seed=args.seed,
                               batch_size=args.batch_size)
     result = locate(lm, args.responses, args.out, settings, progress=not args.no_progress, force=args.force)
     print(format_report(result.report))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .common import HELP_FORMATTER
+from .common import HELP_FORMATTER, add_recipe_option
 
 DESCRIPTION = """\
 Publish an output folder of `hneurons edit` (a patched checkpoint or an adapter, with its model card
@@ -35,8 +35,9 @@ examples:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("push", help="publish an edited model or adapter folder to the Hugging Face Hub",
                                    description=DESCRIPTION, formatter_class=HELP_FORMATTER)
-    parser.add_argument("folder", metavar="OUT_DIR", help="output folder of `hneurons edit` (holds hneurons_edit.json)")
-    parser.add_argument("--repo", required=True, metavar="OWNER/NAME",
+    parser.add_argument("folder", metavar="OUT_DIR", nargs="?",
+                        help="output folder of `hneurons edit` (holds hneurons_edit.json)")
+    parser.add_argument("--repo", metavar="OWNER/NAME",
                         help="Hub model repo to push to, e.g. my-user/my-model")
     parser.add_argument("--private", action="store_true",
                         help="create the repo private (refused if it exists and is public); without it a new repo "
@@ -51,7 +52,17 @@ def register(subparsers) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="check the folder and list what would be uploaded, and where; send nothing")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_recipe_option(parser, recipe_defaults, {"folder": "OUT_DIR", "repo": "--repo"})
     parser.set_defaults(func=run)
+
+
+def recipe_defaults(recipe) -> dict:
+    from ..pipeline import push_folder_of
+    from ..recipe import output_dir
+
+    p = recipe.publish
+    return {"folder": str(push_folder_of(recipe, output_dir(recipe))), "repo": p.repo, "private": p.private,
+            "revision": p.revision, "create_pr": p.create_pr, "commit_message": p.commit_message}
 
 
 def run(args) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import HELP_FORMATTER, MODEL_HELP
+from .common import HELP_FORMATTER, MODEL_HELP, add_recipe_option, model_defaults, stage_path
 from .eval_cmd import add_eval_args, add_loading_args, load_kwargs_from_args, settings_from_args
 
 DESCRIPTION = """\
@@ -61,7 +61,7 @@ def register(subparsers) -> None:
                                    description=DESCRIPTION, formatter_class=HELP_FORMATTER)
     what = parser.add_argument_group("what to sweep")
     what.add_argument("--base", default=DEFAULT_MODEL, metavar="MODEL", help=MODEL_HELP)
-    what.add_argument("--neurons", required=True, metavar="FILE", help="neuron set (neurons.json from locate)")
+    what.add_argument("--neurons", metavar="FILE", help="neuron set (neurons.json from locate)")
     what.add_argument("--alphas", type=_alphas, default=list(DEFAULT_ALPHAS),
                       help="comma-separated grid (default " + ",".join(f"{a:g}" for a in DEFAULT_ALPHAS) + "; 1 is "
                            "always added as the reference)")
@@ -81,9 +81,19 @@ def register(subparsers) -> None:
                         help="allow tasks that score the test split (biases any report on that split)")
     add_eval_args(parser, default_tasks="hneurons_val")
     add_loading_args(parser)
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--out", metavar="DIR", help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace a sweep of other settings in --out")
+    add_recipe_option(parser, recipe_defaults, {"neurons": "--neurons", "out": "--out"})
     parser.set_defaults(func=run)
+
+
+def recipe_defaults(recipe) -> dict:
+    e, ev = recipe.edit, recipe.eval
+    return {**model_defaults(recipe, dest="base"), "neurons": stage_path(recipe, "locate", "neurons.json"),
+            "alphas": list(e.alpha_grid), "control_seeds": list(range(e.sweep_controls)),
+            "max_knowledge_drop": e.constraints.max_knowledge_drop, "max_kl": e.constraints.max_kl,
+            "limit": e.sweep_limit, "batch_size": ev.batch_size, "match_layers": ev.match_layers,
+            "kl_max_prompts": ev.kl_prompts, "out": stage_path(recipe, "sweep")}
 
 
 def run(args) -> int:
