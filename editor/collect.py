@@ -27,7 +27,7 @@ import json
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -58,18 +58,15 @@ class SamplingSettings:
     max_new_tokens: int = 50
     seed: int = 0
     early_stop: bool = True
-    # Questions per chunk, and generation rows per forward batch; "auto": from free GPU memory (32 on the
-    # CPU), resolved once per output folder (editor.batching).
-    batch_size: int | str = 32
+    batch_size: int = 32  # questions per chunk, and generation rows per forward batch
 
     def validate(self) -> None:
-        from .batching import parse_batch_size
-
         if self.samples < 1:
             raise InputError(f"samples must be at least 1, got {self.samples}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
             raise InputError(f"invalid sampling settings: {asdict(self)}")
-        parse_batch_size(self.batch_size)
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
 
 
 @dataclass
@@ -103,22 +100,11 @@ def _finish(tokenizer: Any, new_ids: list[int], ended: bool, stop_at_newline: bo
     return Generation(text.strip(), list(new_ids), truncated=not ended)
 
 
-BACKENDS = ("hf", "vllm")
-
-
 @torch.no_grad()
 def generate(lm: LoadedModel, prompts: Sequence[Prompt], settings: SamplingSettings, *, sample: bool,
-             seed: int | None = None, backend: str = "hf") -> list[Generation]:
+             seed: int | None = None) -> list[Generation]:
     """One batched decode over left-padded prompts (greedy, or sampled with ``seed``); rows leave the
-    batch as soon as they end their turn (:mod:`editor.sampler`).
-
-    ``backend="vllm"`` decodes the same token ids with the same settings on vLLM's engine instead
-    (:mod:`editor.vllm_backend`; CUDA only, optional).
-    """
-    if backend == "vllm":
-        from .vllm_backend import vllm_generate
-
-        return vllm_generate(lm, prompts, settings, sample=sample, seed=settings.seed if seed is None else seed)
+    batch as soon as they end their turn (:mod:`editor.sampler`)."""
     tok = lm.tokenizer
     stops = set(stop_token_ids(tok, getattr(lm.model, "generation_config", None)))
     if tok.pad_token_id is not None:
@@ -199,11 +185,11 @@ def _chunk_seed(seed: int, chunk: int, round_: int) -> int:
 
 
 def collect_chunk(lm: LoadedModel, questions: Sequence[Question], settings: SamplingSettings,
-                  style: PromptStyle, chunk_index: int, backend: str = "hf") -> tuple[list[dict], dict]:
+                  style: PromptStyle, chunk_index: int) -> tuple[list[dict], dict]:
     """Greedy answers and early-stopped samples for one chunk of questions; returns records and stats."""
     k = settings.samples
     prompts = [build_prompt(lm.tokenizer, q.question, style) for q in questions]
-    greedy = generate(lm, prompts, settings, sample=False, backend=backend)
+    greedy = generate(lm, prompts, settings, sample=False)
     samples: list[list[dict]] = [[] for _ in questions]
     gens: list[list[Generation]] = [[] for _ in questions]
     round_, generated_rows = 0, len(questions)
@@ -218,7 +204,7 @@ def collect_chunk(lm: LoadedModel, questions: Sequence[Question], settings: Samp
         for start in range(0, len(rows), settings.batch_size):
             batch = rows[start:start + settings.batch_size]
             outs = generate(lm, [prompts[i] for i in batch], settings, sample=True,
-                            seed=_chunk_seed(settings.seed, chunk_index, round_), backend=backend)
+                            seed=_chunk_seed(settings.seed, chunk_index, round_))
             round_ += 1
             generated_rows += len(batch)
             for i, gen in zip(batch, outs):
@@ -293,8 +279,8 @@ def summarize(records: list[dict]) -> dict:
 
 
 def _settings_record(lm: LoadedModel, questions: Sequence[Question], data: dict, settings: SamplingSettings,
-                     style: PromptStyle, balance_seed: int, backend: str = "hf", auto_batch: bool = False) -> dict:
-    record = {
+                     style: PromptStyle, balance_seed: int) -> dict:
+    return {
         "model": {k: v for k, v in lm.identity().items()},
         "data": data,
         "questions_sha256": sha256_json([q.to_dict() for q in questions]),
@@ -303,29 +289,6 @@ def _settings_record(lm: LoadedModel, questions: Sequence[Question], data: dict,
         "prompt": style.settings(lm.tokenizer),
         "balance_seed": balance_seed,
     }
-    # Recorded only when not the default, so that folders written before these options still resume.
-    if auto_batch:
-        record["sampling"]["batch_size_auto"] = True
-    if backend != "hf":
-        record["backend"] = backend
-    return record
-
-
-def resolved_batch_size(lm: LoadedModel, questions: Sequence[Question], settings: SamplingSettings,
-                        style: PromptStyle, out: Path) -> int:
-    """The batch size to use: the number given, or for ``"auto"`` the one an earlier run of this output
-    folder chose (so that a resume makes the same chunks), else one that fits the free GPU memory."""
-    from .batching import AUTO, resolve_batch_size
-
-    if settings.batch_size != AUTO:
-        return int(settings.batch_size)
-    previous = out / SETTINGS
-    if previous.is_file():
-        sampling = json.loads(previous.read_text(encoding="utf-8")).get("sampling", {})
-        if sampling.get("batch_size_auto") and isinstance(sampling.get("batch_size"), int):
-            return sampling["batch_size"]
-    longest = max(len(build_prompt(lm.tokenizer, q.question, style).input_ids) for q in questions)
-    return resolve_batch_size(AUTO, lm, "generation", longest + settings.max_new_tokens)
 
 
 def _prepare_out_dir(out: Path, settings_record: dict, overwrite: bool) -> None:
@@ -363,26 +326,13 @@ def collect(
     balance_seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
-    backend: str = "hf",
 ) -> CollectResult:
-    """Run (or resume) the collect stage into ``out_dir``; see the module docstring.
-
-    ``backend``: ``hf`` (the compacting decoder of :mod:`editor.sampler`) or ``vllm`` (vLLM's engine on
-    CUDA, optional: :mod:`editor.vllm_backend`).
-    """
+    """Run (or resume) the collect stage into ``out_dir``; see the module docstring."""
     settings.validate()
-    if backend not in BACKENDS:
-        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "vllm":
-        from .vllm_backend import require_vllm
-
-        require_vllm()
     if not questions:
         raise InputError("no questions to collect (the dataset, split or limit selected 0 rows)")
     out = Path(out_dir)
-    auto_batch = settings.batch_size == "auto"
-    settings = replace(settings, batch_size=resolved_batch_size(lm, questions, settings, style, out))
-    record = _settings_record(lm, questions, data or {}, settings, style, balance_seed, backend, auto_batch)
+    record = _settings_record(lm, questions, data or {}, settings, style, balance_seed)
     _prepare_out_dir(out, record, overwrite)
     if (out / MANIFEST).is_file() and (out / RESPONSES).is_file():
         manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
@@ -404,7 +354,7 @@ def collect(
             chunk_records, stats = [json.loads(x) for x in lines[1:]], json.loads(lines[0])
             resumed += 1
         else:
-            chunk_records, stats = collect_chunk(lm, chunk, settings, style, index, backend)
+            chunk_records, stats = collect_chunk(lm, chunk, settings, style, index)
             atomic_write_text(path, "\n".join(json.dumps(x, ensure_ascii=False) for x in [stats, *chunk_records]) + "\n")
         records.extend(chunk_records)
         totals.update(stats)
