@@ -424,6 +424,15 @@ def recipe(text_fn, culprit):
     return setup
 
 
+def run_recipe(text_fn, culprit):
+    """The same bad recipes through `hneurons run` (nothing may be created: not even the output folder)."""
+    def setup(ctx):
+        path = ctx.file("recipe.yaml", text_fn(RECIPE.format(model=ctx.w.tiny, out=ctx.tmp / "out")))
+        return Action(["run", str(path), "--no-progress"]), culprit
+
+    return setup
+
+
 # ---- outputs
 def output_folder_exists(ctx):
     out = ctx.tmp / "out"
@@ -535,6 +544,11 @@ CASES = [
     Case("Hub repo name invalid", "push", hub_repo_name_invalid, PublishError),
     Case("push without a token", "push", push_without_token, PublishError),
     Case("push of a folder without a manifest", "push", push_folder_without_manifest, PublishError),
+    Case("run: recipe with an unknown key", "run", run_recipe(lambda t: t + "colect:\n  samples: 3\n", "colect"),
+         RecipeError),
+    Case("run: recipe with a wrong type", "run",
+         run_recipe(lambda t: t + "collect:\n  samples: three\n", "collect.samples"), RecipeError),
+    Case("run: recipe without a model", "run", run_recipe(lambda t: t.split("\n", 2)[2], "model"), RecipeError),
 ]
 
 

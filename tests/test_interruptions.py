@@ -305,3 +305,31 @@ def test_push_killed_mid_upload_reruns_to_the_same_repo_without_duplicate_commit
         assert repo.files() == reference.files()
         assert len(repo.history()) == len(reference.history()), f"duplicate commit after a kill at {at} ({mode})"
         assert repo.pull_requests() == []
+
+
+def test_run_killed_during_collect_resumes_to_the_same_artifacts(ckpt, tmp_path):
+    data = tmp_path / "qs.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is the capital of land {i}?",
+                                        "answers": ["Paris"], "split": "train"}) + "\n" for i in range(12)))
+    out = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model:\n  id: {ckpt}\n  device: cpu\noutput: {out}\ncollect:\n  data: [{data}]\n"
+                      f"  splits: [train]\n  samples: 4\n  max_new_tokens: 8\n  batch_size: 2\n")
+    argv = ["run", str(recipe), "--to", "collect", "--no-progress"]
+    in_process(argv)
+    reference = out.rename(tmp_path / "reference")
+    interrupted = 0
+    for seed in SEEDS:
+        rng = random.Random(seed)
+        wanted = rng.randrange(1, 6)  # chunks finished before the kill (6 in all)
+        chunk_files = lambda: list((out / "collect" / "chunks").glob("chunk-*.jsonl")) if (out / "collect" / "chunks").is_dir() else []  # noqa: E731
+        kill_when(argv, lambda: len(chunk_files()) >= wanted, delay=rng.uniform(0, 0.05))
+        assert_no_half_written(out, reference, ["collect/responses.jsonl", "collect/collect.json"])
+        interrupted += not (out / "collect" / "collect.json").exists()
+        in_process(argv)
+        assert (out / "collect" / "responses.jsonl").read_bytes() == (reference / "collect" / "responses.jsonl").read_bytes()
+        state, ref_state = (json.loads((f / "run_state.json").read_text()) for f in (out, reference))
+        assert state["stages"]["collect"]["key"] == ref_state["stages"]["collect"]["key"]
+        assert temporaries(out) == []
+        shutil.rmtree(out)
+    assert interrupted >= 2
