@@ -1162,9 +1162,9 @@ def _section_load(inputs: CardInputs) -> str:
     text = ["## How to load", "", "A PEFT adapter on the base model:", "", code_block(code, "python")]
     recorded = (inputs.edit.get("written") or {}).get("base_model_name_or_path")
     if recorded is not None and recorded != base_ref:
-        text += ["", f"`adapter_config.json` records the base as hneurons was given it "
-                     f"({md_text(Path(str(recorded)).name)}), so pass the base model explicitly as above rather "
-                     f"than relying on AutoPeftModelForCausalLM."]
+        text += ["", f"`adapter_config.json` records the base as it was found on the machine that made the "
+                     f"adapter ({md_text(Path(str(recorded)).name)}), so pass the base model explicitly as above "
+                     f"rather than relying on AutoPeftModelForCausalLM."]
     if (inputs.identity.get("source") or {}).get("kind") in ("alias", "gguf"):
         text += ["", "The adapter was made and evaluated on the dequantised GGUF build named above; on the Hub "
                      "original " + ("IA3 scales exactly the same neurons." if inputs.mode == "ia3" else

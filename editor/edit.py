@@ -20,8 +20,8 @@ W_down (row j of GPT-2's Conv1D weight), so the edit can be written three ways (
 Adapters use explicit full module names (``registry.ArchSpec.down_proj_path``), which keeps GPT-2's
 ``attn.c_proj`` out. Adapter weights are stored in float32 whatever the model dtype (PEFT upcasts adapter
 weights to float32 anyway) and adapter folders hold no tokenizer: the base model supplies it.
-``base_model_name_or_path`` is what the user passed (a local folder or .gguf file as an absolute path,
-aliases and Hub ids verbatim).
+``base_model_name_or_path`` is where plain PEFT can load the base from: a Hub id as given, a local folder
+as an absolute path, and for an embedded alias or a .gguf file the converted safetensors folder.
 
 Verification is always on: after writing (into the temporary folder, before the final rename), the
 written files are reloaded and their logits on :data:`VERIFY_PROMPTS` (one right-padded batch, real tokens
@@ -647,9 +647,15 @@ def _adapter_candidates(model: torch.nn.Module, folder: Path) -> Iterator[tuple[
 
 
 # ================================================================================================ the API
-def _base_model_name(source: ModelSource) -> str:
-    """What the user passed; local files as absolute paths so the adapter works from any directory."""
-    return source.path if source.kind in ("folder", "gguf") else source.spec
+def _base_model_name(source: ModelSource, folder: str | None) -> str:
+    """Where plain PEFT finds the base: a Hub id as given, a local folder as an absolute path, and for an
+    embedded alias or a .gguf file the converted safetensors folder hneurons loaded (PEFT can read neither
+    an hneurons alias nor a GGUF file; the card names the original Hub model)."""
+    if source.kind == "hub":
+        return source.spec
+    if source.kind == "folder" or not folder:
+        return source.path if source.kind == "folder" else source.spec
+    return str(Path(folder).resolve())
 
 
 def _check_not_source(out: Path, folder: str | Path | None) -> None:
@@ -809,7 +815,7 @@ def _check_out_of_core_dtype(ckpt: Checkpoint, dtype: Any) -> None:
 def _write_and_verify(job: _Job, tmp: Path, prompts: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     if job.mode == "weights":
         return _weights(job, tmp, prompts)
-    base_name = _base_model_name(job.source)
+    base_name = _base_model_name(job.source, job.lm.folder if job.lm is not None else None)
     revision = job.source.revision if job.source.kind == "hub" else None
     lm = job.lm
     assert lm is not None
