@@ -13,6 +13,7 @@ error unless ``force=True`` (the origin analysis does that on purpose, on a base
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -154,3 +155,89 @@ def generate_with_detection(detector: Detector, question: str, *, threshold: flo
             break
     final = attempts[-1]
     return {**final, "flagged": final["hallucination_prob"] >= threshold, "attempts": attempts}
+
+
+# --------------------------------------------------------------------------------- held-out evaluation
+def heldout_report(lm: LoadedModel, probe_path: str, questions: Sequence, *, locate_dir: str | None = None,
+                   style: PromptStyle = PromptStyle(), batch_size: int = 16, bootstrap: int = 1000, seed: int = 0,
+                   max_new_tokens: int = 50, progress: bool = False) -> dict:
+    """How well the probe separates the model's wrong answers from its right ones on new questions.
+
+    The model answers every question greedily (collect's prompt); the judge labels each answer correct (0)
+    or wrong (1) and drops hedged, refusing and truncated ones; the probe scores the answers from one
+    teacher-forced pass. The same answers are scored by the classifiers of locate's baseline, refit on the
+    probe's training features: on the H-Neurons alone and on as many random neurons (locate's draws).
+    Returns AUROCs with stratified bootstrap 95% CIs. Questions the probe's collect stage asked are
+    excluded, so the probe never saw any of them.
+    """
+    import numpy as np
+
+    from . import stats
+    from .collect import SamplingSettings, generate, load_responses
+    from .judge import judge
+    from .locate import _random_columns, refit_on
+    from .origin import _instruct_training
+
+    detector = Detector(lm, probe_path, style=style, batch_size=batch_size)
+    locate_dir = locate_dir or str(Path(probe_path).parent)
+    train = _instruct_training(Path(locate_dir), detector.meta, None)
+    seen = {str(r["id"]) for r in load_responses(train.report["responses"]["folder"])[0]}
+    fresh = [q for q in questions if str(q.id) not in seen and not q.fabricated]
+    if not fresh:
+        raise InputError("every given question was already asked by the probe's collect stage: nothing held out")
+    records, labels, kept = [], [], []
+    settings = SamplingSettings(max_new_tokens=max_new_tokens)
+    for start in range(0, len(fresh), batch_size):
+        batch = fresh[start:start + batch_size]
+        prompts = [build_prompt(lm.tokenizer, q.question, style) for q in batch]
+        for q, prompt, gen in zip(batch, prompts, generate(lm, prompts, settings, sample=False)):
+            verdict = judge(gen.text, q.answers, truncated=gen.truncated)
+            if verdict.label == "uncertain" or not gen.token_ids:
+                continue
+            n = len(prompt.input_ids)
+            records.append({"id": q.id, "representative": {
+                "input_ids": list(prompt.input_ids) + gen.token_ids, "response_start": n,
+                "response_end": n + gen.n_tokens, "answer_start": n, "answer_end": n + gen.n_tokens}})
+            labels.append(int(verdict.label == "wrong"))
+            kept.append({"id": q.id, "relation": q.relation, "answer": gen.text, "hallucinated": labels[-1]})
+    y = np.array(labels)
+    if len(y) == 0 or y.min() == y.max():
+        raise InputError(f"the model's {len(y)} judged answers are {int((y == 0).sum())} right and {int(y.sum())} "
+                         f"wrong: AUROC needs both; give more questions")
+    rounding = detector.round_to
+    x = torch.cat([f[:, 0].to(rounding).float() for _, f in cett_features(
+        lm, records, detector.meta.get("aggregate", "mean"), batch_size, detector.meta.get("span", "response"))])
+
+    def auroc_ci(scores):
+        lo, hi = stats.bootstrap_ci(stats.auroc, scores, y, n_boot=bootstrap, seed=seed, stratify=y)
+        return {"auroc": stats.auroc(scores, y), "auroc_ci95": [lo, hi]}
+
+    probe_scores = detector.probe.scores(x)
+    for item, p in zip(kept, 1 / (1 + np.exp(-probe_scores))):
+        item["hallucination_prob"] = round(float(p), 6)
+    h_cols = detector.positive
+    result = {"n": len(y), "n_hallucinated": int(y.sum()), "n_questions": len(fresh),
+              "n_dropped_uncertain": len(fresh) - len(y), "probe": auroc_ci(probe_scores), "answers": kept}
+    if len(h_cols):
+        result["h_neurons_only"] = auroc_ci(refit_on(h_cols, train.x, train.y, detector.probe.C).scores(x[:, h_cols]))
+        draws = []
+        for d in range(train.random_draws):
+            cols = _random_columns(x.shape[1], len(h_cols), h_cols, train.seed + d)
+            draws.append(stats.auroc(refit_on(cols, train.x, train.y, detector.probe.C).scores(x[:, cols]), y))
+        result["random"] = {"draws": len(draws), "auroc_mean": float(np.mean(draws)), "auroc_std": float(np.std(draws)),
+                            "auroc_min": float(np.min(draws)), "auroc_max": float(np.max(draws))}
+    return result
+
+
+def format_heldout(report: dict) -> str:
+    p = report["probe"]
+    lines = [f"held-out answers: {report['n']} judged ({report['n_hallucinated']} wrong) of "
+             f"{report['n_questions']} new questions ({report['n_dropped_uncertain']} hedged/truncated dropped)",
+             f"  probe              AUROC {p['auroc']:.3f} [{p['auroc_ci95'][0]:.3f}, {p['auroc_ci95'][1]:.3f}]"]
+    if "h_neurons_only" in report:
+        h = report["h_neurons_only"]
+        lines.append(f"  H-Neurons only     AUROC {h['auroc']:.3f} [{h['auroc_ci95'][0]:.3f}, {h['auroc_ci95'][1]:.3f}]")
+        r = report["random"]
+        lines.append(f"  random neurons     AUROC {r['auroc_mean']:.3f} +- {r['auroc_std']:.3f} "
+                     f"(min {r['auroc_min']:.3f}, max {r['auroc_max']:.3f}, {r['draws']} draws)")
+    return "\n".join(lines)

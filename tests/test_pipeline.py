@@ -146,3 +146,23 @@ def test_bad_recipes_fail_clearly_and_create_nothing(tmp_path, capsys, edit, cul
     assert code == 2
     assert culprit in text and "Traceback" not in text and len(text.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.integration
+def test_detect_evaluates_the_probe_on_questions_it_never_saw(finished_run, capsys):
+    """`hneurons detect --evaluate`: SmolLM2 answers new test questions; the located probe is scored on
+    separating its wrong answers from its right ones, next to locate's random-neuron baseline."""
+    tmp, recipe, out = finished_run
+    report_path = tmp / "heldout.json"
+    code, text = run_cli(["detect", "--probe", str(out / "locate" / "probe.safetensors"), "--evaluate",
+                          "bundled:facts", "--split", "test", "--limit", "110", "--batch-size", "16",
+                          "--out", str(report_path)], capsys)
+    assert code == 0, text
+    report = json.loads(report_path.read_text())
+    asked = {json.loads(line)["id"] for line in (out / "collect" / "responses.jsonl").read_text().splitlines()}
+    assert report["n_questions"] == 110 - len(asked & {a["id"] for a in report["answers"]}) or report["n_questions"] < 110
+    assert not asked & {a["id"] for a in report["answers"]}, "held-out means never asked by collect"
+    assert 0 < report["n_hallucinated"] < report["n"]
+    lo, hi = report["probe"]["auroc_ci95"]
+    assert lo <= report["probe"]["auroc"] <= hi
+    assert report["random"]["draws"] == 3 and "random neurons" in text

@@ -19,10 +19,17 @@ most). Records are streamed: memory stays bounded however many records there are
 
 The probe records the model it was trained on: another model is an error unless --force.
 
+--evaluate DATA measures the detector on questions its collect stage never asked: the model answers
+them (greedy), the judge labels the answers right or wrong, and the report gives the probe's AUROC with
+a bootstrap 95% CI next to classifiers on the H-Neurons alone and on as many random neurons, refit on
+the probe's training features (locate's baseline).
+
 examples:
   hneurons detect --probe runs/smollm2/locate/probe.safetensors --question "What is the capital of Togo?"
   hneurons detect --probe probe.safetensors --question "Who wrote Hamlet?" --answer "Christopher Marlowe"
   hneurons detect --model M --probe probe.safetensors --input qa.jsonl --out scored.jsonl
+  hneurons detect --probe runs/smollm2/locate/probe.safetensors --evaluate bundled:facts --split test \
+      --limit 300 --out heldout.json
 """
 
 
@@ -35,6 +42,12 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="output JSONL (default: standard output)")
     p.add_argument("--question", help="score one question (instead of --input)")
     p.add_argument("--answer", help="the answer to score with --question (default: the model answers)")
+    ev = p.add_argument_group("held-out evaluation")
+    ev.add_argument("--evaluate", metavar="DATA", help="question source to evaluate the detector on (bundled:facts, a "
+                                                        "file, ...); questions the probe's collect stage asked are left out")
+    ev.add_argument("--split", default="test", help="split of --evaluate (default test)")
+    ev.add_argument("--limit", type=int, default=None, help="questions of --evaluate (a relation-balanced subset)")
+    ev.add_argument("--locate", metavar="DIR", help="the probe's locate folder (default: the probe's folder)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--force", action="store_true", help="use the probe with a model other than its own")
     p.set_defaults(func=run)
@@ -61,8 +74,10 @@ def run(args) -> int:
     from ..detect import Detector
     from ..errors import InputError
 
+    if args.evaluate:
+        return _evaluate(args)
     if bool(args.input) == bool(args.question):
-        raise InputError("give either --input FILE or --question TEXT")
+        raise InputError("give either --input FILE, --question TEXT or --evaluate DATA")
     detector = Detector(load_from_args(args), args.probe, force=args.force, batch_size=args.batch_size)
     items = _read_jsonl(args.input) if args.input else [{"question": args.question, "answer": args.answer}]
     scored = detector.score(items, progress=bool(args.input))
@@ -76,4 +91,20 @@ def run(args) -> int:
     else:
         for record in scored:
             print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from ..artifacts import atomic_write_json, provenance
+    from ..collect import gather_questions
+    from ..detect import format_heldout, heldout_report
+
+    questions, data = gather_questions([args.evaluate], [args.split], args.limit)
+    report = heldout_report(load_from_args(args), args.probe, questions, locate_dir=args.locate,
+                            batch_size=args.batch_size)
+    print(format_heldout(report))
+    if args.out:
+        atomic_write_json(args.out, {"format": "hneurons.detect_heldout/1", "probe": args.probe, "data": data,
+                                     **report, "provenance": provenance()})
+        print(f"wrote {args.out}", file=sys.stderr)
     return 0
