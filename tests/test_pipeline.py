@@ -160,7 +160,7 @@ def test_detect_evaluates_the_probe_on_questions_it_never_saw(finished_run, caps
     assert code == 0, text
     report = json.loads(report_path.read_text())
     asked = {json.loads(line)["id"] for line in (out / "collect" / "responses.jsonl").read_text().splitlines()}
-    assert report["n_questions"] == 110 - len(asked & {a["id"] for a in report["answers"]}) or report["n_questions"] < 110
+    assert 0 < report["n_questions"] < 110  # the test questions collect asked are left out
     assert not asked & {a["id"] for a in report["answers"]}, "held-out means never asked by collect"
     assert 0 < report["n_hallucinated"] < report["n"]
     lo, hi = report["probe"]["auroc_ci95"]
