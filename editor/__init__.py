@@ -17,4 +17,6 @@ try:
 except Exception:  # running from a source tree that is not installed
     __version__ = "0.0.0+local"
 
-from .errors import HNeuronsError  # noqa: E402,F401
+from .errors import HNeuronsError  # noqa: E402
+
+__all__ = ["HNeuronsError", "__version__"]

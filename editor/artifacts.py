@@ -139,22 +139,9 @@ def reported_write_errors(target: str | os.PathLike) -> Iterator[None]:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary sibling, fsync it, then rename it over ``path``."""
-    target = Path(path)
-    with reported_write_errors(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-    _fsync_dir(target.parent)
-    return target
+    with atomic_writer(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
 
 
 @contextlib.contextmanager

@@ -922,7 +922,7 @@ def evaluate(
     settings = settings or EvalSettings()
     prepare_environment(settings)
     out = Path(out)
-    _check_out(out, settings, overwrite)
+    check_out(out, settings, overwrite)
     check_combination(base, edited, adapter, neurons, alpha)
     load_kwargs = dict(load_kwargs or {})
     base_lm = _load(base, load_kwargs)
@@ -942,14 +942,16 @@ def evaluate(
     return EvalReport(out, results)
 
 
-def _check_out(out: Path, settings: EvalSettings, overwrite: bool) -> None:
+def check_out(out: Path, settings: EvalSettings, overwrite: bool, name: str = RESULTS_NAME,
+              what: str = "results") -> None:
+    """Refuse to mix results of other tasks / limit / seeds into ``out`` unless overwriting."""
     check_no_outside_links(out)
-    existing = out / RESULTS_NAME
+    existing = out / name
     if existing.is_file() and not overwrite:
-        previous = read_json(existing, "previous eval results").get("settings", {})
+        previous = read_json(existing, f"previous {what}").get("settings", {})
         if {k: previous.get(k) for k in ("tasks", "limit", "seeds")} != {
                 "tasks": list(settings.tasks), "limit": settings.limit, "seeds": list(settings.seeds)}:
-            raise OutputExistsError(f"{existing} holds results of other settings (tasks/limit/seeds); pass "
+            raise OutputExistsError(f"{existing} holds {what} of other settings (tasks/limit/seeds); pass "
                                     f"--overwrite to replace them, or choose another --out")
 
 

@@ -66,10 +66,10 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import atomic_write_json, check_no_outside_links, provenance, read_json, sha256_file
-from .errors import InputError, OutputExistsError
-from .evaluate import (EvalSettings, LmEvalRun, Variant, control_alphas, kl_divergence, kl_sequences, kl_summary,
-                       paired_bootstrap, prepare_environment, random_control, run_lm_eval, task_manager,
+from .artifacts import atomic_write_json, provenance, sha256_file
+from .errors import InputError
+from .evaluate import (EvalSettings, LmEvalRun, Variant, check_out, control_alphas, kl_divergence, kl_sequences,
+                       kl_summary, paired_bootstrap, prepare_environment, random_control, run_lm_eval, task_manager,
                        task_split, write_kl_files)
 from .loading import LoadedModel, load_model
 from .neuronset import NeuronSet, as_neuron_set
@@ -331,7 +331,7 @@ def sweep(
     grid = _grid(alphas)
     prepare_environment(settings)
     out = Path(out)
-    _check_out(out, settings, overwrite)
+    check_out(out, settings, overwrite, SWEEP_NAME, "a sweep")
     lm = base if isinstance(base, LoadedModel) else load_model(str(base), **dict(load_kwargs or {}))
     nset = _sweep_set(neurons, lm, force)
     manager = task_manager(settings)
@@ -368,17 +368,6 @@ def sweep(
     results["files"] = {"plot": plot_sweep(out, results)}
     atomic_write_json(out / SWEEP_NAME, results)
     return SweepReport(out, results)
-
-
-def _check_out(out: Path, settings: EvalSettings, overwrite: bool) -> None:
-    check_no_outside_links(out)
-    existing = out / SWEEP_NAME
-    if existing.is_file() and not overwrite:
-        previous = read_json(existing, "previous sweep").get("settings", {})
-        if {k: previous.get(k) for k in ("tasks", "limit", "seeds")} != {
-                "tasks": list(settings.tasks), "limit": settings.limit, "seeds": list(settings.seeds)}:
-            raise OutputExistsError(f"{existing} holds a sweep of other settings (tasks/limit/seeds); pass "
-                                    f"--overwrite to replace it, or choose another --out")
 
 
 def _grid(alphas: Sequence[float]) -> list[float]:
