@@ -222,7 +222,14 @@ class CardInputs:
 
     @property
     def name(self) -> str:
-        return self.repo_id or self.folder.resolve().name
+        """The repo id when known; else a descriptive name (base model, hneurons, mode), not a bare
+        folder name such as "model"."""
+        if self.repo_id:
+            return self.repo_id
+        source = self.identity.get("source") or {}
+        base = str(source.get("hub_id") or source.get("spec") or self.folder.resolve().name).rstrip("/")
+        suffix = "" if self.mode == "weights" else f"-{self.mode}"
+        return f"{base.split('/')[-1]}-hneurons{suffix}"
 
     @property
     def total_neurons(self) -> int:

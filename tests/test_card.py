@@ -299,7 +299,8 @@ def test_hostile_strings_cannot_break_front_matter_tables_or_inject_html(run, tm
     readme = write_card(folder, locate_report=evil_locate, eval_results=evil_eval, recipe=recipe)
     text = readme.read_text()
     meta = front_matter(text)
-    assert meta["model-index"][0]["name"] == folder.name == HOSTILE.replace("/", "-")
+    assert folder.name == HOSTILE.replace("/", "-")
+    assert meta["model-index"][0]["name"] == f"{run['src'].name}-hneurons"  # named after the base, not the folder
     names = {(r["dataset"]["name"], m["name"]) for r in meta["model-index"][0]["results"] for m in r["metrics"]}
     assert names == {(row["task"], row["metric"]) for row in doc["metrics"]}  # exactly the original strings
     from huggingface_hub import ModelCard
