@@ -53,6 +53,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from .paths import EVAL_DIR
 from .artifacts import atomic_write_text, sha256_bytes
 from .datagen import TEMPLATES, _with_article
 from .errors import InputError
@@ -77,7 +78,7 @@ __all__ = [
 ]
 
 SEED = 0
-TASK_DIR = Path(__file__).resolve().parent.parent / "eval" / "hneurons"
+TASK_DIR = EVAL_DIR / "hneurons"
 DATA_DIR = TASK_DIR / "data"
 # split -> its folder under the data folder ("" = the data folder itself, where the test tasks read)
 SPLITS = {"test": "", "validation": "validation"}

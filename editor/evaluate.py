@@ -93,6 +93,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .paths import EVAL_DIR
 from . import stats
 from .artifacts import (atomic_dir, atomic_write_json, atomic_writer, check_no_outside_links, files_sha256,
                         package_versions, provenance, read_json, sha256_file, sha256_json)
@@ -105,7 +106,7 @@ log = logging.getLogger(__name__)
 
 EVAL_FORMAT = "hneurons.eval/1"
 RESULTS_NAME = "eval_results.json"
-REPO_EVAL_DIR = Path(__file__).resolve().parent.parent / "eval"
+REPO_EVAL_DIR = EVAL_DIR
 NEUTRAL_PROMPTS = REPO_EVAL_DIR / "data" / "neutral_prompts.jsonl"
 DEFAULT_TASKS = ("hneurons",)
 LM_EVAL_SEEDS = (0, 1234, 1234, 1234)  # lm-eval's defaults: python, numpy, torch, fewshot

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from .paths import EVAL_DIR
 from .artifacts import canonical_json, sha256_bytes, sha256_file
 from .errors import InputError
 
@@ -62,7 +63,7 @@ __all__ = [
 ]
 
 SPLITS = ("train", "validation", "test")
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "eval" / "data"
+BUNDLED_DIR = EVAL_DIR / "data"
 BUNDLED_SETS = ("facts", "nonexist")
 FILE_SPLIT_FRACTIONS = (0.6, 0.2)  # files without a split column: train, validation (test = the rest)
 HUB_VALIDATION_FRACTION = 0.1  # share of the Hub's train split carved out as our validation split
