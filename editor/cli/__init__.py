@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not args.verbose:  # lm-eval narrates every task at INFO level; keep its warnings and errors
+        logging.getLogger("lm_eval").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
