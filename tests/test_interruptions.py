@@ -114,7 +114,7 @@ def ckpt(tmp_path_factory) -> Path:
 def test_collect_killed_after_random_chunks_resumes_to_the_same_responses(ckpt, tmp_path):
     data = tmp_path / "qs.jsonl"
     data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is the capital of land {i}?",
-                                        "answers": ["Paris"], "split": "train"}) + "\n" for i in range(12)))
+                                        "answers": ["Paris"], "split": "train"}) + "\n" for i in range(48)))
     out = tmp_path / "collect"
     argv = ["collect", "--model", str(ckpt), "--data", str(data), "--split", "train", "--samples", "4",
             "--max-new-tokens", "8", "--batch-size", "2", "--out", str(out), "--no-progress", "--device", "cpu"]
@@ -123,9 +123,9 @@ def test_collect_killed_after_random_chunks_resumes_to_the_same_responses(ckpt, 
     interrupted = 0
     for seed in SEEDS:
         rng = random.Random(seed)
-        wanted = rng.randrange(0, 6)  # chunks finished before the kill (6 in all)
+        wanted = rng.randrange(0, 12)  # chunks finished before the kill (24 in all: at least half still to go)
         chunk_files = lambda: list((out / "chunks").glob("chunk-*.jsonl")) if (out / "chunks").is_dir() else []  # noqa: E731
-        finished = kill_when(argv, lambda: len(chunk_files()) >= wanted, delay=rng.uniform(0, 0.3))
+        finished = kill_when(argv, lambda: len(chunk_files()) >= wanted, delay=rng.uniform(0, 0.02))
         assert_no_half_written(out, reference, ["responses.jsonl", "collect.json"])
         interrupted += not (out / "collect.json").exists()
         in_process(argv)
@@ -310,7 +310,7 @@ def test_push_killed_mid_upload_reruns_to_the_same_repo_without_duplicate_commit
 def test_run_killed_during_collect_resumes_to_the_same_artifacts(ckpt, tmp_path):
     data = tmp_path / "qs.jsonl"
     data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is the capital of land {i}?",
-                                        "answers": ["Paris"], "split": "train"}) + "\n" for i in range(12)))
+                                        "answers": ["Paris"], "split": "train"}) + "\n" for i in range(48)))
     out = tmp_path / "run"
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"model:\n  id: {ckpt}\n  device: cpu\noutput: {out}\ncollect:\n  data: [{data}]\n"
@@ -321,9 +321,9 @@ def test_run_killed_during_collect_resumes_to_the_same_artifacts(ckpt, tmp_path)
     interrupted = 0
     for seed in SEEDS:
         rng = random.Random(seed)
-        wanted = rng.randrange(1, 6)  # chunks finished before the kill (6 in all)
+        wanted = rng.randrange(1, 12)  # chunks finished before the kill (24 in all: at least half still to go)
         chunk_files = lambda: list((out / "collect" / "chunks").glob("chunk-*.jsonl")) if (out / "collect" / "chunks").is_dir() else []  # noqa: E731
-        kill_when(argv, lambda: len(chunk_files()) >= wanted, delay=rng.uniform(0, 0.05))
+        kill_when(argv, lambda: len(chunk_files()) >= wanted, delay=rng.uniform(0, 0.02))
         assert_no_half_written(out, reference, ["collect/responses.jsonl", "collect/collect.json"])
         interrupted += not (out / "collect" / "collect.json").exists()
         in_process(argv)
