@@ -2,7 +2,7 @@
 
 Both paths write the same edited checkpoint (30 H-Neurons at alpha 0) from the same local safetensors
 checkpoint; their tensors are byte-identical (tests/test_edit.py). Each run happens in its own child
-process, so that peak memory (the child's ``ru_maxrss``) is not shared between the two; the report gives
+process, so that peak memory (the child's high-water mark, VmHWM) is not shared between the two; the report gives
 wall time (median over reps), peak RSS, the RSS right after imports (what any Python + torch process
 costs), and the ratios. Target: out-of-core at most half the peak memory of load + save_pretrained.
 
@@ -28,6 +28,17 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
+
+def peak_kb():
+    # The kernel's high-water mark of this process's memory (VmHWM): ru_maxrss would carry over the
+    # parent's peak through fork + exec, and a parent holding a model would mask the child's figure.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: F401  (same imports in both paths)
 from editor.edit import rewrite_safetensors_out_of_core, write_checkpoint
 from editor.loading import load_model
@@ -35,7 +46,7 @@ from editor.neuronset import NeuronSet
 
 path, folder, out, neurons = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 scales = NeuronSet.from_pairs(json.loads(neurons)).scales(0.0)
-imports_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+imports_kb = peak_kb()
 start = time.perf_counter()
 if path == "out_of_core":
     rewrite_safetensors_out_of_core(folder, out, scales, AutoConfig.from_pretrained(folder))
@@ -43,8 +54,8 @@ else:
     out.mkdir()
     write_checkpoint(load_model(folder, device="cpu"), scales, out)
 seconds = time.perf_counter() - start
-peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kb / 1024, "imports_rss_mb": imports_kb / 1024}))
+peak = peak_kb()
+print(json.dumps({"seconds": seconds, "peak_rss_mb": peak / 1024, "imports_rss_mb": imports_kb / 1024}))
 """
 
 

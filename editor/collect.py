@@ -27,7 +27,7 @@ import json
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,7 +40,8 @@ from .judge import judge
 from .loading import LoadedModel
 from .prompting import Prompt, PromptStyle, build_prompt, stop_token_ids
 from .questions import Question
-from .sampler import DecodeSettings, decode, newline_token_ids
+from .sampler import (DecodeSettings, PromptState, decode, decode_continuous, newline_token_ids, prefill,
+                      supports_continuous)
 from .sampler import left_pad as sampler_left_pad
 
 RESPONSES = "responses.jsonl"
@@ -58,15 +59,18 @@ class SamplingSettings:
     max_new_tokens: int = 50
     seed: int = 0
     early_stop: bool = True
-    batch_size: int = 32  # questions per chunk, and generation rows per forward batch
+    # Questions per chunk, and generation rows per forward batch; "auto": from free GPU memory (32 on the
+    # CPU), resolved once per output folder (editor.batching).
+    batch_size: int | str = 32
 
     def validate(self) -> None:
+        from .batching import parse_batch_size
+
         if self.samples < 1:
             raise InputError(f"samples must be at least 1, got {self.samples}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
             raise InputError(f"invalid sampling settings: {asdict(self)}")
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
+        parse_batch_size(self.batch_size)
 
 
 @dataclass
@@ -100,21 +104,46 @@ def _finish(tokenizer: Any, new_ids: list[int], ended: bool, stop_at_newline: bo
     return Generation(text.strip(), list(new_ids), truncated=not ended)
 
 
-@torch.no_grad()
-def generate(lm: LoadedModel, prompts: Sequence[Prompt], settings: SamplingSettings, *, sample: bool,
-             seed: int | None = None) -> list[Generation]:
-    """One batched decode over left-padded prompts (greedy, or sampled with ``seed``); rows leave the
-    batch as soon as they end their turn (:mod:`editor.sampler`)."""
+BACKENDS = ("hf", "vllm")
+
+
+def _stop_sets(lm: LoadedModel, prompts: Sequence[Prompt]) -> tuple[set[int], set[int] | None]:
+    """Tokens that end a row without being kept (end of turn, padding), and those kept (newlines of
+    base-model prompting)."""
     tok = lm.tokenizer
     stops = set(stop_token_ids(tok, getattr(lm.model, "generation_config", None)))
     if tok.pad_token_id is not None:
         stops.add(tok.pad_token_id)
     newline = newline_token_ids(tok) if any(p.stop_at_newline for p in prompts) else None
-    decoded = decode(lm.model, [p.input_ids for p in prompts],
-                     DecodeSettings(max_new_tokens=settings.max_new_tokens, sample=sample,
-                                    temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p),
+    return stops, newline
+
+
+def _decode_settings(settings: SamplingSettings, sample: bool) -> DecodeSettings:
+    return DecodeSettings(max_new_tokens=settings.max_new_tokens, sample=sample, temperature=settings.temperature,
+                          top_k=settings.top_k, top_p=settings.top_p)
+
+
+@torch.no_grad()
+def generate(lm: LoadedModel, prompts: Sequence[Prompt], settings: SamplingSettings, *, sample: bool,
+             seed: int | None = None, backend: str = "hf", state: PromptState | None = None,
+             rows: Sequence[int] | None = None) -> list[Generation]:
+    """One batched decode over left-padded prompts (greedy, or sampled with ``seed``); rows leave the
+    batch as soon as they end their turn (:mod:`editor.sampler`).
+
+    ``state``: the prompts' prompt pass, done once by :func:`editor.sampler.prefill` for several decodes;
+    ``rows`` then says which of its prompts ``prompts`` are (their indices in the state).
+    ``backend="vllm"`` decodes the same token ids with the same settings on vLLM's engine instead
+    (:mod:`editor.vllm_backend`; CUDA only, optional).
+    """
+    if backend == "vllm":
+        from .vllm_backend import vllm_generate
+
+        return vllm_generate(lm, prompts, settings, sample=sample, seed=settings.seed if seed is None else seed)
+    tok = lm.tokenizer
+    stops, newline = _stop_sets(lm, prompts)
+    decoded = decode(lm.model, [p.input_ids for p in prompts], _decode_settings(settings, sample),
                      stop_ids=stops, pad_id=tok.pad_token_id, stop_token_ids=newline,
-                     seed=settings.seed if seed is None else seed)
+                     seed=settings.seed if seed is None else seed, state=state, rows=rows)
     return [_finish(tok, ids, ended, p.stop_at_newline) for (ids, ended), p in zip(decoded, prompts)]
 
 
@@ -184,18 +213,65 @@ def _chunk_seed(seed: int, chunk: int, round_: int) -> int:
     return (seed * 1_000_003 + chunk * 9_176 + round_) % (2**63 - 1)
 
 
-def collect_chunk(lm: LoadedModel, questions: Sequence[Question], settings: SamplingSettings,
-                  style: PromptStyle, chunk_index: int) -> tuple[list[dict], dict]:
-    """Greedy answers and early-stopped samples for one chunk of questions; returns records and stats."""
+def _wants_sample(samples: list[dict], in_flight: int, settings: SamplingSettings) -> bool:
+    return (len(samples) + in_flight < settings.samples
+            and not (settings.early_stop and _cannot_be_consistent(samples)))
+
+
+def _decode_continuously(lm, questions, prompts, settings, state, chunk_index, samples,
+                         gens) -> tuple[list[Generation], int]:
+    """Greedy answers and samples of a chunk with continuous batching (editor.sampler.decode_continuous):
+    greedy rows first, then samples join as rows finish; a question's next sample starts as soon as its
+    previous one is judged and it can still be consistent (the early stop);
+    free rows go to questions with nothing in flight, and to extra samples of the others only while the
+    batch would otherwise be less than half full. Returns the greedy answers and the number of samples."""
     k = settings.samples
-    prompts = [build_prompt(lm.tokenizer, q.question, style) for q in questions]
-    greedy = generate(lm, prompts, settings, sample=False)
-    samples: list[list[dict]] = [[] for _ in questions]
-    gens: list[list[Generation]] = [[] for _ in questions]
-    round_, generated_rows = 0, len(questions)
+    in_flight = [0] * len(questions)
+    greedy: list[Generation | None] = [None] * len(questions)
+    stops, newline = _stop_sets(lm, prompts)
+
+    def refill(free: int) -> list[int]:
+        wanting = [i for i in range(len(questions)) if _wants_sample(samples[i], in_flight[i], settings)]
+        picked = [i for i in wanting if in_flight[i] == 0][:free]
+        running = settings.batch_size - free + len(picked)
+        # Extra samples of questions already in flight only to keep the batch at least half full (a tail
+        # of a few long answers costs nearly a full step per token); the early stop may waste them.
+        while running < settings.batch_size // 2:
+            wanting = [i for i in range(len(questions)) if _wants_sample(samples[i], in_flight[i] + picked.count(i),
+                                                                           settings)]
+            if not wanting:
+                break
+            wanting.sort(key=lambda i: (len(samples[i]) + in_flight[i] + picked.count(i), i))
+            picked += wanting[:settings.batch_size - running]
+            running = settings.batch_size - free + len(picked)
+        for i in picked:
+            in_flight[i] += 1
+        return picked
+
+    def on_finish(i: int, tokens: list[int], ended: bool, sampled: bool) -> None:
+        gen = _finish(lm.tokenizer, tokens, ended, prompts[i].stop_at_newline)
+        if not sampled:
+            greedy[i] = gen
+            return
+        in_flight[i] -= 1
+        if len(samples[i]) < k:
+            samples[i].append(_judged(gen, questions[i]))
+            gens[i].append(gen)
+
+    n_sampled = decode_continuous(lm.model, state, _decode_settings(settings, True), refill=refill,
+                                  on_finish=on_finish, max_rows=settings.batch_size, stop_ids=stops,
+                                  stop_token_ids=newline, seed=_chunk_seed(settings.seed, chunk_index, 0),
+                                  greedy=range(len(questions)))
+    return greedy, n_sampled
+
+
+def _sample_in_rounds(lm, questions, prompts, settings, state, chunk_index, backend, samples, gens) -> int:
+    """Samples of a chunk in rounds (one sample per still-active question per round; several when few
+    remain): the path for vLLM and for models whose caches cannot take rows mid-way (sliding windows)."""
+    k = settings.samples
+    round_, generated_rows = 0, 0
     while True:
-        active = [i for i in range(len(questions)) if len(samples[i]) < k
-                  and not (settings.early_stop and _cannot_be_consistent(samples[i]))]
+        active = [i for i in range(len(questions)) if _wants_sample(samples[i], 0, settings)]
         if not active:
             break
         # Fill the batch: several samples per still-active question when few remain.
@@ -204,13 +280,32 @@ def collect_chunk(lm: LoadedModel, questions: Sequence[Question], settings: Samp
         for start in range(0, len(rows), settings.batch_size):
             batch = rows[start:start + settings.batch_size]
             outs = generate(lm, [prompts[i] for i in batch], settings, sample=True,
-                            seed=_chunk_seed(settings.seed, chunk_index, round_))
+                            seed=_chunk_seed(settings.seed, chunk_index, round_), backend=backend, state=state,
+                            rows=batch if state is not None else None)
             round_ += 1
             generated_rows += len(batch)
             for i, gen in zip(batch, outs):
                 if len(samples[i]) < k:
                     samples[i].append(_judged(gen, questions[i]))
                     gens[i].append(gen)
+    return generated_rows
+
+
+def collect_chunk(lm: LoadedModel, questions: Sequence[Question], settings: SamplingSettings,
+                  style: PromptStyle, chunk_index: int, backend: str = "hf") -> tuple[list[dict], dict]:
+    """Greedy answers and early-stopped samples for one chunk of questions; returns records and stats."""
+    k = settings.samples
+    prompts = [build_prompt(lm.tokenizer, q.question, style) for q in questions]
+    # One prompt pass for the greedy answers and every sample round (vLLM caches prompts itself).
+    state = prefill(lm.model, [p.input_ids for p in prompts], lm.tokenizer.pad_token_id) if backend == "hf" else None
+    samples: list[list[dict]] = [[] for _ in questions]
+    gens: list[list[Generation]] = [[] for _ in questions]
+    if state is not None and supports_continuous(state):
+        greedy, sampled = _decode_continuously(lm, questions, prompts, settings, state, chunk_index, samples, gens)
+    else:
+        greedy = generate(lm, prompts, settings, sample=False, backend=backend, state=state)
+        sampled = _sample_in_rounds(lm, questions, prompts, settings, state, chunk_index, backend, samples, gens)
+    generated_rows = len(questions) + sampled
     records = []
     for i, q in enumerate(questions):
         consistency = consistency_of(samples[i], k)
@@ -279,8 +374,8 @@ def summarize(records: list[dict]) -> dict:
 
 
 def _settings_record(lm: LoadedModel, questions: Sequence[Question], data: dict, settings: SamplingSettings,
-                     style: PromptStyle, balance_seed: int) -> dict:
-    return {
+                     style: PromptStyle, balance_seed: int, backend: str = "hf", auto_batch: bool = False) -> dict:
+    record = {
         "model": {k: v for k, v in lm.identity().items()},
         "data": data,
         "questions_sha256": sha256_json([q.to_dict() for q in questions]),
@@ -289,6 +384,29 @@ def _settings_record(lm: LoadedModel, questions: Sequence[Question], data: dict,
         "prompt": style.settings(lm.tokenizer),
         "balance_seed": balance_seed,
     }
+    # Recorded only when not the default, so that folders written before these options still resume.
+    if auto_batch:
+        record["sampling"]["batch_size_auto"] = True
+    if backend != "hf":
+        record["backend"] = backend
+    return record
+
+
+def resolved_batch_size(lm: LoadedModel, questions: Sequence[Question], settings: SamplingSettings,
+                        style: PromptStyle, out: Path) -> int:
+    """The batch size to use: the number given, or for ``"auto"`` the one an earlier run of this output
+    folder chose (so that a resume makes the same chunks), else one that fits the free GPU memory."""
+    from .batching import AUTO, resolve_batch_size
+
+    if settings.batch_size != AUTO:
+        return int(settings.batch_size)
+    previous = out / SETTINGS
+    if previous.is_file():
+        sampling = json.loads(previous.read_text(encoding="utf-8")).get("sampling", {})
+        if sampling.get("batch_size_auto") and isinstance(sampling.get("batch_size"), int):
+            return sampling["batch_size"]
+    longest = max(len(build_prompt(lm.tokenizer, q.question, style).input_ids) for q in questions)
+    return resolve_batch_size(AUTO, lm, "generation", longest + settings.max_new_tokens)
 
 
 def _prepare_out_dir(out: Path, settings_record: dict, overwrite: bool) -> None:
@@ -326,13 +444,26 @@ def collect(
     balance_seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    backend: str = "hf",
 ) -> CollectResult:
-    """Run (or resume) the collect stage into ``out_dir``; see the module docstring."""
+    """Run (or resume) the collect stage into ``out_dir``; see the module docstring.
+
+    ``backend``: ``hf`` (the compacting decoder of :mod:`editor.sampler`) or ``vllm`` (vLLM's engine on
+    CUDA, optional: :mod:`editor.vllm_backend`).
+    """
     settings.validate()
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "vllm":
+        from .vllm_backend import require_vllm
+
+        require_vllm()
     if not questions:
         raise InputError("no questions to collect (the dataset, split or limit selected 0 rows)")
     out = Path(out_dir)
-    record = _settings_record(lm, questions, data or {}, settings, style, balance_seed)
+    auto_batch = settings.batch_size == "auto"
+    settings = replace(settings, batch_size=resolved_batch_size(lm, questions, settings, style, out))
+    record = _settings_record(lm, questions, data or {}, settings, style, balance_seed, backend, auto_batch)
     _prepare_out_dir(out, record, overwrite)
     if (out / MANIFEST).is_file() and (out / RESPONSES).is_file():
         manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
@@ -354,7 +485,7 @@ def collect(
             chunk_records, stats = [json.loads(x) for x in lines[1:]], json.loads(lines[0])
             resumed += 1
         else:
-            chunk_records, stats = collect_chunk(lm, chunk, settings, style, index)
+            chunk_records, stats = collect_chunk(lm, chunk, settings, style, index, backend)
             atomic_write_text(path, "\n".join(json.dumps(x, ensure_ascii=False) for x in [stats, *chunk_records]) + "\n")
         records.extend(chunk_records)
         totals.update(stats)

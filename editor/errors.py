@@ -51,3 +51,7 @@ class VerificationError(HNeuronsError):
 
 class PublishError(HNeuronsError):
     """The model card or the push to the Hub cannot be done as asked."""
+
+
+class BackendUnavailableError(HNeuronsError):
+    """An optional backend (vLLM) was asked for but its package or the hardware it needs is missing."""

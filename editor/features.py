@@ -14,20 +14,20 @@ vector is the flattened [layers x d_ff] array: flat index = layer * d_ff + j.
 One teacher-forced forward pass per batch (prompt + representative response, as collected: no
 re-tokenisation), hooks on every layer's down-projection that reduce the [batch, seq, d_ff] activations
 to [batch, 2, d_ff] at once, and fp16 shards streamed to disk: peak memory is one batch's activations
-plus one shard, whatever the number of questions. Complete shards survive a kill; a re-run resumes.
+(each batch is written straight into its shard file), whatever the number of questions. Complete
+shards survive a kill; a re-run resumes.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .artifacts import atomic_write_json, clean_stale_temporaries, provenance, sha256_json
 from .errors import InputError, NumericalError, OutputExistsError
@@ -43,7 +43,7 @@ _STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 class FeatureSettings:
     aggregate: str = "mean"  # "mean" | "max" over the tokens of each span
     span: str = "response"  # "response": all response tokens | "answer": narrowed to the gold alias if found
-    batch_size: int = 8  # responses per forward pass
+    batch_size: int | str = 8  # responses per forward pass; "auto": from free GPU memory (8 on the CPU)
     store_dtype: str = "float16"
     shard_bytes: int = 256 * 2**20  # target size of one shard file
 
@@ -54,8 +54,9 @@ class FeatureSettings:
             raise InputError(f"aggregate must be 'mean' or 'max', got {self.aggregate!r}")
         if self.store_dtype not in _STORE_DTYPES:
             raise InputError(f"store_dtype must be one of {', '.join(_STORE_DTYPES)}, got {self.store_dtype!r}")
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
+        from .batching import parse_batch_size
+
+        parse_batch_size(self.batch_size)
 
 
 # ---------------------------------------------------------------------------------------- computation
@@ -79,7 +80,12 @@ def span_masks(records: Sequence[dict], width: int, span: str = "answer") -> tup
 
 
 class _CettReducer:
-    """Forward hooks that turn each layer's activations into per-response CETT aggregates."""
+    """Forward hooks that turn each layer's activations into per-response CETT aggregates.
+
+    The hooks never synchronise with an accelerator: each layer's [B, 2, d_ff] result and its
+    finiteness flag stay on the layer's device until the forward pass is over, and :meth:`collect`
+    then checks all flags at once and copies all layers to the host in one transfer.
+    """
 
     def __init__(self, lm: LoadedModel, aggregate: str):
         self.modules = down_proj_modules(lm.model, lm.arch)
@@ -87,7 +93,9 @@ class _CettReducer:
         self.aggregate = aggregate
         self.norms = [column_norms(down_weight(m), lm.arch) for m in self.modules]
         self.out: list[torch.Tensor | None] = [None] * len(self.modules)
+        self.finite: list[torch.Tensor | None] = [None] * len(self.modules)
         self.masks: torch.Tensor | None = None  # float [B, 2, T] weights (mean) or bool masks (max)
+        self._masks_on: dict[torch.device, torch.Tensor] = {}  # the masks, copied once per device and batch
         self.batch_ids: list[str] = []
 
     def set_batch(self, answer: torch.Tensor, other: torch.Tensor, ids: list[str]) -> None:
@@ -97,7 +105,13 @@ class _CettReducer:
             self.masks = masks.float() / counts
         else:
             self.masks = masks
+        self._masks_on = {}
         self.batch_ids = ids
+
+    def _masks(self, device: torch.device) -> torch.Tensor:
+        if device not in self._masks_on:
+            self._masks_on[device] = self.masks.to(device, non_blocking=True)
+        return self._masks_on[device]
 
     def hook(self, layer: int):
         def reduce(module, args, output):
@@ -107,7 +121,7 @@ class _CettReducer:
             if bias is not None:  # h_t must be W_down z_t exactly: remove the bias
                 h = h - bias.float()
             inv_h = 1.0 / torch.linalg.vector_norm(h, dim=-1).clamp_min(1e-12)  # [B, T]
-            masks = self.masks.to(z.device)
+            masks = self._masks(z.device)
             if self.aggregate == "mean":
                 reduced = torch.bmm(masks * inv_h[:, None, :], z)  # [B, 2, d_ff]
             else:
@@ -116,41 +130,73 @@ class _CettReducer:
                     torch.where(masks[:, k, :, None], scaled, torch.zeros((), device=z.device)).amax(dim=1)
                     for k in range(2)
                 ], dim=1)
-            reduced = reduced * self.norms[layer].to(z.device)
-            if not torch.isfinite(reduced).all():
-                raise NumericalError(
-                    f"non-finite activations (NaN or inf) in layer {layer}'s FFN for record(s) "
-                    f"{', '.join(self.batch_ids[:5])}: often an fp16 overflow; load the model in bfloat16 or float32"
-                )
-            self.out[layer] = reduced.cpu()
+            norms = self.norms[layer]
+            if norms.device != z.device:
+                norms = self.norms[layer] = norms.to(z.device)
+            self.out[layer] = reduced * norms
+            self.finite[layer] = torch.isfinite(self.out[layer]).all()
 
         return reduce
 
     def collect(self) -> torch.Tensor:
-        """[B, 2, layers * d_ff] for the last forward pass."""
-        return torch.cat([o for o in self.out], dim=-1)
+        """[B, 2, layers * d_ff] (on the CPU) for the last forward pass."""
+        home = self.out[0].device
+        finite = torch.stack([f.to(home) for f in self.finite]).cpu()
+        if not bool(finite.all()):
+            layer = int((~finite).nonzero()[0])
+            raise NumericalError(
+                f"non-finite activations (NaN or inf) in layer {layer}'s FFN for record(s) "
+                f"{', '.join(self.batch_ids[:5])}: often an fp16 overflow; load the model in bfloat16 or float32"
+            )
+        return torch.cat([o.to(home) for o in self.out], dim=-1).cpu()
+
+
+def forward_batches(lm: LoadedModel, records: Sequence[dict], batch_size: int,
+                    span: str) -> Iterator[tuple[list[dict], dict, torch.Tensor, torch.Tensor]]:
+    """The teacher-forced batches of ``records``: (records, model inputs, answer mask, other mask).
+
+    Right padding (causal attention never sees it). The inputs ask for the last position's logits only:
+    CETT needs no logits, and the full [B, T, vocab] logits would cost SmolLM2 a fifth of its forward.
+    """
+    device = next(lm.model.parameters()).device
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(records), batch_size):
+        batch = records[start:start + batch_size]
+        width = max(len(r["representative"]["input_ids"]) for r in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        for row, rec in enumerate(batch):
+            seq = rec["representative"]["input_ids"]
+            ids[row, :len(seq)] = torch.tensor(seq)
+        answer, other = span_masks(batch, width, span)
+        inputs = {"input_ids": ids.to(device), "attention_mask": (answer | other).long().to(device),
+                  "use_cache": False, "logits_to_keep": 1}
+        yield batch, inputs, answer, other
+
+
+def feature_batch_size(lm: LoadedModel, records: Sequence[dict], batch_size: int | str) -> int:
+    """``batch_size``, or for ``"auto"`` the size that fits the free accelerator memory (editor.batching)."""
+    from .batching import resolve_batch_size
+
+    longest = max((len(r["representative"]["input_ids"]) for r in records), default=1)
+    return resolve_batch_size(batch_size, lm, "features", longest)
 
 
 @torch.no_grad()
 def cett_features(lm: LoadedModel, records: Sequence[dict], aggregate: str = "mean",
-                  batch_size: int = 8, span: str = "answer") -> Iterator[tuple[list[str], torch.Tensor]]:
-    """Yield (ids, features [B, 2, layers * d_ff] float32) per batch; [:, 0] answer, [:, 1] other."""
+                  batch_size: int | str = 8, span: str = "answer") -> Iterator[tuple[list[str], torch.Tensor]]:
+    """Yield (ids, features [B, 2, layers * d_ff] float32) per batch; [:, 0] answer, [:, 1] other.
+
+    ``batch_size="auto"`` sizes batches from free GPU memory (the default 8 on the CPU).
+    """
+    batch_size = feature_batch_size(lm, records, batch_size)
     reducer = _CettReducer(lm, aggregate)
     handles = [m.register_forward_hook(reducer.hook(i)) for i, m in enumerate(reducer.modules)]
-    device = next(lm.model.parameters()).device
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     with hooks_removed_on_exit(handles):
-        for start in range(0, len(records), batch_size):
-            batch = records[start:start + batch_size]
-            width = max(len(r["representative"]["input_ids"]) for r in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            for row, rec in enumerate(batch):
-                seq = rec["representative"]["input_ids"]
-                ids[row, :len(seq)] = torch.tensor(seq)  # right padding: causal attention never sees it
-            answer, other = span_masks(batch, width, span)
-            reducer.set_batch(answer, other, [str(r["id"]) for r in batch])
-            lm.model(input_ids=ids.to(device), attention_mask=(answer | other).long().to(device), use_cache=False)
-            yield [str(r["id"]) for r in batch], reducer.collect()
+        for batch, inputs, answer, other in forward_batches(lm, records, batch_size, span):
+            ids = [str(r["id"]) for r in batch]
+            reducer.set_batch(answer, other, ids)
+            lm.model(**inputs)
+            yield ids, reducer.collect()
 
 
 # --------------------------------------------------------------------------------------------- storage
@@ -272,18 +318,66 @@ def extract_features(lm: LoadedModel, records: Sequence[dict], folder: str | Pat
     return FeatureStore(folder, meta)
 
 
+_SAFETENSORS_DTYPES = {torch.float16: "F16", torch.float32: "F32"}
+
+
+class _ShardWriter:
+    """Streams the rows of one shard straight into a safetensors file (tensors ``answer`` and ``other``,
+    each [rows, n_features]), so that no shard-sized buffer is ever held: memory stays at one batch.
+
+    The header is known in advance (shapes and dtype are fixed), so it is written first and every batch
+    is written at its rows' offsets. The bytes equal ``safetensors.torch.save_file``'s for the same
+    tensors and metadata (tests/test_features.py checks it).
+    """
+
+    def __init__(self, path: Path, rows: int, n_features: int, dtype: torch.dtype, metadata: dict[str, str]):
+        self.row_bytes = n_features * dtype.itemsize
+        self.block = rows * self.row_bytes  # bytes of one tensor
+        self.dtype, self.n_features = dtype, n_features
+        shape = [rows, n_features]
+        header = {"__metadata__": metadata,
+                  "answer": {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": shape, "data_offsets": [0, self.block]},
+                  "other": {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": shape,
+                            "data_offsets": [self.block, 2 * self.block]}}
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        text += b" " * (-(8 + len(text)) % 8)  # the data starts 8-byte aligned, as safetensors pads it
+        self.data_start = 8 + len(text)
+        self.handle = open(path, "wb")
+        self.handle.write(len(text).to_bytes(8, "little") + text)
+        self.handle.truncate(self.data_start + 2 * self.block)
+
+    def write(self, row: int, features: torch.Tensor) -> None:
+        """``features`` [B, 2, n_features] (answer, other) for rows ``row`` .. ``row + B - 1``."""
+        for kind in range(2):
+            chunk = features[:, kind].contiguous().numpy().tobytes()
+            self.handle.seek(self.data_start + kind * self.block + row * self.row_bytes)
+            self.handle.write(chunk)
+
+    def close(self) -> None:
+        self.handle.flush()
+        self.handle.close()
+
+
 def _write_shard(lm: LoadedModel, records: Sequence[dict], path: Path, settings: FeatureSettings) -> None:
+    from .artifacts import reported_write_errors
+
     dtype = _STORE_DTYPES[settings.store_dtype]
-    n_features = lm.num_layers * lm.d_ff
-    buffer = torch.empty(len(records), 2, n_features, dtype=dtype)
-    row = 0
-    for ids, feats in cett_features(lm, records, settings.aggregate, settings.batch_size, settings.span):
-        stored = feats.to(dtype)
-        if not torch.isfinite(stored).all():
-            raise NumericalError(f"CETT features of {ids[:3]} overflow {settings.store_dtype}; use store_dtype float32")
-        buffer[row:row + len(ids)] = stored
-        row += len(ids)
     tmp = path.with_name(".hneurons-tmp-" + path.name)
-    save_file({"answer": buffer[:, 0].contiguous(), "other": buffer[:, 1].contiguous()}, str(tmp),
-              metadata={"ids": json.dumps([str(r["id"]) for r in records])})
-    tmp.replace(path)
+    metadata = {"ids": json.dumps([str(r["id"]) for r in records])}
+    with reported_write_errors(path):
+        writer = _ShardWriter(tmp, len(records), lm.num_layers * lm.d_ff, dtype, metadata)
+        try:
+            row = 0
+            for ids, feats in cett_features(lm, records, settings.aggregate, settings.batch_size, settings.span):
+                stored = feats.to(dtype)
+                if not torch.isfinite(stored).all():
+                    raise NumericalError(f"CETT features of {ids[:3]} overflow {settings.store_dtype}; use "
+                                         f"store_dtype float32")
+                writer.write(row, stored)
+                row += len(ids)
+            writer.close()
+        except BaseException:
+            writer.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(path)

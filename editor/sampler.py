@@ -6,15 +6,24 @@ steps each. This decoder removes a row from the batch (and from the KV cache) as
 turn, so the cost follows the tokens actually generated. It also asks the model for the last position's
 logits only during the prompt pass.
 
+Prompts can be prefilled once and decoded many times (:func:`prefill`, then :func:`decode` with
+``state`` and ``rows``): collect asks every question for a greedy answer and k samples, and with the
+prompt pass shared the prompts are read once instead of k + 1 times (on SmolLM2 a prompt pass over 32
+chat prompts costs about a third of a whole sampled batch).
+
 Greedy decoding gives the same tokens as ``generate(do_sample=False)``. Sampling applies temperature,
 then top-k, then top-p (nucleus), as ``generate`` does, and draws with ``torch.multinomial`` from a
-generator seeded by the caller, so the same prompts, batch and seed give the same samples.
+generator seeded by the caller, so the same prompts, batch and seed give the same samples. The draw is
+made among the top-k candidates only (the same distribution: every other token has probability 0), so
+that top-p sorts k values per row instead of the whole vocabulary.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -54,39 +63,102 @@ def warp(logits: torch.Tensor, settings: DecodeSettings) -> torch.Tensor:
     return logits
 
 
-@torch.no_grad()
-def decode(model, prompts: Sequence[Sequence[int]], settings: DecodeSettings, *, stop_ids: set[int], pad_id: int,
-           stop_token_ids: set[int] | None = None, seed: int | None = None) -> list[tuple[list[int], bool]]:
-    """Generate a continuation for every prompt; returns (new token ids, ended) per prompt.
+def candidate_probs(logits: torch.Tensor, settings: DecodeSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The warped next-token distribution over the top-k candidates only: (probs [rows, k], token ids).
 
-    A row ends at a token in ``stop_ids`` (not included in its ids) or at a token in ``stop_token_ids``
-    (included: e.g. a token that contains a newline, for base-model prompting). ``ended`` is False when
-    the row hit ``max_new_tokens`` first.
+    The same distribution as ``warp(logits).softmax()`` (tokens outside the top k have probability 0
+    there), without sorting the whole vocabulary for top-p: only the k survivors are sorted. Where a row
+    has ties at the k-th value (top-k then keeps more than k tokens), or without top-k, every token is a
+    candidate and :func:`warp` decides.
     """
+    k = settings.top_k
+    if k and k < logits.shape[-1]:
+        scaled = logits.float() / settings.temperature
+        values, index = torch.topk(scaled, k, dim=-1)  # descending
+        if not bool(((scaled >= values[..., -1:]).sum(-1) > k).any()):
+            if settings.top_p < 1.0:
+                ascending = values.flip(-1)
+                remove = ascending.softmax(dim=-1).cumsum(dim=-1) <= (1 - settings.top_p)
+                remove[..., -1:] = False  # always keep the most likely token
+                values = values.masked_fill(remove.flip(-1), float("-inf"))
+            return values.softmax(dim=-1), index
+    probs = warp(logits, settings).softmax(dim=-1)
+    return probs, torch.arange(probs.shape[-1], device=probs.device).expand_as(probs)
+
+
+def draw(logits: torch.Tensor, settings: DecodeSettings, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row: argmax (greedy) or a seeded draw from the warped distribution."""
+    if not settings.sample:
+        return logits.argmax(dim=-1)
+    probs, index = candidate_probs(logits, settings)
+    choice = torch.multinomial(probs, 1, generator=generator)
+    return index.gather(-1, choice).squeeze(1)
+
+
+@dataclass
+class PromptState:
+    """Left-padded prompts after one prompt pass: KV cache, attention mask, last positions, next-token logits."""
+
+    cache: Any  # transformers DynamicCache, [P, ...]
+    mask: torch.Tensor  # [P, W]
+    last_pos: torch.Tensor  # [P]
+    logits: torch.Tensor  # [P, vocab]
+
+    def __len__(self) -> int:
+        return self.mask.shape[0]
+
+    def select(self, index: torch.Tensor) -> "PromptState":
+        """The rows ``index`` (repeats allowed) as a new state; this one stays untouched for reuse."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_select_indices(index)
+        return PromptState(cache, self.mask[index], self.last_pos[index], self.logits[index])
+
+
+@torch.no_grad()
+def prefill(model, prompts: Sequence[Sequence[int]], pad_id: int) -> PromptState:
+    """One prompt pass over the left-padded ``prompts`` (logits of the last position only)."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                logits_to_keep=1)
+    return PromptState(cache, mask, positions[:, -1], out.logits[:, -1, :])
+
+
+@torch.no_grad()
+def decode(model, prompts: Sequence[Sequence[int]] | None, settings: DecodeSettings, *, stop_ids: set[int],
+           pad_id: int, stop_token_ids: set[int] | None = None, seed: int | None = None,
+           state: PromptState | None = None, rows: Sequence[int] | None = None) -> list[tuple[list[int], bool]]:
+    """Generate a continuation for every prompt; returns (new token ids, ended) per prompt.
+
+    A row ends at a token in ``stop_ids`` (not included in its ids) or at a token in ``stop_token_ids``
+    (included: e.g. a token that contains a newline, for base-model prompting). ``ended`` is False when
+    the row hit ``max_new_tokens`` first.
+
+    With ``state`` (from :func:`prefill`) the prompt pass is skipped: the batch is the state's prompts
+    ``rows`` (indices, repeats allowed; default all), and ``prompts`` is not needed.
+    """
+    if state is None:
+        state = prefill(model, prompts, pad_id)  # used once: no copy needed
+    else:
+        index = torch.arange(len(state)) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
+        state = state.select(index.to(state.mask.device))
+    device = state.mask.device
+    n_rows = len(state)
     generator = None
     if settings.sample:
         generator = torch.Generator(device=device)
         generator.manual_seed(0 if seed is None else int(seed))
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                logits_to_keep=1)
-    logits = out.logits[:, -1, :]
-    rows = torch.arange(len(prompts), device=device)  # original index of every row still decoding
-    last_pos = positions[:, -1]
-    tokens: list[list[int]] = [[] for _ in prompts]
-    ended = [False] * len(prompts)
+    cache, mask, last_pos, logits = state.cache, state.mask, state.last_pos, state.logits
+    rows = torch.arange(n_rows, device=device)  # original index of every row still decoding
+    tokens: list[list[int]] = [[] for _ in range(n_rows)]
+    ended = [False] * n_rows
     include = stop_token_ids or set()
     for step in range(settings.max_new_tokens):
-        if settings.sample:
-            probs = warp(logits, settings).softmax(dim=-1)
-            chosen = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        else:
-            chosen = logits.argmax(dim=-1)
+        chosen = draw(logits, settings, generator)
         keep = []
         for i, (row, tok) in enumerate(zip(rows.tolist(), chosen.tolist())):
             if tok in stop_ids:
@@ -108,7 +180,7 @@ def decode(model, prompts: Sequence[Sequence[int]], settings: DecodeSettings, *,
         out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=last_pos[:, None],
                     cache=cache, use_cache=True)
         logits = out.logits[:, -1, :]
-    return [(tokens[i], ended[i]) for i in range(len(prompts))]
+    return [(tokens[i], ended[i]) for i in range(n_rows)]
 
 
 def newline_token_ids(tokenizer) -> set[int]:
@@ -121,3 +193,153 @@ def newline_token_ids(tokenizer) -> set[int]:
         except AttributeError:
             pass
     return cached
+
+
+# ------------------------------------------------------------------------------------- continuous batching
+def supports_continuous(state: PromptState) -> bool:
+    """Rows can join a running batch when every cache layer is a plain (full-attention) dynamic layer;
+    sliding-window layers keep only their last window, where a row's gap would shift the window."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(state.cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+class _Batch:
+    """The rows decoding together: their KV cache, attention mask, positions and next-token logits.
+
+    Every row has the same cache length L. A row that joins a running batch brings its prompt's cache
+    (width W) followed by L - W masked slots (when W > L, the batch is first padded on the left with
+    W - L masked columns); leading columns masked in every row are dropped.
+    """
+
+    def __init__(self, state: PromptState):
+        self.cache, self.mask, self.last_pos, self.logits = state.cache, state.mask, state.last_pos, state.logits
+        self.owner: list[int] = []  # request number of every row
+        self.tokens: list[list[int]] = []
+        self.sampled: list[bool] = []  # False: a greedy row
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def join(self, new: PromptState, owners: list[int], sampled: list[bool]) -> None:
+        if not self.owner:  # empty: the new rows are the batch
+            self.cache, self.mask, self.last_pos, self.logits = new.cache, new.mask, new.last_pos, new.logits
+        else:
+            gap = self.mask.shape[1] - new.mask.shape[1]
+            if gap < 0:  # the batch dropped leading columns below the prompts' width: pad it on the left
+                self._pad_left(-gap)
+                gap = 0
+            for layer, add in zip(self.cache.layers, new.cache.layers):
+                keys, values = add.keys, add.values
+                if gap > 0:
+                    keys = torch.cat([keys, keys.new_zeros(*keys.shape[:2], gap, keys.shape[3])], dim=2)
+                    values = torch.cat([values, values.new_zeros(*values.shape[:2], gap, values.shape[3])],
+                                       dim=2)
+                layer.keys = torch.cat([layer.keys, keys])
+                layer.values = torch.cat([layer.values, values])
+            mask = torch.cat([new.mask, new.mask.new_zeros(len(new), gap)], dim=1)
+            self.mask = torch.cat([self.mask, mask])
+            self.last_pos = torch.cat([self.last_pos, new.last_pos])
+            self.logits = torch.cat([self.logits, new.logits])
+        self.owner += owners
+        self.tokens += [[] for _ in owners]
+        self.sampled += sampled
+
+    def _pad_left(self, width: int) -> None:
+        """Prepend ``width`` masked (never attended) columns to every row's cache and mask."""
+        for layer in self.cache.layers:
+            k, v = layer.keys, layer.values
+            layer.keys = torch.cat([k.new_zeros(*k.shape[:2], width, k.shape[3]), k], dim=2)
+            layer.values = torch.cat([v.new_zeros(*v.shape[:2], width, v.shape[3]), v], dim=2)
+        self.mask = torch.cat([self.mask.new_zeros(len(self.owner), width), self.mask], dim=1)
+
+    def draw(self, settings: DecodeSettings, generator: torch.Generator | None) -> torch.Tensor:
+        """Next token of every row: argmax for greedy rows, a seeded draw for sampled rows."""
+        if all(self.sampled):
+            return draw(self.logits, settings, generator)
+        chosen = self.logits.argmax(dim=-1)
+        if any(self.sampled):
+            rows = torch.tensor([i for i, s in enumerate(self.sampled) if s], device=chosen.device)
+            chosen[rows] = draw(self.logits[rows], settings, generator)
+        return chosen
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (compaction), then drop the leading columns no row attends to."""
+        if len(rows) < len(self.owner):
+            index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+            self.cache.batch_select_indices(index)
+            self.mask, self.last_pos, self.logits = self.mask[index], self.last_pos[index], self.logits[index]
+            self.owner = [self.owner[i] for i in rows]
+            self.tokens = [self.tokens[i] for i in rows]
+            self.sampled = [self.sampled[i] for i in rows]
+        if self.owner:
+            first = int(self.mask.any(dim=0).int().argmax())
+            if first > 0:
+                for layer in self.cache.layers:
+                    layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+                self.mask = self.mask[:, first:]
+
+
+@torch.no_grad()
+def decode_continuous(model, state: PromptState, settings: DecodeSettings, *, refill, on_finish,
+                      max_rows: int, stop_ids: set[int], stop_token_ids: set[int] | None = None,
+                      seed: int | None = None, greedy: Sequence[int] = ()) -> int:
+    """Decode requests for the prompts of ``state`` with a batch that new rows join as others finish.
+
+    First a greedy request for every prompt index in ``greedy``; then ``refill(free)`` returns up to
+    ``free`` prompt indices (of ``state``) to sample from (with ``settings``); it is asked whenever at
+    least a quarter of ``max_rows`` is free (or the batch is empty), so the batch stays full without
+    rebuilding the cache after every finished row. ``on_finish(prompt_index, tokens, ended, sampled)`` is
+    called as each request ends (``tokens, ended`` as :func:`decode` returns them), and may change what
+    ``refill`` returns next (collect's early stop). Sampled rows draw from one generator seeded with
+    ``seed``: the same state, settings, seed and callbacks give the same results. Returns the number of
+    sampled requests.
+
+    Requires :func:`supports_continuous` (full-attention dynamic caches).
+    """
+    device = state.mask.device
+    generator = None
+    if settings.sample:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(0 if seed is None else int(seed))
+    include = stop_token_ids or set()
+    batch = _Batch(state)
+    prompt_of: list[int] = []  # prompt index of every request
+    waiting_greedy = list(greedy)
+    n_sampled = 0
+    while True:
+        free = max_rows - len(batch)
+        if free > 0 and (not batch.owner or free >= max(1, max_rows // 4)):
+            new_greedy, waiting_greedy = waiting_greedy[:free], waiting_greedy[free:]
+            new = new_greedy + (list(refill(free - len(new_greedy)))[:free - len(new_greedy)]
+                                if len(new_greedy) < free else [])
+            if new:
+                batch.join(state.select(torch.tensor(new, device=device)),
+                           list(range(len(prompt_of), len(prompt_of) + len(new))),
+                           [False] * len(new_greedy) + [True] * (len(new) - len(new_greedy)))
+                prompt_of += new
+                n_sampled += len(new) - len(new_greedy)
+        if not batch.owner:
+            return n_sampled
+        chosen = batch.draw(settings, generator)
+        alive = []
+        for i, tok in enumerate(chosen.tolist()):
+            tokens = batch.tokens[i]
+            ended = tok in stop_ids
+            if not ended:
+                tokens.append(tok)
+                ended = tok in include
+            if ended or len(tokens) >= settings.max_new_tokens:
+                on_finish(prompt_of[batch.owner[i]], tokens, ended, batch.sampled[i])
+            else:
+                alive.append(i)
+        chosen = chosen[torch.tensor(alive, dtype=torch.long, device=device)] if len(alive) < len(batch) else chosen
+        batch.keep(alive)
+        if not batch.owner:
+            continue
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch), 1))], dim=1)
+        batch.last_pos = batch.last_pos + 1
+        out = model(input_ids=chosen[:, None], attention_mask=batch.mask, position_ids=batch.last_pos[:, None],
+                    cache=batch.cache, use_cache=True)
+        batch.logits = out.logits[:, -1, :]

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from editor.collect import (
     SamplingSettings,
@@ -21,7 +20,7 @@ from editor.collect import (
     generate,
     stratified_subset,
 )
-from editor.loading import LoadedModel, ModelSource, load_model
+from editor.loading import LoadedModel, ModelSource
 from editor.prompting import PromptStyle, build_prompt
 from editor.questions import Question
 from editor.registry import get_arch

@@ -54,3 +54,54 @@ def test_sampling_is_seeded():
     b = decode(model, prompts, s, stop_ids={2}, pad_id=0, seed=3)
     c = decode(model, prompts, s, stop_ids={2}, pad_id=0, seed=4)
     assert a == b and a != c
+
+
+def test_continuous_batching_rows_that_join_mid_way_decode_as_alone():
+    """decode_continuous: rows join a running batch as others finish (their prompt cache padded to the
+    batch's width, masked gaps in between); each request must decode exactly as it would alone."""
+    from editor.sampler import decode_continuous, prefill, supports_continuous
+
+    model = tiny_model("llama")
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(4, 300, (n,), generator=g).tolist() for n in (4, 13, 7, 9, 3)]
+    settings = DecodeSettings(max_new_tokens=10)  # greedy: every request is comparable with decode()
+    alone = [decode(model, [p], settings, stop_ids=set(), pad_id=0)[0][0] for p in prompts]
+    stop = {alone[0][3], alone[2][6]}  # some requests end early, so others join a running batch
+    expected = [decode(model, [p], settings, stop_ids=stop, pad_id=0)[0] for p in prompts]
+    state = prefill(model, prompts, pad_id=0)
+    assert supports_continuous(state)
+    queue = [4, 1, 3, 0, 2, 1]  # sampled requests (here greedy too), one prompt twice
+    finished: list[tuple[int, list[int], bool, bool]] = []
+
+    def refill(free: int) -> list[int]:
+        taken, queue[:] = queue[:free], queue[free:]
+        return taken
+
+    n = decode_continuous(model, state, settings, refill=refill, max_rows=2, stop_ids=stop,
+                          on_finish=lambda i, toks, ended, sampled: finished.append((i, toks, ended, sampled)),
+                          greedy=[2, 0])
+    assert n == 6 and len(finished) == 8
+    assert [f[3] for f in finished].count(False) == 2
+    for prompt, tokens, ended, _ in finished:
+        assert (tokens, ended) == expected[prompt], f"request for prompt {prompt} decoded differently"
+
+
+def test_continuous_sampling_is_seeded():
+    from editor.sampler import decode_continuous, prefill
+
+    model = tiny_model("llama")
+    prompts = [[10, 11, 12], [20, 21, 22, 23], [5, 6]]
+    settings = DecodeSettings(max_new_tokens=8, sample=True, temperature=1.0, top_k=50, top_p=0.9)
+
+    def run(seed: int) -> list:
+        queue, got = [0, 1, 2, 0, 1, 2], []
+
+        def refill(free):
+            taken, queue[:] = queue[:free], queue[free:]
+            return taken
+
+        decode_continuous(model, prefill(model, prompts, 0), settings, refill=refill, max_rows=4, stop_ids={2},
+                          on_finish=lambda i, toks, ended, sampled: got.append((i, toks)), seed=seed)
+        return got
+
+    assert run(3) == run(3) and run(3) != run(4)

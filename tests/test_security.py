@@ -17,12 +17,11 @@ import json
 import logging
 import os
 import re
-import shutil
+
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from editor.artifacts import check_no_outside_links, safe_join
