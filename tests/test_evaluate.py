@@ -414,6 +414,21 @@ def test_runner_reports_every_bundled_task_metric(tmp_path):
 
 
 # ============================================================================================ integration
+def test_cli_drops_only_the_lm_eval_warnings_hneurons_causes_by_design(tmp_path, caplog):
+    """Without -v, the two lm-eval warnings that every hneurons evaluation triggers (bundled tasks build their
+    data in Python; the model is passed already loaded) are dropped; any other lm-eval warning still shows."""
+    import logging
+
+    main(["recipe", "show", str(tmp_path / "missing.yaml")])  # any command installs the CLI's logging
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("lm_eval.api.task").warning("hneurons_facts: Custom kwargs can be passed to `--metadata` ...")
+        logging.getLogger("lm_eval.models.huggingface").warning("`pretrained` model kwarg is not of type `str`. ...")
+        logging.getLogger("lm_eval.evaluator").warning("something the user must see")
+        logging.getLogger("editor").warning("Custom kwargs can be passed to `--metadata` (not from lm-eval)")
+    shown = [r.getMessage() for r in caplog.records]
+    assert shown == ["something the user must see", "Custom kwargs can be passed to `--metadata` (not from lm-eval)"]
+
+
 @pytest.mark.integration
 def test_smollm2_base_vs_edited_on_every_bundled_task(smollm2, tmp_path):
     """Reduced comparison on the real model: every bundled task (2 items), 1 control seed, KL on 4 prompts.

@@ -66,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ExpectedLmEvalWarnings(logging.Filter):
+    """Drops lm-eval warnings that every hneurons evaluation triggers by design and that ask nothing of
+    the user: the bundled tasks build their data with a Python function (lm-eval suggests --metadata), and
+    hneurons hands lm-eval an already-loaded model (lm-eval warns that it is not a path)."""
+
+    EXPECTED = ("Custom kwargs can be passed to `--metadata`", "`pretrained` model kwarg is not of type `str`",
+                "Passed an already-initialized model through `pretrained`")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("lm_eval") and any(e in record.getMessage() for e in self.EXPECTED))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -73,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not args.verbose:  # lm-eval narrates every task at INFO level; keep its warnings and errors
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(f, _ExpectedLmEvalWarnings) for f in handler.filters):
+                handler.addFilter(_ExpectedLmEvalWarnings())
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
