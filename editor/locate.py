@@ -66,7 +66,7 @@ class LocateSettings:
     random_draws: int = 10  # random-neuron baselines
     bootstrap: int = 1000
     seed: int = 0
-    batch_size: int = 8  # responses per forward pass for features
+    batch_size: int | str = 8  # responses per forward pass for features; "auto": from free GPU memory (8 on the CPU)
 
     def validate(self) -> None:
         if self.labels not in ("3v1", "1v1"):
@@ -77,6 +77,9 @@ class LocateSettings:
             raise InputError(f"C values must be positive finite numbers, got {self.C}")
         if self.random_draws < 1:
             raise InputError("random_draws must be at least 1")
+        from .batching import parse_batch_size
+
+        parse_batch_size(self.batch_size)
 
 
 # --------------------------------------------------------------------------------------------- data

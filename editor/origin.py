@@ -107,15 +107,18 @@ class OriginSettings:
     random_draws: int | None = None  # random-neuron classifiers; None: as many as locate drew
     seed: int | None = None  # seed of the random draws; None: locate's (the same neuron sets)
     bootstrap: int = 1000  # bootstrap resamples of the AUROC CIs
-    batch_size: int = 8  # responses per forward pass (base-model features)
+    batch_size: int | str = 8  # responses per forward pass (base-model features); "auto": from free GPU memory
     chunk_elements: int = 1 << 22  # weight values per block read from a checkpoint (drift)
     top: int = 20  # most changed neurons listed in the report
 
     def validate(self) -> None:
         if self.random_draws is not None and self.random_draws < 1:
             raise InputError(f"random_draws must be at least 1, got {self.random_draws}")
-        if self.bootstrap < 1 or self.batch_size < 1 or self.chunk_elements < 1 or self.top < 0:
-            raise InputError("bootstrap, batch_size and chunk_elements must be positive and top non-negative")
+        if self.bootstrap < 1 or self.chunk_elements < 1 or self.top < 0:
+            raise InputError("bootstrap and chunk_elements must be positive and top non-negative")
+        from .batching import parse_batch_size
+
+        parse_batch_size(self.batch_size)
 
 
 # ============================================================================================ drift

@@ -78,7 +78,10 @@ def stage_settings(recipe: Recipe, stage: str) -> dict[str, Any]:
     """What a stage's result depends on, directly (upstream stages enter through their keys)."""
     r = recipe
     if stage == "collect":
-        return {"model": r.model.model_dump(mode="json"), "collect": r.collect.model_dump(mode="json")}
+        collect = r.collect.model_dump(mode="json")
+        if collect["backend"] == "hf":  # the default stays out of the key: older run folders keep resuming
+            del collect["backend"]
+        return {"model": r.model.model_dump(mode="json"), "collect": collect}
     if stage == "locate":
         return {"locate": r.locate.model_dump(mode="json")}
     if stage == "sweep":
@@ -127,6 +130,10 @@ def run_collect(ctx: RunContext) -> str:
     from .prompting import DEFAULT_INSTRUCTION, PromptStyle
 
     c = ctx.recipe.collect
+    if c.backend == "vllm":  # refuse before the model is loaded
+        from .vllm_backend import require_vllm
+
+        require_vllm()
     questions, data = gather_questions(c.data, c.splits, c.limit, seed=c.seed, question_column=c.question_column,
                                        answers_column=c.answers_column)
     settings = SamplingSettings(samples=c.samples, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
@@ -135,7 +142,7 @@ def run_collect(ctx: RunContext) -> str:
     style = PromptStyle(chat={"auto": None, "chat": True, "base": False}[c.prompt_style],
                         instruction=DEFAULT_INSTRUCTION if c.instruction is None else c.instruction)
     result = collect(ctx.lm, questions, ctx.path("collect"), settings=settings, style=style, data=data,
-                     balance_seed=c.seed, overwrite=True, progress=ctx.progress)
+                     balance_seed=c.seed, overwrite=True, progress=ctx.progress, backend=c.backend)
     from .cli.collect_cmd import format_summary
 
     print(format_summary(result.manifest))

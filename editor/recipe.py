@@ -10,6 +10,9 @@ A recipe names the model, the output folder and the settings of every stage::
     eval: {tasks: [hneurons], limit: 100, controls: 2}
     publish: {repo: null}
 
+``collect.batch_size`` and ``locate.batch_size`` take a positive integer or ``auto`` (the largest batch that
+fits the free GPU memory); ``collect.backend`` is ``hf`` (default) or ``vllm`` (optional, CUDA only).
+
 Unknown keys and wrong types are errors that name the key, the file and the line. Relative paths
 inside a recipe (``output``, local data files) are relative to the working directory, as on the
 command line.
@@ -19,14 +22,30 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from .errors import RecipeError
 
 SPLIT = Literal["train", "validation", "test"]
+
+
+def _batch_size(value: Any) -> Any:
+    """A positive int or "auto" (editor.batching.parse_batch_size), as one schema error naming the key."""
+    from .batching import parse_batch_size
+    from .errors import InputError
+
+    try:
+        return parse_batch_size(value)
+    except InputError:
+        raise ValueError("must be a positive integer or 'auto'") from None
+
+
+# "auto": the largest batch that fits the free GPU memory (the stage's default on the CPU); editor.batching
+BatchSize = Annotated[int | Literal["auto"], BeforeValidator(_batch_size)]
 
 
 class _Section(BaseModel):
@@ -60,7 +79,10 @@ class CollectSection(_Section):
     max_new_tokens: int = Field(50, ge=1)
     seed: int = 0
     early_stop: bool = True
-    batch_size: int = Field(32, ge=1)
+    batch_size: BatchSize = 32
+    # hf: transformers; vllm: vLLM's engine (optional; `pip install vllm` and a CUDA GPU). Not part of the
+    # stage key while it is the default hf, so run folders made before this key existed still resume.
+    backend: Literal["hf", "vllm"] = "hf"
     prompt_style: Literal["auto", "chat", "base"] = "auto"
     instruction: str | None = None
     question_column: str = "question"
@@ -78,7 +100,7 @@ class LocateSection(_Section):
     random_draws: int = Field(10, ge=1)
     bootstrap: int = Field(1000, ge=0)
     seed: int = 0
-    batch_size: int = Field(8, ge=1)
+    batch_size: BatchSize = 8
 
     @field_validator("C")
     @classmethod

@@ -279,3 +279,118 @@ def test_candidate_draws_use_the_warped_distribution(top_k, top_p):
     probs, index = candidate_probs(tied, settings)
     torch.testing.assert_close(torch.zeros_like(tied).scatter_add(-1, index, probs),
                                warp(tied, settings).softmax(dim=-1))
+
+
+# ------------------------------------------------------------------------- CLI and recipe: --batch-size, --backend
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny llama checkpoint folder and a local question file, as the CLI reads them."""
+    tmp = tmp_path_factory.mktemp("cli")
+    folder = tmp / "tiny"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    data = tmp / "qs.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is the capital of land {i}?",
+                                        "answers": ["Paris"], "split": "train"}) + "\n" for i in range(3)))
+    return folder, data
+
+
+def collect_argv(checkpoint, out, *extra) -> list[str]:
+    folder, data = checkpoint
+    return ["collect", "--model", str(folder), "--data", str(data), "--split", "train", "--samples", "2",
+            "--max-new-tokens", "4", "--out", str(out), "--device", "cpu", "--no-progress", *extra]
+
+
+def test_cli_parses_batch_size_auto_and_backend():
+    from editor.cli import build_parser
+    from editor.cli.common import batch_size_from
+
+    parser = build_parser()
+    args = parser.parse_args(["collect", "--batch-size", "auto", "--backend", "vllm"])
+    assert batch_size_from(args) == "auto" and args.backend == "vllm"
+    args = parser.parse_args(["collect"])
+    assert batch_size_from(args) == 32 and args.backend == "hf"
+    for command, default in (("locate", 8), ("origin", 8)):
+        extra = ["--probe", "p", "--base", "b", "--out", "o"] if command == "origin" else []
+        assert batch_size_from(parser.parse_args([command, *extra, "--batch-size", "AUTO"])) == "auto"
+        assert batch_size_from(parser.parse_args([command, *extra, "--batch-size", "5"])) == 5
+        assert batch_size_from(parser.parse_args([command, *extra])) == default
+    with pytest.raises(SystemExit):  # the backend is a closed choice
+        parser.parse_args(["collect", "--backend", "tgi"])
+
+
+@pytest.mark.parametrize("command", ["collect", "locate"])
+@pytest.mark.parametrize("value", ["0", "big", "-3"])
+def test_cli_bad_batch_size_is_one_error_naming_the_flag(tmp_path, tiny_checkpoint, capsys, command, value):
+    from editor.cli import main
+
+    if command == "collect":
+        argv = collect_argv(tiny_checkpoint, tmp_path / "out", "--batch-size", value)
+    else:
+        argv = ["locate", "--model", str(tiny_checkpoint[0]), "--responses", str(tmp_path / "none"),
+                "--out", str(tmp_path / "out"), "--device", "cpu", "--batch-size", value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"hneurons {command}: error: --batch-size must be a positive integer or 'auto', got " + (
+        repr(value) if value == "big" else value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_collect_with_batch_size_auto_runs_and_records_it(tmp_path, tiny_checkpoint, capsys):
+    from editor.cli import main
+
+    assert main(collect_argv(tiny_checkpoint, tmp_path / "out", "--batch-size", "auto")) == 0
+    manifest = json.loads((tmp_path / "out" / "collect.json").read_text())
+    assert manifest["sampling"]["batch_size_auto"] is True
+    assert manifest["sampling"]["batch_size"] == 32  # auto on the CPU: the stage's default
+    assert "backend" not in manifest  # hf, the default, is not recorded
+    assert len((tmp_path / "out" / "responses.jsonl").read_text().splitlines()) == 3
+    assert "selected_faithful" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("missing", ["package", "cuda"])
+def test_cli_backend_vllm_without_vllm_is_a_clear_error(tmp_path, tiny_checkpoint, capsys, monkeypatch, missing):
+    import importlib.util
+
+    from editor.cli import main
+
+    real_find_spec = importlib.util.find_spec
+    present = None if missing == "package" else object()  # whatever this machine has
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: present if name == "vllm" else
+                        real_find_spec(name, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(collect_argv(tiny_checkpoint, tmp_path / "out", "--backend", "vllm")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hneurons collect: error: the vllm backend needs ") and "Traceback" not in err
+    assert ("pip install vllm" if missing == "package" else "CUDA GPU") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_backend_vllm_is_refused_before_the_model_loads(tmp_path, tiny_checkpoint, monkeypatch):
+    import importlib.util
+
+    from editor.pipeline import run_recipe
+
+    folder, data = tiny_checkpoint
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else
+                        real_find_spec(name, *a))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{id: '{folder}', device: cpu}}\noutput: '{tmp_path / 'run'}'\n"
+                      f"collect: {{data: ['{data}'], splits: [train], samples: 2, max_new_tokens: 4, backend: vllm}}\n")
+    with pytest.raises(BackendUnavailableError, match="pip install vllm"):
+        run_recipe(recipe, to_stage="collect", progress=False)
+    assert not (tmp_path / "run" / "collect").exists()
+
+
+def test_recipe_batch_size_auto_reaches_collect(tmp_path, tiny_checkpoint, capsys):
+    from editor.pipeline import run_recipe
+
+    folder, data = tiny_checkpoint
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{id: '{folder}', device: cpu}}\noutput: '{tmp_path / 'run'}'\n"
+                      f"collect: {{data: ['{data}'], splits: [train], samples: 2, max_new_tokens: 4, "
+                      f"batch_size: auto}}\n")
+    run_recipe(recipe, to_stage="collect", progress=False)
+    manifest = json.loads((tmp_path / "run" / "collect" / "collect.json").read_text())
+    assert manifest["sampling"]["batch_size_auto"] is True and manifest["sampling"]["batch_size"] == 32

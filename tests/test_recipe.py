@@ -37,6 +37,10 @@ def test_minimal_recipe_gets_every_default(tmp_path):
     ("output: runs/x\n", "model", None),
     (MINIMAL + "locate:\n  labels: 2v2\n", "locate.labels", 5),
     (MINIMAL + "collect:\n  limit: {train: 10, tset: 5}\n", "collect.limit", 5),
+    (MINIMAL + "collect:\n  batch_size: 0\n", "collect.batch_size", 5),
+    (MINIMAL + "collect:\n  batch_size: big\n", "collect.batch_size", 5),
+    (MINIMAL + "locate:\n  batch_size: -2\n", "locate.batch_size", 5),
+    (MINIMAL + "collect:\n  backend: tgi\n", "collect.backend", 5),
 ])
 def test_bad_recipes_name_key_file_and_line(tmp_path, text, key, line):
     path = write(tmp_path, text)
@@ -44,8 +48,52 @@ def test_bad_recipes_name_key_file_and_line(tmp_path, text, key, line):
         load_recipe(path)
     message = str(err.value)
     assert key.split(".")[0] in message and str(path) in message
+    if key.endswith(("batch_size", "backend")):  # one problem, named by its full key
+        assert message.count(key) == 1 and "; " not in message, message
+        assert "positive integer or 'auto'" in message or "'hf' or 'vllm'" in message
     if line:
         assert f"{path}:{line}" in message
+
+
+def test_batch_sizes_take_positive_ints_or_auto_and_backend_hf_or_vllm(tmp_path):
+    recipe = load_recipe(write(tmp_path, MINIMAL + "collect:\n  batch_size: auto\n  backend: vllm\n"
+                                                   "locate:\n  batch_size: 16\n"))
+    assert (recipe.collect.batch_size, recipe.collect.backend, recipe.locate.batch_size) == ("auto", "vllm", 16)
+    recipe = load_recipe(write(tmp_path, MINIMAL + "locate:\n  batch_size: AUTO\n"))
+    assert recipe.locate.batch_size == "auto"
+    defaults = load_recipe(write(tmp_path, MINIMAL))
+    assert (defaults.collect.batch_size, defaults.collect.backend, defaults.locate.batch_size) == (32, "hf", 8)
+
+
+def _stage_keys(recipe) -> dict[str, str]:
+    """Every stage key of a recipe, computed as `hneurons run` computes them."""
+    from editor.pipeline import RunContext, active_stages, stage_key, stage_settings
+
+    ctx = RunContext(recipe, Path("r.yaml"), Path("out"))
+    for stage in active_stages(recipe):
+        ctx.settings[stage] = stage_settings(recipe, stage)
+        ctx.keys[stage] = stage_key(ctx, stage)
+    return ctx.keys
+
+
+def test_default_backend_and_batch_sizes_leave_the_stage_keys_unchanged(tmp_path):
+    """Run folders made before collect.backend existed still resume: the default hf is not in the key."""
+    from editor.artifacts import sha256_json
+
+    default = load_recipe(write(tmp_path, MINIMAL))
+    keys = _stage_keys(default)
+    # the collect key as it was computed before the backend key existed
+    before = {"model": default.model.model_dump(mode="json"),
+              "collect": default.collect.model_dump(mode="json", exclude={"backend"})}
+    assert "batch_size" in before["collect"]
+    assert keys["collect"] == sha256_json({"stage": "collect", "settings": before, "upstream": {}})[:16]
+    explicit = load_recipe(write(tmp_path, MINIMAL + "collect:\n  backend: hf\n  batch_size: 32\n"
+                                                     "locate:\n  batch_size: 8\n", "explicit.yaml"))
+    assert _stage_keys(explicit) == keys
+    vllm = _stage_keys(load_recipe(write(tmp_path, MINIMAL + "collect:\n  backend: vllm\n", "vllm.yaml")))
+    assert vllm["collect"] != keys["collect"] and vllm["locate"] != keys["locate"]  # another engine, other samples
+    auto = _stage_keys(load_recipe(write(tmp_path, MINIMAL + "locate:\n  batch_size: auto\n", "auto.yaml")))
+    assert auto["collect"] == keys["collect"] and auto["locate"] != keys["locate"]
 
 
 def test_not_yaml_and_missing_file(tmp_path):
@@ -68,6 +116,7 @@ def test_recipe_cli_check_and_show(tmp_path):
     out = subprocess.run([sys.executable, "-m", "editor", "recipe", "show", str(path)], capture_output=True,
                          text=True, check=True).stdout
     assert "samples: 10" in out and "smollm2-135m-instruct" in out
+    assert "  batch_size: 32\n" in out and "  backend: hf\n" in out and "  batch_size: 8\n" in out
     bad = write(tmp_path, MINIMAL + "edit:\n  alpah: 1\n", "bad.yaml")
     proc = subprocess.run([sys.executable, "-m", "editor", "recipe", "check", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2 and "alpah" in proc.stderr and "Traceback" not in proc.stderr
@@ -105,6 +154,7 @@ def test_stage_commands_take_settings_from_a_recipe_and_flags_override_it(tmp_pa
     assert args.samples == 7 and args.out == str(tmp_path / "o") and args.temperature == 0.5
     args = _parsed(["locate", "--recipe", str(path)])
     assert args.labels == "1v1" and args.C == [0.1, 0.2] and Path(args.responses).resolve() == out / "collect"
+    assert args.batch_size == 8
     args = _parsed(["edit", "--recipe", str(path)])
     assert (args.alpha, args.mode) == (0.25, "ia3") and Path(args.out).resolve() == out / "adapter-ia3"
     assert Path(args.neurons).resolve() == out / "locate" / "neurons.json"
@@ -113,6 +163,15 @@ def test_stage_commands_take_settings_from_a_recipe_and_flags_override_it(tmp_pa
         "smollm2-135m-instruct", "hneurons_facts", 5, 1, 0.25)
     args = _parsed(["push", "--recipe", str(path), "--dry-run"])
     assert args.repo == "me/model" and args.private is False and Path(args.folder).resolve() == out / "adapter-ia3"
+
+
+def test_batch_size_and_backend_from_a_recipe_and_flags_override_them(tmp_path):
+    path = write(tmp_path, MINIMAL + "collect:\n  batch_size: auto\n  backend: vllm\nlocate:\n  batch_size: auto\n")
+    args = _parsed(["collect", "--recipe", str(path)])
+    assert (args.batch_size, args.backend) == ("auto", "vllm")
+    args = _parsed(["collect", "--recipe", str(path), "--batch-size", "4", "--backend", "hf"])
+    assert (args.batch_size, args.backend) == ("4", "hf")
+    assert _parsed(["locate", "--recipe", str(path)]).batch_size == "auto"
 
 
 def test_stage_command_without_recipe_or_required_flag_is_a_usage_error(capsys):

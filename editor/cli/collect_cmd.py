@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .common import HELP_FORMATTER, add_model_args, add_recipe_option, load_from_args, model_defaults, stage_path
+from .common import (HELP_FORMATTER, add_batch_size_arg, add_model_args, add_recipe_option, batch_size_from,
+                     load_from_args, model_defaults, stage_path)
 
 DESCRIPTION = """\
 Ask the model factual questions several times, judge every answer against the gold aliases, and keep
@@ -13,6 +14,12 @@ For each question: one greedy answer plus up to --samples sampled answers (paper
 temperature 1.0, top-p 0.9, top-k 50, at most 50 new tokens). Sampling of a question stops early once it
 can no longer be consistent (a right and a wrong answer, or a refusal); --all-samples turns that off.
 Classes are balanced per split. Interrupted runs resume from what is on disk.
+
+Generation runs on transformers (--backend hf, the default). --backend vllm runs the same prompts with the
+same settings on vLLM's engine instead: much faster for large question sets, but optional (it needs
+`pip install vllm` and a CUDA GPU) and its samples differ from the hf backend's for the same seed.
+--batch-size auto takes the largest batch that fits the free GPU memory (32 on the CPU); the size it
+chose is recorded, so a resumed run keeps it.
 
 Writes OUT/responses.jsonl (one record per question: samples, labels, representative answer and its
 token span) and OUT/collect.json (settings, counts per split and label, wall time, versions).
@@ -27,6 +34,8 @@ data sources (--data, repeatable):
 examples:
   hneurons collect --model smollm2-135m-instruct --data bundled:facts --split train --limit 300 \\
       --samples 4 --out runs/smollm2/collect
+  hneurons collect --model meta-llama/Llama-3.1-8B-Instruct --data triviaqa --batch-size auto --backend vllm \
+      --out runs/llama/collect                                   # on a CUDA GPU with `pip install vllm`
   hneurons collect --model meta-llama/Llama-3.1-8B-Instruct --data triviaqa --limit 4000 --out runs/llama/collect
 """
 
@@ -53,7 +62,10 @@ def register(subparsers) -> None:
     s.add_argument("--seed", type=int, default=0, help="sampling and balancing seed (same seed, same samples)")
     s.add_argument("--all-samples", action="store_true", help="draw all k samples even for questions that can no "
                                                                "longer be consistent (no early stop)")
-    s.add_argument("--batch-size", type=int, default=32, help="questions per batch (and resume chunk)")
+    add_batch_size_arg(s, 32, "questions per batch (and resume chunk)", "32 on the CPU")
+    s.add_argument("--backend", choices=["hf", "vllm"], default="hf",
+                   help="generation engine: hf (transformers; default) or vllm (optional: needs `pip install vllm` "
+                        "and a CUDA GPU; same prompts and settings, but its own random samples)")
     pr = p.add_argument_group("prompting")
     pr.add_argument("--instruction", default=None,
                     help='answer-only instruction appended to each question (default: "Respond with the answer '
@@ -76,6 +88,7 @@ def recipe_defaults(recipe) -> dict:
             "top_p": c.top_p, "top_k": c.top_k, "max_new_tokens": c.max_new_tokens, "seed": c.seed,
             "all_samples": not c.early_stop, "batch_size": c.batch_size, "prompt_style": c.prompt_style,
             "instruction": c.instruction, "question_column": c.question_column, "answers_column": c.answers_column,
+            "backend": c.backend,
             "out": stage_path(recipe, "collect")}
 
 
@@ -83,6 +96,11 @@ def run(args) -> int:
     from ..collect import SamplingSettings, collect, gather_questions, parse_limit
     from ..prompting import DEFAULT_INSTRUCTION, PromptStyle
 
+    batch_size = batch_size_from(args)
+    if args.backend == "vllm":  # refuse before questions are gathered and the model is loaded
+        from ..vllm_backend import require_vllm
+
+        require_vllm()
     data = args.data or ["bundled:facts", "bundled:nonexist"]
     splits = [s.strip() for s in args.split.split(",") if s.strip()]
     limit = parse_limit(args.limit)
@@ -91,11 +109,12 @@ def run(args) -> int:
     lm = load_from_args(args)
     settings = SamplingSettings(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
                                 top_k=args.top_k, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                early_stop=not args.all_samples, batch_size=args.batch_size)
+                                early_stop=not args.all_samples, batch_size=batch_size)
     style = PromptStyle(chat={"auto": None, "chat": True, "base": False}[args.prompt_style],
                         instruction=DEFAULT_INSTRUCTION if args.instruction is None else args.instruction)
     result = collect(lm, questions, args.out, settings=settings, style=style, data=data_record,
-                     balance_seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
+                     balance_seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
+                     backend=args.backend)
     print(format_summary(result.manifest))
     print(f"\nwrote {result.responses_path} and {result.out_dir / 'collect.json'}")
     return 0

@@ -47,6 +47,21 @@ def load_from_args(args: argparse.Namespace, spec: str | None = None):
     )
 
 
+# -------------------------------------------------------------------------------------- --batch-size
+def add_batch_size_arg(parser, default: int, what: str, auto_note: str) -> None:
+    """``--batch-size N|auto`` (parsed by :func:`batch_size_from`, so that a bad value is one InputError)."""
+    parser.add_argument("--batch-size", default=default, metavar="N|auto",
+                        help=f"{what} (default {default}); auto: the largest batch that fits the free GPU memory "
+                             f"({auto_note})")
+
+
+def batch_size_from(args: argparse.Namespace) -> int | str:
+    """``args.batch_size`` as a positive int or ``"auto"``; anything else is an InputError naming the flag."""
+    from ..batching import parse_batch_size
+
+    return parse_batch_size(args.batch_size, "--batch-size")
+
+
 # ------------------------------------------------------------------------------------------ --recipe
 RECIPE_HELP = ("take this command's settings from a recipe (its model and this stage's section; inputs and "
                "outputs inside the recipe's output folder); flags given on the command line override it")

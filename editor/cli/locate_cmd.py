@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .common import HELP_FORMATTER, add_model_args, add_recipe_option, load_from_args, model_defaults, stage_path
+from .common import (HELP_FORMATTER, add_batch_size_arg, add_model_args, add_recipe_option, batch_size_from,
+                     load_from_args, model_defaults, stage_path)
 
 DESCRIPTION = """\
 Find the H-Neurons: compute each FFN neuron's CETT contribution (|z_j| * ||W_down[:, j]|| / ||W_down z||,
@@ -48,7 +49,7 @@ def register(subparsers) -> None:
     g.add_argument("--random-draws", type=int, default=10, help="random-neuron baselines (default 10)")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of every CI (default 1000)")
     g.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8, help="responses per forward pass")
+    add_batch_size_arg(p, 8, "responses per forward pass", "8 on the CPU")
     p.add_argument("--force", action="store_true", help="accept responses collected with other weights")
     p.add_argument("--no-progress", action="store_true")
     add_recipe_option(p, recipe_defaults, {"responses": "--responses", "out": "--out"})
@@ -65,11 +66,11 @@ def recipe_defaults(recipe) -> dict:
 def run(args) -> int:
     from ..locate import LocateSettings, format_report, locate
 
+    batch_size = batch_size_from(args)
     lm = load_from_args(args)
     settings = LocateSettings(labels=args.labels, aggregate=args.aggregate, span=args.span, C=args.C, n_C=args.C_path,
                               rule=args.rule, tol=args.tol, random_draws=args.random_draws, bootstrap=args.bootstrap,
-                              seed=args.seed,
-                              batch_size=args.batch_size)
+                              seed=args.seed, batch_size=batch_size)
     result = locate(lm, args.responses, args.out, settings, progress=not args.no_progress, force=args.force)
     print(format_report(result.report))
     print(f"\nwrote {result.neurons_path}, {result.probe_path} and {result.out_dir / 'locate.json'}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import HELP_FORMATTER, add_model_args, load_from_args
+from .common import HELP_FORMATTER, add_batch_size_arg, add_model_args, batch_size_from, load_from_args
 
 DESCRIPTION = """\
 Were the H-Neurons there before instruction tuning? Two analyses of an instruct model's H-Neurons
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
                    help="random-neuron classifiers (default: as many as locate drew, with its seeds)")
     g.add_argument("--seed", type=int, default=None, help="seed of the random draws (default: locate's)")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the AUROC CIs")
-    p.add_argument("--batch-size", type=int, default=8, help="responses per forward pass")
+    add_batch_size_arg(p, 8, "responses per forward pass (base-model features)", "8 on the CPU")
     p.add_argument("--force", action="store_true",
                    help="accept an --instruct checkpoint whose weights differ from the probe's model, or base "
                         "responses collected with other weights")
@@ -70,7 +70,7 @@ def run(args) -> int:
     if not args.instruct and not args.base_responses:
         raise InputError("give --instruct (parameter drift), --base-responses (backward transfer), or both")
     settings = OriginSettings(random_draws=args.random_draws, seed=args.seed, bootstrap=args.bootstrap,
-                              batch_size=args.batch_size)
+                              batch_size=batch_size_from(args))
     # Backward transfer runs the base model; drift alone only reads its files.
     base = load_from_args(args) if args.base_responses else args.model
     result = origin(args.probe, args.out, base=base, instruct=args.instruct, base_responses=args.base_responses,
