@@ -34,6 +34,9 @@ def plot_per_layer(out: Path, neurons: dict, name: str = "h_neurons_per_layer.pn
     ax.bar(layers, counts, color="#c0392b")
     ax.set_xlabel("layer")
     ax.set_ylabel("H-Neurons")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no fractional ticks
     ax.set_title(f"{neurons['count']} H-Neurons ({neurons['per_mille']:.2f} per mille of "
                  f"{neurons['total_ffn_neurons']:,} FFN neurons)")
     return _save(plt, fig, out / name)
