@@ -245,6 +245,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"subset of {','.join(STAGES)}")
     parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results.json; quick: "
                                                      "benchmarks/results-quick.json)")
+    parser.add_argument("--keep-e2e", default=None, metavar="DIR",
+                        help="leave the end-to-end run's output (the recipe's run folder) in DIR/out")
     parser.add_argument("--png", default=None, help="scaling plot (default: next to --out, scaling*.png)")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
@@ -292,9 +294,10 @@ def main(argv=None) -> int:
         _stage(results, "edit", bench_edit.run, reps=plan["edit_reps"])
     if "e2e" in stages:
         with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
-            e2e = _stage(results, "e2e", bench_e2e.run, quick=plan["quick_e2e"], keep=Path(tmp))
+            keep = Path(args.keep_e2e) if args.keep_e2e else Path(tmp)
+            e2e = _stage(results, "e2e", bench_e2e.run, quick=plan["quick_e2e"], keep=keep)
             if "probe" in stages and "error" not in e2e:
-                _stage(results["probe"], "real", _real_probe, Path(tmp) / "out", plan)
+                _stage(results["probe"], "real", _real_probe, keep / "out", plan)
     results["load_average"]["end"] = load_average()
     results["targets"] = targets(results)
     results["scaling_summary"] = scaling_summary(results)
