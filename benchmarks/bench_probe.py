@@ -19,8 +19,10 @@ training split's mean and std).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -117,6 +119,11 @@ def run(n=1600, d=46080, reps=3, n_C=20, span=1000.0, features=None, threads=Non
             for name, i, pos, path, auc in (("torch", i_t, pos_t, path_t, auc_t), ("liblinear", i_l, pos_l, path_l, auc_l))
         },
         "jaccard_positive": len(pos_t & pos_l) / len(union) if union else 1.0,
+        # The same comparison at one C (each solver's choice of C can differ where the validation AUROC is
+        # flat along the path; then the sets above differ by their C, not by the solvers' optima).
+        "jaccard_positive_at_torch_C": _jaccard(pos_t, _positives(path_l[i_t])),
+        "jaccard_positive_at_liblinear_C": _jaccard(_positives(path_t[i_l]), pos_l),
+        "jaccard_positive_per_C": [_jaccard(_positives(pt), _positives(pl)) for pt, pl in zip(path_t, path_l)],
         "test_auroc_diff": abs(auc_t - auc_l),
         "objective_rel_diff_liblinear_minus_torch": {
             "median": float(np.median(rel_obj)), "min": float(np.min(rel_obj)), "max": float(np.max(rel_obj))
@@ -132,6 +139,14 @@ def run(n=1600, d=46080, reps=3, n_C=20, span=1000.0, features=None, threads=Non
     return result
 
 
+def _positives(point) -> set[int]:
+    return set(torch.nonzero(point.weight > 0).flatten().tolist())
+
+
+def _jaccard(a: set[int], b: set[int]) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
 def _print_table(r: dict) -> None:
     s = r["shape"]
     print(f"\nL1 probe path: {len(r['C_grid'])} Cs x {s['n_train']} rows x {s['d']} features ({r['data']}), "
@@ -145,6 +160,10 @@ def _print_table(r: dict) -> None:
     print(f"speed-up {r['speedup']:.1f}x | Jaccard(positive sets) {r['jaccard_positive']:.3f} | "
           f"|test AUROC diff| {r['test_auroc_diff']:.4f} | objective (liblinear - torch)/torch median {o['median']:.1e} "
           f"[{o['min']:.1e}, {o['max']:.1e}] | target met: {r['target_met']}")
+    if "jaccard_positive_at_torch_C" in r:
+        per_C = r["jaccard_positive_per_C"]
+        print(f"same C: Jaccard(positive sets) at torch's C {r['jaccard_positive_at_torch_C']:.3f}, at liblinear's C "
+              f"{r['jaccard_positive_at_liblinear_C']:.3f}, median over the path {float(np.median(per_C)):.3f}")
 
 
 def main() -> None:
@@ -157,10 +176,14 @@ def main() -> None:
     parser.add_argument("--span", type=float, default=1000.0, help="C_max / C_min")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (liblinear uses one)")
     parser.add_argument("--features", default=None, help=".npz with X_train, y_train, X_val, y_val, X_test, y_test")
+    parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.quick:
         args.n, args.d, args.n_C, args.reps = 600, 8192, 10, 1
-    run(n=args.n, d=args.d, reps=args.reps, n_C=args.n_C, span=args.span, features=args.features, threads=args.threads)
+    result = run(n=args.n, d=args.d, reps=args.reps, n_C=args.n_C, span=args.span, features=args.features,
+                 threads=args.threads)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
