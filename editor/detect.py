@@ -34,18 +34,34 @@ class Detection:
     top_neurons: list[dict]  # H-Neurons with the largest positive contributions to the logit
 
 
+# The sequence length ``batch_size="auto"`` sizes batches for: a chat prompt with a short factual question
+# plus a 50-token answer stays well below it, so the estimate errs on the safe side.
+_AUTO_SEQ_LEN = 256
+
+
+def stream_batch_size(lm: LoadedModel, batch_size: int | str) -> int:
+    """Answers per batch: ``batch_size``, or for ``"auto"`` the largest batch whose greedy answers and
+    teacher-forced pass both fit the free GPU memory (editor.batching; 8 on the CPU)."""
+    from .batching import resolve_batch_size
+
+    return min(resolve_batch_size(batch_size, lm, "generation", _AUTO_SEQ_LEN),
+               resolve_batch_size(batch_size, lm, "features", _AUTO_SEQ_LEN))
+
+
 class Detector:
-    """A probe bound to a model. ``score_records`` is the exact path; ``score`` the convenient one."""
+    """A probe bound to a model. ``score_records`` is the exact path; ``score`` the convenient one.
+
+    ``batch_size``: answers per batch (generation and the teacher-forced pass), or ``"auto"``."""
 
     def __init__(self, lm: LoadedModel, probe_path: str, *, force: bool = False, style: PromptStyle = PromptStyle(),
-                 batch_size: int = 8, top_k: int = 5):
+                 batch_size: int | str = 8, top_k: int = 5):
         self.lm = lm
         self.probe, self.meta = load_probe(probe_path)
         check_same_model(self.meta["model"], lm, f"probe {probe_path}", force)
         if self.probe.weight.numel() != lm.num_layers * lm.d_ff:
             raise InputError(f"probe {probe_path} has {self.probe.weight.numel()} weights; the model has "
                              f"{lm.num_layers * lm.d_ff} FFN neurons")
-        self.style, self.batch_size, self.top_k = style, batch_size, top_k
+        self.style, self.batch_size, self.top_k = style, stream_batch_size(lm, batch_size), top_k
         self.round_to = _STORE_DTYPES.get(self.meta.get("store_dtype", "float16"), torch.float16)
         self.positive = torch.nonzero(self.probe.weight > 0).flatten()
 
@@ -159,7 +175,7 @@ def generate_with_detection(detector: Detector, question: str, *, threshold: flo
 
 # --------------------------------------------------------------------------------- held-out evaluation
 def heldout_report(lm: LoadedModel, probe_path: str, questions: Sequence, *, locate_dir: str | None = None,
-                   style: PromptStyle = PromptStyle(), batch_size: int = 16, bootstrap: int = 1000, seed: int = 0,
+                   style: PromptStyle = PromptStyle(), batch_size: int | str = 16, bootstrap: int = 1000, seed: int = 0,
                    max_new_tokens: int = 50, progress: bool = False) -> dict:
     """How well the probe separates the model's wrong answers from its right ones on new questions.
 
@@ -179,6 +195,7 @@ def heldout_report(lm: LoadedModel, probe_path: str, questions: Sequence, *, loc
     from .origin import _instruct_training
 
     detector = Detector(lm, probe_path, style=style, batch_size=batch_size)
+    batch_size = detector.batch_size  # "auto" resolved
     locate_dir = locate_dir or str(Path(probe_path).parent)
     train = _instruct_training(Path(locate_dir), detector.meta, None)
     seen = {str(r["id"]) for r in load_responses(train.report["responses"]["folder"])[0]}

@@ -119,6 +119,22 @@ def test_detector_reproduces_the_locate_predictions(located):
         assert prob == pytest.approx(preds[rid], abs=1e-5)
 
 
+def test_detector_batch_size_auto_resolves_and_scores_the_same(located):
+    """``batch_size="auto"`` (the CLI's ``--batch-size auto``) is resolved once (on the CPU: the default 8)
+    and scores exactly as a fixed batch size; a bad value is refused with the expected values named."""
+    from editor.detect import Detector
+    from editor.errors import InputError
+
+    lm, tmp, _ = located
+    probe = str(tmp / "locate" / "probe.safetensors")
+    auto = Detector(lm, probe, batch_size="auto")
+    assert auto.batch_size == 8
+    items = [{"question": f"What is the capital of land {i}?", "answer": "Paris"} for i in range(11)]
+    assert list(auto.score(items)) == list(Detector(lm, probe, batch_size=3).score(items))
+    with pytest.raises(InputError, match="positive integer or 'auto'"):
+        Detector(lm, probe, batch_size="big")
+
+
 def test_probe_from_another_model_is_refused_unless_forced(located):
     from editor.detect import Detector
 

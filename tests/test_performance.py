@@ -310,8 +310,8 @@ def test_cli_parses_batch_size_auto_and_backend():
     assert batch_size_from(args) == "auto" and args.backend == "vllm"
     args = parser.parse_args(["collect"])
     assert batch_size_from(args) == 32 and args.backend == "hf"
-    for command, default in (("locate", 8), ("origin", 8)):
-        extra = ["--probe", "p", "--base", "b", "--out", "o"] if command == "origin" else []
+    for command, default in (("locate", 8), ("origin", 8), ("detect", 8)):
+        extra = {"origin": ["--probe", "p", "--base", "b", "--out", "o"], "detect": ["--probe", "p"]}.get(command, [])
         assert batch_size_from(parser.parse_args([command, *extra, "--batch-size", "AUTO"])) == "auto"
         assert batch_size_from(parser.parse_args([command, *extra, "--batch-size", "5"])) == 5
         assert batch_size_from(parser.parse_args([command, *extra])) == default
@@ -319,16 +319,19 @@ def test_cli_parses_batch_size_auto_and_backend():
         parser.parse_args(["collect", "--backend", "tgi"])
 
 
-@pytest.mark.parametrize("command", ["collect", "locate"])
+@pytest.mark.parametrize("command", ["collect", "locate", "detect"])
 @pytest.mark.parametrize("value", ["0", "big", "-3"])
 def test_cli_bad_batch_size_is_one_error_naming_the_flag(tmp_path, tiny_checkpoint, capsys, command, value):
     from editor.cli import main
 
     if command == "collect":
         argv = collect_argv(tiny_checkpoint, tmp_path / "out", "--batch-size", value)
-    else:
+    elif command == "locate":
         argv = ["locate", "--model", str(tiny_checkpoint[0]), "--responses", str(tmp_path / "none"),
                 "--out", str(tmp_path / "out"), "--device", "cpu", "--batch-size", value]
+    else:  # refused before the model or the (missing) probe is read
+        argv = ["detect", "--model", str(tiny_checkpoint[0]), "--probe", str(tmp_path / "none.safetensors"),
+                "--question", "Q?", "--out", str(tmp_path / "out"), "--device", "cpu", "--batch-size", value]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"hneurons {command}: error: --batch-size must be a positive integer or 'auto', got " + (
