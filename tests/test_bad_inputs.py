@@ -12,7 +12,6 @@ writable, as root) or RLIMIT_FSIZE in a subprocess (file size limit; works witho
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os

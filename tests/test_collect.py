@@ -24,7 +24,7 @@ from editor.loading import LoadedModel, ModelSource
 from editor.prompting import PromptStyle, build_prompt
 from editor.questions import Question
 from editor.registry import get_arch
-from tinymodels import tiny_model, tiny_tokenizer
+from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -130,8 +130,7 @@ def test_resume_after_kill_gives_the_same_artifact(tmp_path):
     tiny_model("llama").save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     data = tmp_path / "qs.jsonl"
-    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is the capital of land {i}?",
-                                        "answers": ["Paris"], "split": "train"}) + "\n" for i in range(12)))
+    write_capital_questions(data, 12)
     env = dict(os.environ, PYTHONPATH=REPO)
     subprocess.run(_collect_cmd(folder, data, tmp_path / "full"), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(_collect_cmd(folder, data, tmp_path / "killed"), env=env,

@@ -33,7 +33,7 @@ import pytest
 import torch
 
 from editor.cli import main
-from tinymodels import tiny_model, tiny_tokenizer
+from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1, 2]
@@ -113,8 +113,7 @@ def ckpt(tmp_path_factory) -> Path:
 # ============================================================================================== collect
 def test_collect_killed_after_random_chunks_resumes_to_the_same_responses(ckpt, tmp_path):
     data = tmp_path / "qs.jsonl"
-    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is the capital of land {i}?",
-                                        "answers": ["Paris"], "split": "train"}) + "\n" for i in range(48)))
+    write_capital_questions(data, 48)
     out = tmp_path / "collect"
     argv = ["collect", "--model", str(ckpt), "--data", str(data), "--split", "train", "--samples", "4",
             "--max-new-tokens", "8", "--batch-size", "2", "--out", str(out), "--no-progress", "--device", "cpu"]
@@ -309,8 +308,7 @@ def test_push_killed_mid_upload_reruns_to_the_same_repo_without_duplicate_commit
 
 def test_run_killed_during_collect_resumes_to_the_same_artifacts(ckpt, tmp_path):
     data = tmp_path / "qs.jsonl"
-    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is the capital of land {i}?",
-                                        "answers": ["Paris"], "split": "train"}) + "\n" for i in range(48)))
+    write_capital_questions(data, 48)
     out = tmp_path / "run"
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"model:\n  id: {ckpt}\n  device: cpu\noutput: {out}\ncollect:\n  data: [{data}]\n"

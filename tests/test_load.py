@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 from editor.cli import main
-from tinymodels import tiny_model, tiny_tokenizer
+from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -202,8 +201,7 @@ def test_concurrent_runs_from_one_gguf_share_an_empty_cache_safely(tmp_path, mon
     gguf_file = tmp_path / "tiny-llama.gguf"
     make_tiny_gguf(gguf_file)
     data = tmp_path / "qs.jsonl"
-    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is the capital of land {i}?",
-                                        "answers": ["Paris"], "split": "train"}) + "\n" for i in range(6)))
+    write_capital_questions(data, 6)
 
     def argv(out: Path) -> list[str]:
         return ["collect", "--model", str(gguf_file), "--data", str(data), "--split", "train", "--samples", "3",

@@ -22,7 +22,7 @@ from editor.loading import LoadedModel, ModelSource
 from editor.prompting import build_prompt
 from editor.questions import Question
 from editor.registry import get_arch
-from tinymodels import tiny_model, tiny_tokenizer
+from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -290,8 +290,7 @@ def tiny_checkpoint(tmp_path_factory):
     tiny_model("llama").save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     data = tmp / "qs.jsonl"
-    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is the capital of land {i}?",
-                                        "answers": ["Paris"], "split": "train"}) + "\n" for i in range(3)))
+    write_capital_questions(data, 3)
     return folder, data
 
 

@@ -27,7 +27,7 @@ import yaml
 from editor.artifacts import check_no_outside_links, safe_join
 from editor.cli import main
 from editor.errors import InputError, ModelLoadError, PublishError
-from tinymodels import tiny_model, tiny_tokenizer
+from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "hf_fake_secret_token_XYZ"
@@ -351,8 +351,7 @@ def test_the_token_is_written_nowhere_in_a_full_run(hub, tiny_ckpt, tmp_path, mo
     caplog.set_level(logging.DEBUG)
     run = tmp_path / "run"
     data = tmp_path / "qs.jsonl"
-    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is the capital of land {i}?",
-                                        "answers": ["Paris"], "split": "train"}) + "\n" for i in range(4)))
+    write_capital_questions(data, 4)
     model = ["--model", str(tiny_ckpt), "--device", "cpu"]
     assert main(["collect", *model, "--data", str(data), "--split", "train", "--samples", "2", "--max-new-tokens",
                  "4", "--out", str(run / "collect"), "--no-progress"]) == 0

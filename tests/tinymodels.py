@@ -79,3 +79,14 @@ def tiny_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
     if chat:
         fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def write_capital_questions(path, n: int, split: str = "train"):
+    """A local question file of ``n`` made-up capital questions (gold answer "Paris"), as the CLI reads one."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is the capital of land {i}?",
+                                        "answers": ["Paris"], "split": split}) + "\n" for i in range(n)))
+    return path
