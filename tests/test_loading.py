@@ -122,3 +122,19 @@ def test_cli_help_reads_like_documentation():
     out = subprocess.run([sys.executable, "-m", "editor", "inspect", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "--allow-pickle" in out and "examples:" in out
+
+
+def test_every_help_example_keeps_its_line_breaks(capsys):
+    """An example split over lines with a backslash stays split in --help (a lone backslash in a Python
+    string joins the lines into one with a run of blanks in the middle)."""
+    import re
+
+    from editor.cli import COMMAND_MODULES, main
+
+    for command in [m.removesuffix("_cmd") for m in COMMAND_MODULES]:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        joined = [line for line in text.splitlines() if line.lstrip().startswith("hneurons ")
+                  and re.search(r"\S {5,}--", line)]
+        assert joined == [], f"hneurons {command} --help joins example lines: {joined}"

@@ -34,8 +34,8 @@ data sources (--data, repeatable):
 examples:
   hneurons collect --model smollm2-135m-instruct --data bundled:facts --split train --limit 300 \\
       --samples 4 --out runs/smollm2/collect
-  hneurons collect --model meta-llama/Llama-3.1-8B-Instruct --data triviaqa --batch-size auto --backend vllm \
-      --out runs/llama/collect                                   # on a CUDA GPU with `pip install vllm`
+  hneurons collect --model meta-llama/Llama-3.1-8B-Instruct --data triviaqa --batch-size auto --backend vllm \\
+      --out runs/llama/collect          # on a CUDA GPU, with `pip install vllm`
   hneurons collect --model meta-llama/Llama-3.1-8B-Instruct --data triviaqa --limit 4000 --out runs/llama/collect
 """
 

@@ -28,7 +28,7 @@ examples:
   hneurons detect --probe runs/smollm2/locate/probe.safetensors --question "What is the capital of Togo?"
   hneurons detect --probe probe.safetensors --question "Who wrote Hamlet?" --answer "Christopher Marlowe"
   hneurons detect --model M --probe probe.safetensors --input qa.jsonl --out scored.jsonl
-  hneurons detect --probe runs/smollm2/locate/probe.safetensors --evaluate bundled:facts --split test \
+  hneurons detect --probe runs/smollm2/locate/probe.safetensors --evaluate bundled:facts --split test \\
       --limit 300 --out heldout.json
 """
 
