@@ -62,6 +62,15 @@ def kill_when(argv: list[str], ready: Callable[[], bool], delay: float = 0.0, ti
     return None
 
 
+def kill_after_random_chunks(argv: list[str], collect_dir: Path, rng: random.Random, fewest: int) -> None:
+    """SIGKILL the CLI once a random number (``fewest`` to 11) of collect's 24 chunks are finished, so that
+    at least half of the run is still to go (plus a random delay of up to 20 ms)."""
+    wanted = rng.randrange(fewest, 12)
+    chunks = collect_dir / "chunks"
+    kill_when(argv, lambda: chunks.is_dir() and len(list(chunks.glob("chunk-*.jsonl"))) >= wanted,
+              delay=rng.uniform(0, 0.02))
+
+
 def _strip(obj):
     if isinstance(obj, dict):
         return {k: _strip(v) for k, v in obj.items() if k not in VOLATILE}
@@ -122,9 +131,7 @@ def test_collect_killed_after_random_chunks_resumes_to_the_same_responses(ckpt, 
     interrupted = 0
     for seed in SEEDS:
         rng = random.Random(seed)
-        wanted = rng.randrange(0, 12)  # chunks finished before the kill (24 in all: at least half still to go)
-        chunk_files = lambda: list((out / "chunks").glob("chunk-*.jsonl")) if (out / "chunks").is_dir() else []  # noqa: E731
-        finished = kill_when(argv, lambda: len(chunk_files()) >= wanted, delay=rng.uniform(0, 0.02))
+        kill_after_random_chunks(argv, out, rng, fewest=0)
         assert_no_half_written(out, reference, ["responses.jsonl", "collect.json"])
         interrupted += not (out / "collect.json").exists()
         in_process(argv)
@@ -319,9 +326,7 @@ def test_run_killed_during_collect_resumes_to_the_same_artifacts(ckpt, tmp_path)
     interrupted = 0
     for seed in SEEDS:
         rng = random.Random(seed)
-        wanted = rng.randrange(1, 12)  # chunks finished before the kill (24 in all: at least half still to go)
-        chunk_files = lambda: list((out / "collect" / "chunks").glob("chunk-*.jsonl")) if (out / "collect" / "chunks").is_dir() else []  # noqa: E731
-        kill_when(argv, lambda: len(chunk_files()) >= wanted, delay=rng.uniform(0, 0.02))
+        kill_after_random_chunks(argv, out / "collect", rng, fewest=1)
         assert_no_half_written(out, reference, ["collect/responses.jsonl", "collect/collect.json"])
         interrupted += not (out / "collect" / "collect.json").exists()
         in_process(argv)
