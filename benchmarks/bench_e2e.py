@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 import yaml
-
 from common import RECIPE, run_child
 
 QUICK = {
@@ -92,12 +91,12 @@ def export_probe_features(out: Path, npz: Path) -> dict:
     validation and test (as locate builds them), saved as the .npz that bench_probe.py reads."""
     import numpy as np
 
-    from editor.collect import load_responses
-    from editor.features import FeatureStore
-    from editor.locate import _splits, training_rows
+    from editor.collect.stage import load_responses
+    from editor.locate.features import FeatureStore
+    from editor.locate.stage import splits_of, training_rows
 
     records, _ = load_responses(out / "collect")
-    facts = _splits(records, False)
+    facts = splits_of(records, False)
     store = FeatureStore.open(out / "locate" / "features")
     x_train, y_train = training_rows(store, facts["train"], "3v1")
     arrays = {"X_train": x_train.numpy(), "y_train": y_train.numpy().astype(np.int64)}

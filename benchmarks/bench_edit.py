@@ -40,9 +40,9 @@ def peak_kb():
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: F401  (same imports in both paths)
-from editor.edit import rewrite_safetensors_out_of_core, write_checkpoint
-from editor.loading import load_model
-from editor.neuronset import NeuronSet
+from editor.edit.stage import rewrite_safetensors_out_of_core, write_checkpoint
+from editor.model.loading import load_model
+from editor.model.neuron_set import NeuronSet
 
 path, folder, out, neurons = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 scales = NeuronSet.from_pairs(json.loads(neurons)).scales(0.0)
@@ -92,8 +92,8 @@ def run(folder: str | Path | None = None, reps: int = 3) -> dict:
     """Time and peak RSS of both paths on ``folder`` (default: SmolLM2's converted folder)."""
     from transformers import AutoConfig
 
-    from editor.loading import load_model
-    from editor.registry import get_arch
+    from editor.model.loading import load_model
+    from editor.model.registry import get_arch
 
     if folder is None:
         folder = load_model("smollm2-135m-instruct", device="cpu").folder

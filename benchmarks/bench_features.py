@@ -4,13 +4,13 @@ Records: bundled facts (train split, a relation-balanced subset), each prompt (t
 collect builds it) followed by the first gold answer's tokens as the response; features are the paper's
 CETT means over the response and over the other tokens (the default settings of locate).
 
-* Time: :func:`editor.features.cett_features` (hooks on every layer's down-projection, reduction to
+* Time: :func:`editor.locate.features.cett_features` (hooks on every layer's down-projection, reduction to
   [batch, 2, d_ff], host copy) vs the same forward passes without hooks (``forward_batches``: same
   batches, same right padding, same inputs). The limit of the ratio is 1.0x. Both ask the model for the
   last position's logits only (CETT needs none); ``bare_full_logits`` is the forward a naive extractor
   runs (logits at every position), for reference. Repetitions are interleaved, so machine load hits
   both sides alike; figures are medians with min / max.
-* Memory: :func:`editor.features.extract_features` (fp16 shards streamed to disk) in a fresh child
+* Memory: :func:`editor.locate.features.extract_features` (fp16 shards streamed to disk) in a fresh child
   process per size; its peak RSS is read from the kernel's high-water mark (VmHWM), reset after the
   model is loaded and one batch has run, so the growth measures extraction alone. Reference: the size
   of one batch's activations, batch x seq x d_ff x layers x 4 bytes (what holding every layer's
@@ -27,14 +27,13 @@ import json
 import statistics
 
 import torch
-
 from common import MODEL, run_child, spread, timed
 
 
 def records_for(lm, n: int, seed: int = 0) -> list[dict]:
     """``n`` teacher-forcing records: prompt + first gold answer (as a collected representative)."""
-    from editor.collect import gather_questions
-    from editor.prompting import build_prompt
+    from editor.collect.stage import gather_questions
+    from editor.data.prompting import build_prompt
 
     qs, _ = gather_questions(["bundled:facts"], ["train"], n, seed=seed)
     records = []
@@ -50,7 +49,7 @@ def records_for(lm, n: int, seed: int = 0) -> list[dict]:
 
 @torch.no_grad()
 def bare(lm, records, batch_size: int, full_logits: bool = False) -> None:
-    from editor.features import forward_batches
+    from editor.locate.features import forward_batches
 
     for _, inputs, _, _ in forward_batches(lm, records, batch_size, "response"):
         if full_logits:
@@ -59,7 +58,7 @@ def bare(lm, records, batch_size: int, full_logits: bool = False) -> None:
 
 
 def cett(lm, records, batch_size: int) -> None:
-    from editor.features import cett_features
+    from editor.locate.features import cett_features
 
     for _ in cett_features(lm, records, "mean", batch_size, "response"):
         pass
@@ -74,7 +73,7 @@ def activation_bytes(lm, records, batch_size: int) -> int:
 
 def run(lm=None, n_records: int = 64, batch_size: int = 8, reps: int = 3, verbose: bool = True) -> dict:
     """Interleaved repetitions of bare forward / CETT extraction / bare forward with full logits."""
-    from editor.loading import load_model
+    from editor.model.loading import load_model
 
     lm = lm or load_model(MODEL, device="cpu")
     records = records_for(lm, n_records)
@@ -107,8 +106,8 @@ import json, resource, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from bench_features import activation_bytes, cett, records_for
-from editor.features import FeatureSettings, extract_features
-from editor.loading import load_model
+from editor.locate.features import FeatureSettings, extract_features
+from editor.model.loading import load_model
 
 n, batch_size, model = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 

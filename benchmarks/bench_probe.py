@@ -1,4 +1,4 @@
-"""Benchmark: the torch L1 probe path (editor.probe.fit_path) vs scikit-learn/liblinear, the authors' solver.
+"""Benchmark: the torch L1 probe path (editor.locate.probe.fit_path) vs scikit-learn/liblinear, the authors' solver.
 
 Both solvers fit the same regularisation path (same C grid, same standardised float32 features); each
 selects C on a held-out validation split by the same rule (sparsest C within 0.01 validation AUROC of
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from editor.probe import default_C_grid, fit_path, fit_path_liblinear, probe_scores, select_C
+from editor.locate.probe import default_C_grid, fit_path, fit_path_liblinear, probe_scores, select_C
 from editor.stats import auroc
 
 

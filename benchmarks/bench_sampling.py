@@ -3,8 +3,8 @@
 The same questions (bundled facts, train split, a relation-balanced subset) and the same settings (the
 default recipe's: greedy answer + k samples, temperature, top-p, top-k, max new tokens) go through
 
-* ``hneurons``: :func:`editor.collect.collect` (chunks of ``batch_size`` questions; the compacting
-  decoder of editor/sampler.py, where finished rows leave the batch and the KV cache), with the early
+* ``hneurons``: :func:`editor.collect.stage.collect` (chunks of ``batch_size`` questions; the compacting
+  decoder of editor/collect/sampler.py, where finished rows leave the batch and the KV cache), with the early
   stop off (every question gets all k samples, like the baselines) and on (the default);
 * ``hf_batched``: transformers' ``generate`` on the same batches (left padding, no compaction: every row
   runs until the longest row of its batch ends);
@@ -27,28 +27,27 @@ import tempfile
 from dataclasses import replace
 
 import torch
-
 from common import MODEL, recipe_sampling, timed
 
 
 def questions(n: int, seed: int = 0):
-    from editor.collect import gather_questions
+    from editor.collect.stage import gather_questions
 
     qs, _ = gather_questions(["bundled:facts"], ["train"], n, seed=seed)
     return qs
 
 
 def sampling_settings(sampling: dict, early_stop: bool = True):
-    from editor.collect import SamplingSettings
+    from editor.collect.settings import CollectSettings
 
-    return SamplingSettings(samples=sampling["samples"], temperature=sampling["temperature"],
+    return CollectSettings(samples=sampling["samples"], temperature=sampling["temperature"],
                             top_p=sampling["top_p"], top_k=sampling["top_k"],
                             max_new_tokens=sampling["max_new_tokens"], seed=sampling["seed"],
                             early_stop=early_stop, batch_size=sampling["batch_size"])
 
 
 def _stops(lm) -> list[int]:
-    from editor.prompting import stop_token_ids
+    from editor.data.prompting import stop_token_ids
 
     stops = set(stop_token_ids(lm.tokenizer, lm.model.generation_config))
     stops.add(lm.tokenizer.pad_token_id)
@@ -67,7 +66,7 @@ def _count_new_tokens(rows: torch.Tensor, stops: set[int]) -> int:
 
 
 def _hf_generate(lm, prompt_ids: list[list[int]], settings, sample: bool, n_return: int = 1) -> int:
-    from editor.sampler import left_pad
+    from editor.collect.sampler import left_pad
 
     stops = _stops(lm)
     ids, mask = left_pad(prompt_ids, lm.tokenizer.pad_token_id, next(lm.model.parameters()).device)
@@ -80,7 +79,7 @@ def _hf_generate(lm, prompt_ids: list[list[int]], settings, sample: bool, n_retu
 
 
 def _prompts(lm, qs) -> list[list[int]]:
-    from editor.prompting import build_prompt
+    from editor.data.prompting import build_prompt
 
     return [build_prompt(lm.tokenizer, q.question).input_ids for q in qs]
 
@@ -132,7 +131,7 @@ def loop(lm, qs, settings, per_question: bool = True) -> dict:
 
 def hneurons(lm, qs, settings) -> dict:
     """The collect stage itself (judging and the chunk files included), into a temporary folder."""
-    from editor.collect import collect
+    from editor.collect.stage import collect
 
     with tempfile.TemporaryDirectory(prefix="bench-sampling-") as tmp:
         result, seconds = timed(lambda: collect(lm, qs, tmp, settings=settings, progress=False))
@@ -146,7 +145,7 @@ def hneurons(lm, qs, settings) -> dict:
 def run(lm=None, n_questions: int = 32, sampling: dict | None = None, loops=("per_question", "per_generation"),
         verbose: bool = True) -> dict:
     """All paths on the same ``n_questions`` questions; returns figures and ratios (module docstring)."""
-    from editor.loading import load_model
+    from editor.model.loading import load_model
 
     lm = lm or load_model(MODEL, device="cpu")
     sampling = sampling or recipe_sampling()

@@ -91,7 +91,7 @@ def machine() -> dict:
 
 def recipe_sampling() -> dict:
     """The default recipe's collect settings (samples, temperature, top-p, top-k, max new tokens, batch)."""
-    from editor.recipe import load_recipe
+    from editor.pipeline.recipe import load_recipe
 
     c = load_recipe(RECIPE).collect
     return {"samples": c.samples, "temperature": c.temperature, "top_p": c.top_p, "top_k": c.top_k,

@@ -5,7 +5,7 @@
 # Not run in CI. Works without internet access: if benchmarks/wheels/ holds wheels, hneurons and its
 # dependencies are installed from there only (see benchmarks/README.md for how to fill it).
 #
-#   bash benchmarks/gpu.sh                       # transformers backend (editor/sampler.py)
+#   bash benchmarks/gpu.sh                       # transformers backend (editor/collect/sampler.py)
 #   BACKEND=vllm bash benchmarks/gpu.sh          # vLLM sampler (needs the vllm wheel)
 #   OUT=/scratch/hn LIMIT=train=300,validation=100,test=100 bash benchmarks/gpu.sh
 set -euo pipefail

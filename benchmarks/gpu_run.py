@@ -1,7 +1,7 @@
 """The GPU path, timed: the default recipe's collect + locate on SmolLM2 in bfloat16 on one CUDA GPU.
 
 Called by benchmarks/gpu.sh (which installs the wheels first). Batch sizes are ``auto`` (chosen from the
-free GPU memory, editor/batching.py); ``--backend vllm`` samples with vLLM when it is installed. Prints
+free GPU memory, editor/model/batching.py); ``--backend vllm`` samples with vLLM when it is installed. Prints
 the generation throughput (tokens/s) and every stage's wall time, and writes them to OUT/gpu_results.json.
 
 Equivalent CLI (fixed batch sizes):
@@ -38,9 +38,11 @@ def main() -> int:
 
     import torch
 
-    from editor.collect import SamplingSettings, collect, gather_questions, parse_limit
-    from editor.locate import LocateSettings, locate
-    from editor.loading import load_model
+    from editor.collect.settings import CollectSettings
+    from editor.collect.stage import collect, gather_questions, parse_limit
+    from editor.locate.settings import LocateSettings
+    from editor.locate.stage import locate
+    from editor.model.loading import load_model
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU visible to torch: this script measures the GPU path", file=sys.stderr)
@@ -51,7 +53,7 @@ def main() -> int:
     lm = load_model(args.model, device=args.device, dtype="bfloat16")
     times["load"] = time.perf_counter() - start
     questions, data = gather_questions(["bundled:facts"], ["train", "validation", "test"], parse_limit(args.limit))
-    settings = SamplingSettings(samples=args.samples, temperature=args.temperature, batch_size=args.batch_size)
+    settings = CollectSettings(samples=args.samples, temperature=args.temperature, batch_size=args.batch_size)
     start = time.perf_counter()
     result = collect(lm, questions, out / "collect", settings=settings, data=data, overwrite=True,
                      backend=args.backend)

@@ -273,7 +273,7 @@ def main(argv=None) -> int:
     results["scaling"] = {}
     lm = None
     if {"sampling", "features"} & set(stages):
-        from editor.loading import load_model
+        from editor.model.loading import load_model
 
         lm = load_model(MODEL, device="cpu")
     if "sampling" in stages:

@@ -20,3 +20,4 @@ def eval_dir() -> Path:
 
 
 EVAL_DIR = eval_dir()
+NEUTRAL_PROMPTS = EVAL_DIR / "data" / "neutral_prompts.jsonl"  # the KL measure's prompts (eval/data/README.md)

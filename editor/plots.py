@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .formats import PER_LAYER_PLOT
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-def _figure(width: float = 6.4, height: float = 3.6):
+def figure(width: float = 6.4, height: float = 3.6):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +20,7 @@ def _figure(width: float = 6.4, height: float = 3.6):
     return plt, fig, ax
 
 
-def _save(plt, fig, path: Path) -> str:
+def save_png(plt, fig, path: Path) -> str:
     fig.tight_layout()
     tmp = path.with_name(".hneurons-tmp-" + path.name)
     fig.savefig(tmp, format="png")
@@ -27,8 +29,8 @@ def _save(plt, fig, path: Path) -> str:
     return path.name
 
 
-def plot_per_layer(out: Path, neurons: dict, name: str = "h_neurons_per_layer.png") -> str:
-    plt, fig, ax = _figure()
+def plot_per_layer(out: Path, neurons: dict, name: str = PER_LAYER_PLOT) -> str:
+    plt, fig, ax = figure()
     layers = sorted(int(k) for k in neurons["per_layer"])
     counts = [neurons["per_layer"][str(k)] for k in layers]
     ax.bar(layers, counts, color="#c0392b")
@@ -39,11 +41,11 @@ def plot_per_layer(out: Path, neurons: dict, name: str = "h_neurons_per_layer.pn
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no fractional ticks
     ax.set_title(f"{neurons['count']} H-Neurons ({neurons['per_mille']:.2f} per mille of "
                  f"{neurons['total_ffn_neurons']:,} FFN neurons)")
-    return _save(plt, fig, out / name)
+    return save_png(plt, fig, out / name)
 
 
 def plot_path(out: Path, report: dict, name: str = "regularisation_path.png") -> str:
-    plt, fig, ax = _figure()
+    plt, fig, ax = figure()
     path = report["path"]
     xs = [max(p["n_positive"], 0.8) for p in path]
     ax.plot(xs, [p["val_auroc"] for p in path], marker="o", ms=3, color="#2c3e50")
@@ -55,11 +57,11 @@ def plot_path(out: Path, report: dict, name: str = "regularisation_path.png") ->
     ax.set_ylabel("validation AUROC")
     ax.set_title("regularisation path (C chosen on validation)")
     ax.legend(loc="lower right", fontsize=8)
-    return _save(plt, fig, out / name)
+    return save_png(plt, fig, out / name)
 
 
 def plot_roc(out: Path, report: dict, name: str = "roc_test.png") -> str:
-    plt, fig, ax = _figure(4.8, 4.4)
+    plt, fig, ax = figure(4.8, 4.4)
     test = report["test"]
     curves = [("probe", test.get("probe"), "#c0392b"), ("H-Neurons only", test.get("h_neurons_only"), "#e67e22"),
               ("random neurons (draw 0)", test.get("random"), "#7f8c8d")]
@@ -72,7 +74,7 @@ def plot_roc(out: Path, report: dict, name: str = "roc_test.png") -> str:
     ax.set_ylabel("true positive rate")
     ax.set_title("hallucination detection, test split")
     ax.legend(loc="lower right", fontsize=8)
-    return _save(plt, fig, out / name)
+    return save_png(plt, fig, out / name)
 
 
 def plot_locate(out: Path, neurons: dict, report: dict) -> list[str]:

@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def smollm2():
     """The embedded default model (SmolLM2-135M-Instruct), loaded once per test session."""
-    from editor.loading import load_model
+    from editor.model.loading import load_model
 
     return load_model("smollm2-135m-instruct", device="cpu")
 

@@ -46,7 +46,7 @@ the commit, ``"drop-after"`` applies it and then closes the connection, so the c
 How the client is pointed here: ``huggingface_hub`` reads ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and
 ``HF_HUB_DISABLE_XET`` once, at import, and tests/conftest.py has already imported it in offline mode.
 :func:`serve_for_test` therefore sets those variables in the environment (for code that reads them at
-call time, like ``editor.publish``, and for subprocesses, which import the client afresh: the CLI test
+call time, like ``editor.report.publish``, and for subprocesses, which import the client afresh: the CLI test
 runs ``python -m editor push`` exactly as a user would) and sets the same three values on
 ``huggingface_hub.constants`` for the test's duration (restored afterwards), which is what the import
 would have done. Code under test passes ``endpoint=`` explicitly to ``HfApi`` / ``snapshot_download``.

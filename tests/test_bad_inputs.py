@@ -27,11 +27,20 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from tinymodels import tiny_model, tiny_tokenizer
 
 from editor.cli import main
-from editor.errors import (InputError, ModelLoadError, ModelMismatchError, NumericalError, OutputExistsError,
-                           OutputWriteError, PublishError, RecipeError, UnsupportedArchitectureError)
-from tinymodels import tiny_model, tiny_tokenizer
+from editor.errors import (
+    InputError,
+    ModelLoadError,
+    ModelMismatchError,
+    NumericalError,
+    OutputExistsError,
+    OutputWriteError,
+    PublishError,
+    RecipeError,
+    UnsupportedArchitectureError,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NEURONS = {"neurons": [{"layer": 0, "index": 1}, {"layer": 1, "index": 5}]}
@@ -54,7 +63,8 @@ class World:
 
 
 def _write_probe(path: Path, identity: dict) -> None:
-    from editor.locate import FittedProbe, LocateSettings, Standardiser, write_probe
+    from editor.locate.settings import LocateSettings
+    from editor.locate.stage import FittedProbe, Standardiser, write_probe
 
     n = identity["num_layers"] * identity["d_ff"]
     weight = torch.zeros(n)
@@ -82,8 +92,8 @@ def _collect_folder(folder: Path, identity: dict, hallucinated=lambda i: i % 2) 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
-    from editor.edit import edit_model
-    from editor.loading import load_model
+    from editor.edit.stage import edit_model
+    from editor.model.loading import load_model
 
     root = tmp_path_factory.mktemp("world")
     tiny, other = root / "tiny", root / "other"
@@ -633,7 +643,7 @@ def _fp16_overflowing_checkpoint(folder: Path, layer: int = 1) -> None:
 
 
 def test_fp16_overflow_in_activations_is_reported_with_its_layer_and_never_stored(tmp_path, capsys):
-    from editor.loading import load_model
+    from editor.model.loading import load_model
 
     ckpt = tmp_path / "fp16"
     _fp16_overflowing_checkpoint(ckpt)
@@ -653,8 +663,8 @@ def test_fp16_overflow_in_activations_is_reported_with_its_layer_and_never_store
 
 
 def test_detector_refuses_overflowing_activations(tmp_path):
-    from editor.detect import Detector
-    from editor.loading import load_model
+    from editor.locate.detect import Detector
+    from editor.model.loading import load_model
 
     ckpt = tmp_path / "fp16"
     _fp16_overflowing_checkpoint(ckpt, layer=0)
@@ -669,8 +679,9 @@ def test_zero_and_constant_features_do_not_break_locate(world, tmp_path):
     """All-zero feature columns (neurons whose down-projection column is zero, and neurons that never
     activate) go through locate: a finite probe that never selects them. (Constant non-zero columns, which
     a model cannot easily be made to produce: test_probe::test_constant_zero_and_duplicate_columns.)"""
-    from editor.locate import LocateSettings, load_probe, locate
-    from editor.loading import load_model
+    from editor.locate.settings import LocateSettings
+    from editor.locate.stage import load_probe, locate
+    from editor.model.loading import load_model
 
     lm = load_model(str(world.tiny), device="cpu")
     layer = lm.model.model.layers[0].mlp

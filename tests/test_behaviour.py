@@ -1,11 +1,20 @@
-"""The over-compliance judges on tables of real-looking responses (rules in editor/behaviour.py)."""
+"""The over-compliance judges on tables of real-looking responses (rules in editor/data/behaviour.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from editor.behaviour import (CONTEXT_LABELS, FLIP_LABELS, PREMISE_LABELS, judge_context, judge_flip,
-                              judge_premise, mentions, negated, prepare)
+from editor.data.behaviour import (
+    CONTEXT_LABELS,
+    FLIP_LABELS,
+    PREMISE_LABELS,
+    judge_context,
+    judge_flip,
+    judge_premise,
+    mentions,
+    negated,
+    prepare,
+)
 
 # --------------------------------------------------------------------------------------- false premise
 # "Why is Lyon the capital of France?" (false: Lyon, true: Paris, entity: France)

@@ -15,18 +15,19 @@ import torch
 import yaml
 
 from editor.artifacts import sha256_file
-from editor.card import (PUBLISH_NAME, TAGS, build_card, check_written_card, md_text, validate_card_metadata,
-                         write_card)
-from editor.cli import build_parser, main
-from editor.edit import edit_model
+from editor.report.card import TAGS, build_card, check_written_card, md_text, validate_card_metadata, write_card
+from editor.cli import main
+from editor.edit.stage import edit_model
 from editor.errors import InputError, ModelMismatchError, PublishError
-from editor.evaluate import EvalSettings, evaluate
-from editor.loading import load_model
-from editor.neurons import scaled_neurons
-from editor.neuronset import NeuronSet
+from editor.evaluate.settings import EvalSettings
+from editor.evaluate.stage import evaluate
+from editor.model.loading import LoadOptions, load_model
+from editor.model.hooks import scaled_neurons
+from editor.model.neuron_set import NeuronSet
 from editor.plots import plot_per_layer
-from editor.publish import PUBLISH_MANIFEST, collect_upload_files
+from editor.report.publish import collect_upload_files
 from tinymodels import tiny_model, tiny_tokenizer
+from editor.formats import PUBLISH_MANIFEST
 
 PAIRS = [(0, 3), (1, 5), (1, 17), (1, 40)]
 TASKS = ["hneurons_knowledge_mc", "hneurons_false_premise_mc"]
@@ -50,7 +51,7 @@ def detection(auroc: float, accuracy: float, n: int = 120) -> dict:
 
 
 def collect_manifest(identity: dict) -> dict:
-    """A collect.json as editor.collect writes it (the keys the card reads)."""
+    """A collect.json as editor.collect.stage writes it (the keys the card reads)."""
     return {"format": "hneurons.collect/1", "model": identity,
             "data": {"sources": [{"spec": "bundled:facts", "sha256": "1" * 64},
                                  {"spec": "triviaqa", "sha256": "2" * 64}],
@@ -61,7 +62,7 @@ def collect_manifest(identity: dict) -> dict:
 
 
 def locate_report(identity: dict, count: int, plots: list[str], responses: Path) -> dict:
-    """A locate.json as editor.locate writes it (the keys the card reads)."""
+    """A locate.json as editor.locate.stage writes it (the keys the card reads)."""
     return {
         "format": "hneurons.locate/1", "model": identity,
         "responses": {"folder": str(responses)},
@@ -109,9 +110,9 @@ def run(tmp_path_factory):
     settings = EvalSettings(tasks=TASKS, limit=4, batch_size=8, controls=1, ci_iters=200, kl_max_prompts=2,
                             kl_new_tokens=4)
     evals = {"weights": evaluate(base=str(src), edited=str(root / "edit-weights"), settings=settings,
-                                 out=root / "eval-weights", load_kwargs={"device": "cpu"}),
+                                 out=root / "eval-weights", load=LoadOptions(device="cpu")),
              "ia3": evaluate(base=str(src), adapter=root / "edit-ia3", settings=settings, out=root / "eval-ia3",
-                             load_kwargs={"device": "cpu"})}
+                             load=LoadOptions(device="cpu"))}
     return {"root": root, "src": src, "lm": lm, "locate": locate, "edits": edits, "evals": evals}
 
 
@@ -162,14 +163,24 @@ def code_blocks(text: str, heading: str) -> list[str]:
 
 
 def parsed_commands(text: str, block: int = 0) -> dict:
-    """The stage commands of the Reproduce section, parsed by the real `hneurons` argument parser."""
-    parser = build_parser()
+    """The stage commands of the Reproduce section, parsed and resolved by the real `hneurons` command line:
+    per command its arguments, and (for the stage commands) the settings and paths it would run with."""
+    import importlib
+    from types import SimpleNamespace
+
+    from editor.cli import parse
+    from editor.cli.common import load_options
+
     parsed = {}
     for command in code_blocks(text, "## Reproduce")[block].split("\n\n"):
         lines = "\n".join(line for line in command.splitlines() if not line.startswith("#"))
         argv = shlex.split(lines.replace("\\\n", " "))  # bash line continuations
         assert argv[0] == "hneurons"
-        parsed[argv[1]] = parser.parse_args(argv[1:])
+        args = parse(argv[1:])
+        module = importlib.import_module(f"editor.cli.{argv[1]}_cmd")
+        plan = module.resolve(args) if hasattr(module, "resolve") else None
+        parsed[argv[1]] = SimpleNamespace(args=args, plan=plan, settings=getattr(plan, "settings", None),
+                                          load=load_options(args) if hasattr(args, "model") else None)
     return parsed
 
 
@@ -218,7 +229,7 @@ def test_weights_card_from_real_artifacts_is_complete_and_round_trips(run, tmp_p
     assert "plots/h_neurons_per_layer.png" in text and "plots/roc_test.png" in text and "plots/eval_deltas.png" in text
 
     # the card's files are listed with their hashes and push takes them
-    publish = json.loads((folder / PUBLISH_NAME).read_text())
+    publish = json.loads((folder / PUBLISH_MANIFEST).read_text())
     assert set(publish["files"]) == {"README.md", "eval_results.json", "locate.json", "plots/h_neurons_per_layer.png",
                                      "plots/roc_test.png", "plots/eval_deltas.png"}
     assert all(sha256_file(folder / rel) == digest for rel, digest in publish["files"].items())
@@ -235,18 +246,18 @@ def test_reproduce_commands_parse_with_the_real_cli_and_match_the_edit(run, tmp_
     text = write_card(folder, eval_results=run["root"] / "eval-weights").read_text()
     parsed = parsed_commands(text)
     assert set(parsed) == {"collect", "locate", "edit", "eval", "card"}
-    collect = parsed["collect"]
-    assert (collect.model, collect.data, collect.limit, collect.samples, collect.seed, collect.instruction,
-            collect.prompt_style, collect.all_samples) == (str(run["src"]), ["bundled:facts", "triviaqa"],
-                                                           "train=600,test=200", 4, 3, "Answer briefly.", "chat", False)
-    edit = parsed["edit"]
-    assert (edit.model, edit.neurons, edit.alpha, edit.mode, edit.dtype) == (str(run["src"]), "neurons.json", 0.0,
-                                                                             "weights", "float32")
-    ev = parsed["eval"]
-    assert (ev.base, ev.model, ev.tasks, ev.limit, ev.controls, ev.ci_iters) == (str(run["src"]), "edit-weights",
-                                                                                 ",".join(TASKS), 4, 1, 200)
-    assert (ev.kl_max_prompts, ev.kl_new_tokens, ev.no_kl) == (2, 4, False)
-    assert parsed["locate"].C_path == 24 and parsed["locate"].rule == "sparsest_within"
+    collect, s = parsed["collect"].plan, parsed["collect"].settings
+    assert (collect.model, s.data, s.limit, s.samples, s.seed, s.instruction, s.prompt_style, s.early_stop) == (
+        str(run["src"]), ["bundled:facts", "triviaqa"], {"train": 600, "test": 200}, 4, 3, "Answer briefly.", "chat",
+        True)
+    edit, s = parsed["edit"].plan, parsed["edit"].settings
+    assert (edit.model, edit.neurons, s.alpha, s.modes, parsed["edit"].load.dtype) == (
+        str(run["src"]), "neurons.json", 0.0, ["weights"], "float32")
+    ev, s = parsed["eval"].plan, parsed["eval"].settings
+    assert (ev.base, ev.edited, s.tasks, s.limit, s.controls, s.ci_iters) == (str(run["src"]), "edit-weights",
+                                                                               TASKS, 4, 1, 200)
+    assert (s.kl_max_prompts, s.kl_new_tokens, s.kl) == (2, 4, True)
+    assert parsed["locate"].settings.n_C == 24 and parsed["locate"].settings.rule == "sparsest_within"
     lm_eval = code_blocks(text, "## Reproduce")[1]
     assert lm_eval.count("lm_eval --model hf") == 2  # base and edited, verbatim from eval_results.json
 
@@ -388,7 +399,7 @@ def test_reports_of_another_edit_are_refused_and_nothing_is_written(run, tmp_pat
                                  "chosen": {"alpha": 0.0}, "constraints": {}}))
     with pytest.raises(ModelMismatchError, match="another neuron set"):
         write_card(folder, sweep=sweep)
-    assert not (folder / "README.md").exists() and not (folder / PUBLISH_NAME).exists()
+    assert not (folder / "README.md").exists() and not (folder / PUBLISH_MANIFEST).exists()
 
 
 def test_sweep_and_origin_sections_come_from_their_reports(run, tmp_path):
@@ -408,7 +419,7 @@ def test_sweep_and_origin_sections_come_from_their_reports(run, tmp_path):
         "files": {"plot": "sweep.png"}}))
     plot_per_layer(sweep_dir, json.loads((run["locate"] / "neurons.json").read_text()), name="sweep.png")
     plot_per_layer(origin_dir, json.loads((run["locate"] / "neurons.json").read_text()), name="origin_drift_hist.png")
-    (origin_dir / "origin.json").write_text(json.dumps({  # editor.origin's format, the keys the card reads
+    (origin_dir / "origin.json").write_text(json.dumps({  # editor.locate.origin's format, the keys the card reads
         "format": "hneurons.origin/1", "model": run["lm"].identity(),
         "probe": {"sha256": "a" * 64, "h_neurons": 4},
         "backward_transfer": {"auroc": 0.71, "auroc_ci95": [0.65, 0.77], "random_auroc_mean": 0.55,
@@ -427,13 +438,14 @@ def test_sweep_and_origin_sections_come_from_their_reports(run, tmp_path):
     assert "H-Neurons alone 0.690 [0.620, 0.750]" in origin and "above the random-neuron level" in origin
     assert "mean normalised rank is 0.820" in origin and "p = 0.0004" in origin and "p = 0.9996" in origin
     assert "plots/origin_drift_hist.png" in origin
-    publish = json.loads((folder / PUBLISH_NAME).read_text())["files"]
+    publish = json.loads((folder / PUBLISH_MANIFEST).read_text())["files"]
     assert {"sweep.json", "origin.json", "plots/sweep.png", "plots/origin_drift_hist.png"} <= set(publish)
     sweep = parsed_commands(text)["sweep"]
-    assert (sweep.base, sweep.neurons, sweep.alphas, sweep.control_seeds) == (str(run["src"]), "neurons.json",
-                                                                             [0.0, 0.5, 1.0, 2.0], [0, 1])
-    assert (sweep.tasks, sweep.limit, sweep.knowledge, sweep.target) == (
-        "hneurons_val", 50, ["hneurons_knowledge_mc:acc"], ["hneurons_false_premise_mc:acc"])
+    s = sweep.settings
+    assert (sweep.plan.model, sweep.plan.neurons, s.alphas, s.control_seeds) == (
+        str(run["src"]), "neurons.json", [0.0, 0.5, 1.0, 2.0], [0, 1])
+    assert (s.tasks, s.limit, s.knowledge, s.targets) == (
+        ["hneurons_val"], 50, ["hneurons_knowledge_mc:acc"], ["hneurons_false_premise_mc:acc"])
     (origin_dir / "origin.json").write_text(json.dumps({"drift": {"p_value": 0.1}}))
     with pytest.raises(InputError, match="mean_normalised_rank"):
         build_card(folder, origin=origin_dir)
@@ -459,7 +471,7 @@ def test_cli_writes_the_card_and_a_rerun_finds_the_copied_reports(run, tmp_path,
     assert main(["card", str(folder), "--locate", str(run["locate"] / "locate.json"),
                  "--eval", str(run["root"] / "eval-weights"), "--repo", "me/tiny-hfix"]) == 0
     assert "wrote" in capsys.readouterr().out
-    first = json.loads((folder / PUBLISH_NAME).read_text())["files"]
+    first = json.loads((folder / PUBLISH_MANIFEST).read_text())["files"]
     card_before = (folder / "README.md").read_text()
     assert main(["card", str(folder), "--repo", "me/tiny-hfix", "--json"]) == 0  # no report flags this time
     out = json.loads(capsys.readouterr().out)
@@ -477,14 +489,14 @@ def test_cli_writes_the_card_and_a_rerun_finds_the_copied_reports(run, tmp_path,
 def test_push_uploads_the_card_and_its_files_and_the_hub_copy_loads_as_the_same_card(run, tmp_path, hub):
     from huggingface_hub import ModelCard
 
-    from editor.publish import push_folder
+    from editor.report.publish import push_folder
 
     folder = fresh(run, tmp_path)
     write_card(folder, eval_results=run["root"] / "eval-weights", repo_id="tester/tiny-hfix")
     result = push_folder(folder, "tester/tiny-hfix")
     assert result.committed and result.left_out == []
     remote = hub.repo("tester/tiny-hfix").files("main")
-    publish = json.loads((folder / PUBLISH_NAME).read_text())["files"]
+    publish = json.loads((folder / PUBLISH_MANIFEST).read_text())["files"]
     assert {rel: remote[rel] for rel in publish} == {rel: (folder / rel).read_bytes() for rel in publish}
     (tmp_path / "remote-README.md").write_bytes(remote["README.md"])
     card = ModelCard.load(tmp_path / "remote-README.md")
@@ -512,7 +524,7 @@ def test_smollm2_adapter_card_names_the_hub_base_and_licence(smollm2, tmp_path):
 def test_a_run_time_eval_of_the_same_neurons_and_alpha_is_accepted_another_alpha_is_not(run, tmp_path):
     settings = EvalSettings(tasks=TASKS[:1], limit=4, batch_size=8, controls=0, ci_iters=200, kl=False)
     hooks = evaluate(base=str(run["src"]), neurons=run["locate"] / "neurons.json", alpha=0.0, settings=settings,
-                     out=tmp_path / "hooks", load_kwargs={"device": "cpu"})
+                     out=tmp_path / "hooks", load=LoadOptions(device="cpu"))
     folder = fresh(run, tmp_path, "ia3")
     text = write_card(folder, eval_results=tmp_path / "hooks").read_text()
     assert "scaled at run time (forward hooks)" in text
@@ -527,7 +539,7 @@ def test_a_run_time_eval_of_the_same_neurons_and_alpha_is_accepted_another_alpha
 
 
 def test_escaping_helpers():
-    from editor.card import code_block
+    from editor.report.card import code_block
 
     assert md_text("a|b\nc\r\nd\u2028e") == "a\\|b c d e"
     assert md_text("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert(1)&gt;"

@@ -10,21 +10,15 @@ import sys
 import time
 
 import pytest
-
-from editor.collect import (
-    SamplingSettings,
-    _left_pad,
-    collect,
-    consistency_of,
-    gather_questions,
-    generate,
-    stratified_subset,
-)
-from editor.loading import LoadedModel, ModelSource
-from editor.prompting import PromptStyle, build_prompt
-from editor.questions import Question
-from editor.registry import get_arch
 from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
+
+from editor.collect.generation import generate, left_pad_prompts
+from editor.collect.settings import CollectSettings
+from editor.collect.stage import collect, consistency_of, gather_questions, stratified_subset
+from editor.data.prompting import PromptStyle, build_prompt
+from editor.data.questions import Question
+from editor.model.loading import LoadedModel, ModelSource
+from editor.model.registry import get_arch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,9 +37,9 @@ def test_left_padding_keeps_answers_equal_to_unbatched():
     lm = tiny_lm()
     prompts = [build_prompt(lm.tokenizer, q, PromptStyle()) for q in
                ["What?", "What is the capital of France, the country in Europe?", "Who wrote it?"]]
-    ids, mask = _left_pad(prompts, lm.tokenizer.pad_token_id, "cpu")
+    ids, mask = left_pad_prompts(prompts, lm.tokenizer.pad_token_id, "cpu")
     assert mask[0, : ids.shape[1] - len(prompts[0].input_ids)].sum() == 0  # padding on the left
-    settings = SamplingSettings(max_new_tokens=8)
+    settings = CollectSettings(max_new_tokens=8)
     batched = generate(lm, prompts, settings, sample=False)
     alone = [generate(lm, [p], settings, sample=False)[0] for p in prompts]
     assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
@@ -54,10 +48,10 @@ def test_left_padding_keeps_answers_equal_to_unbatched():
 def test_same_seed_same_samples_other_seed_other_samples(tmp_path):
     lm = tiny_lm()
     qs = questions(4)
-    settings = SamplingSettings(samples=3, max_new_tokens=6, early_stop=False, batch_size=4)
+    settings = CollectSettings(samples=3, max_new_tokens=6, early_stop=False, batch_size=4)
     a = collect(lm, qs, tmp_path / "a", settings=settings, progress=False)
     b = collect(lm, qs, tmp_path / "b", settings=settings, progress=False)
-    c = collect(lm, qs, tmp_path / "c", settings=SamplingSettings(samples=3, max_new_tokens=6, early_stop=False,
+    c = collect(lm, qs, tmp_path / "c", settings=CollectSettings(samples=3, max_new_tokens=6, early_stop=False,
                                                                   batch_size=4, seed=1), progress=False)
     texts = lambda r: [[s["text"] for s in rec["samples"]] for rec in r.records]  # noqa: E731
     assert texts(a) == texts(b)
@@ -72,14 +66,14 @@ def test_early_stop_stops_only_questions_that_cannot_be_consistent(tmp_path):
     lm = tiny_lm()
     # The tiny model's own greedy first word as the gold answer: its samples sometimes say it, sometimes not.
     probe = generate(lm, [build_prompt(lm.tokenizer, "What is the capital of country 0?")],
-                     SamplingSettings(max_new_tokens=6), sample=False)[0].text.split()
+                     CollectSettings(max_new_tokens=6), sample=False)[0].text.split()
     word = next((w for w in probe if w.isalnum() and len(w) > 1), probe[0] if probe else "Paris")
     qs = questions(8, answers=(word,))
     k = 6
     full = collect(lm, qs, tmp_path / "full", progress=False,
-                   settings=SamplingSettings(samples=k, max_new_tokens=6, early_stop=False, batch_size=8))
+                   settings=CollectSettings(samples=k, max_new_tokens=6, early_stop=False, batch_size=8))
     early = collect(lm, qs, tmp_path / "early", progress=False,
-                    settings=SamplingSettings(samples=k, max_new_tokens=6, early_stop=True, batch_size=8))
+                    settings=CollectSettings(samples=k, max_new_tokens=6, early_stop=True, batch_size=8))
     assert all(r["n_samples"] == k for r in full.records)
     for rec in early.records:
         labels = [s["label"] for s in rec["samples"]]
@@ -157,9 +151,9 @@ def test_changed_settings_are_refused_without_overwrite(tmp_path):
     from editor.errors import OutputExistsError
 
     lm = tiny_lm()
-    collect(lm, questions(2), tmp_path / "o", settings=SamplingSettings(samples=2, max_new_tokens=4), progress=False)
+    collect(lm, questions(2), tmp_path / "o", settings=CollectSettings(samples=2, max_new_tokens=4), progress=False)
     with pytest.raises(OutputExistsError, match="sampling"):
-        collect(lm, questions(2), tmp_path / "o", settings=SamplingSettings(samples=3, max_new_tokens=4),
+        collect(lm, questions(2), tmp_path / "o", settings=CollectSettings(samples=3, max_new_tokens=4),
                 progress=False)
 
 
@@ -167,14 +161,14 @@ def test_changed_settings_are_refused_without_overwrite(tmp_path):
 def test_smollm2_collect_finds_both_classes_and_alias_spans(smollm2, tmp_path):
     qs, _ = gather_questions(["bundled:facts"], ["train"], 48)
     result = collect(smollm2, qs, tmp_path / "c", progress=False,
-                     settings=SamplingSettings(samples=4, batch_size=24))
+                     settings=CollectSettings(samples=4, batch_size=24))
     counts = result.manifest["counts"]["train"]
     assert counts.get("correct", 0) > 0 and counts.get("wrong", 0) > 0, counts
     for rec in result.records:
         rep = rec["representative"]
         if rec["consistency"] == "correct" and rep["answer_span"] == "alias":
             span = smollm2.tokenizer.decode(rep["input_ids"][rep["answer_start"]:rep["answer_end"]])
-            from editor.judge import normalize
+            from editor.data.judge import normalize
 
             assert any(normalize(a) in normalize(span) for a in rec["answers"]), (span, rec["answers"])
         if rep:

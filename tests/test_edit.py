@@ -16,15 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from tinymodels import tiny_model, tiny_tokenizer
 
 from editor.cli import main as cli_main
-from editor.edit import MANIFEST_NAME, down_proj_tensor_names, edit_model
+from editor.edit.stage import edit_model
 from editor.errors import InputError, ModelLoadError, ModelMismatchError, OutputExistsError
-from editor.loading import load_model
-from editor.neurons import group_by_layer, scaled_neurons
-from editor.neuronset import NeuronSet
-from editor.registry import get_arch
-from tinymodels import tiny_model, tiny_tokenizer
+from editor.formats import EDIT_MANIFEST
+from editor.model.checkpoint import down_proj_tensor_names
+from editor.model.hooks import group_by_layer, scaled_neurons
+from editor.model.loading import load_model
+from editor.model.neuron_set import NeuronSet
+from editor.model.registry import get_arch
 
 # Cases: registry architectures with different layouts (plain gated, GPT-2 Conv1D, phi3 fused gate_up,
 # gemma3 multimodal whose checkpoint names differ from its module names) and one bfloat16 source.
@@ -340,10 +342,10 @@ def test_manifest_lists_every_file_with_its_sha256_and_ships_the_evidence(source
     folder, lm, neurons = sources["phi3"]
     for mode in ("weights", "ia3", "lora", "ooc"):
         result = edits["phi3"][mode]
-        manifest = json.loads((result.out / MANIFEST_NAME).read_text())
+        manifest = json.loads((result.out / EDIT_MANIFEST).read_text())
         assert manifest == json.loads(json.dumps(result.manifest))
         files = {p.relative_to(result.out).as_posix() for p in result.out.rglob("*") if p.is_file()}
-        assert set(manifest["files"]) == files - {MANIFEST_NAME}
+        assert set(manifest["files"]) == files - {EDIT_MANIFEST}
         for name, digest in manifest["files"].items():
             assert hashlib.sha256((result.out / name).read_bytes()).hexdigest() == digest
         assert (result.out / "neurons.json").read_bytes() == neurons.read_bytes()
@@ -475,7 +477,7 @@ def test_cli_edit_writes_and_reports(sources, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "verified" in printed and str(out) in printed
-    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest = json.loads((out / EDIT_MANIFEST).read_text())
     assert manifest["alpha"]["per_layer"] == {"1": 0.5} and manifest["mode"] == "lora"
     code = cli_main(["edit", "--model", str(folder), "--neurons", str(neurons), "--out", str(out), "--device", "cpu"])
     assert code == 2 and "already exists" in capsys.readouterr().err

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from editor import evaldata
+from editor.data.build import tasks as evaldata
+from editor.data.judge import find_alias, judge, refusal_kind
+from editor.data.questions import BUNDLED_DIR
 from editor.errors import InputError
-from editor.judge import find_alias, judge, refusal_kind
-from editor.questions import BUNDLED_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_DIR = REPO / "eval"
 LIMIT = 3
 
-# The contract with the runner (editor/evaluate.py): task -> {metric: higher_is_better}.
+# The contract with the runner (editor/evaluate/stage.py): task -> {metric: higher_is_better}.
 GENERATIVE = {
     "hneurons_facts": {"accuracy": True, "refusal_rate": False, "hallucination_rate": False},
     "hneurons_nonexist": {"refusal_rate": True, "hallucination_rate": False},
@@ -50,7 +50,7 @@ def _bundled(name: str, split: str) -> list[dict]:
 
 def test_shipped_task_data_is_up_to_date_with_the_bundled_test_split():
     stale = evaldata.check()
-    assert not stale, f"stale task data {stale}: run `python -m editor.evaldata` and commit eval/hneurons/data"
+    assert not stale, f"stale task data {stale}: run `python -m editor.data.build.tasks` and commit eval/hneurons/data"
 
 
 def test_derived_data_comes_from_the_test_split_only():

@@ -1,7 +1,7 @@
 """The validation-split variants of the bundled lm-eval tasks (``hneurons_<name>_val``, group ``hneurons_val``).
 
 They exist so that ``hneurons sweep`` chooses alpha without ever scoring the test split: the data must come
-from the validation split only, every task must declare its split (``editor.evaluate.task_split``), the
+from the validation split only, every task must declare its split (``editor.evaluate.lm_eval_run.task_split``), the
 ``_val`` tasks must be the test tasks' definitions on other data, and the sweep must run on them by default.
 One ``simple_evaluate`` call runs the whole ``hneurons_val`` group on a tiny random chat model; one tiny
 sweep (alphas 0 and 1, one control seed, 2 items per task) runs on the default tasks.
@@ -9,20 +9,26 @@ sweep (alphas 0 and 1, one control seed, 2 items per task) runs on the default t
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
-
-from editor import evaldata
-from editor.artifacts import sha256_bytes
-from editor.errors import InputError
-from editor.evaluate import EvalSettings, LmEvalRun, task_manager, task_split
-from editor.judge import find_alias
-from editor.questions import BUNDLED_DIR
-from editor.sweep import DEFAULT_KNOWLEDGE, DEFAULT_SWEEP_TASKS, DEFAULT_TARGETS, check_splits, sweep, task_matches
 from test_evaluate import NEURONS
+
+from editor.artifacts import sha256_bytes
+from editor.data.build import tasks as evaldata
+from editor.data.judge import find_alias
+from editor.data.questions import BUNDLED_DIR
+from editor.errors import InputError
+from editor.evaluate.lm_eval_run import LmEvalRun, task_manager, task_split
+from editor.evaluate.settings import (
+    DEFAULT_KNOWLEDGE,
+    DEFAULT_SWEEP_TASKS,
+    DEFAULT_TARGETS,
+    EvalSettings,
+    SweepSettings,
+)
+from editor.evaluate.sweep import check_splits, sweep, task_matches
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_DIR = REPO / "eval"
@@ -103,7 +109,7 @@ def test_check_covers_both_splits(tmp_path, capsys):
     (tmp_path / "validation" / "sycophancy.jsonl").write_text("{}\n")
     assert evaldata.main(["--check", "--out", str(tmp_path)]) == 1  # the test files were not built there
     stale = [*evaldata.FILES, "validation/sycophancy.jsonl"]
-    assert capsys.readouterr().out.strip() == f"stale: {', '.join(stale)} (run python -m editor.evaldata)"
+    assert capsys.readouterr().out.strip() == f"stale: {', '.join(stale)} (run python -m editor.data.build.tasks)"
     with pytest.raises(InputError, match="unknown evaluation split 'train'"):
         evaldata.data_dir("train")
 
@@ -142,12 +148,11 @@ def test_sweep_refuses_the_bundled_test_tasks():
     with pytest.raises(InputError, match="hneurons_facts, .*score the test split"):
         check_splits(settings, task_manager(settings), allow_test_split=False)
     # the default tasks of the sweep, in the Python API and on the command line, are the validation group
-    from editor.cli import sweep_cmd
+    from editor.cli import parse
+    from editor.cli.sweep_cmd import resolve
 
-    parser = argparse.ArgumentParser()
-    sweep_cmd.register(parser.add_subparsers())
-    assert DEFAULT_SWEEP_TASKS == ("hneurons_val",)
-    assert parser.parse_args(["sweep", "--neurons", "n.json", "--out", "o"]).tasks == "hneurons_val"
+    assert DEFAULT_SWEEP_TASKS == ["hneurons_val"] and SweepSettings().tasks == ["hneurons_val"]
+    assert resolve(parse(["sweep", "--neurons", "n.json", "--out", "o"])).settings.tasks == ["hneurons_val"]
 
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -187,17 +192,17 @@ def test_every_val_task_runs_through_lm_eval(tiny_chat_model):
 def test_sweep_on_the_default_val_tasks_without_allow_test_split(tmp_path):
     from tinymodels import tiny_model, tiny_tokenizer
 
-    from editor.loading import load_model
+    from editor.model.loading import load_model
 
     ckpt = tmp_path / "ckpt"
     tiny_model("llama", seed=1, max_position_embeddings=512).save_pretrained(ckpt)
     tiny_tokenizer().save_pretrained(ckpt)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Hi there!", "Write a poem.")))
-    settings = EvalSettings(tasks=DEFAULT_SWEEP_TASKS, limit=LIMIT, batch_size=8, gen_kwargs="max_gen_toks=4",
-                            ci_iters=200, kl_prompts=prompts, kl_new_tokens=4)
-    report = sweep(load_model(str(ckpt), device="cpu"), NEURONS, alphas=(0.0, 1.0), settings=settings,
-                   control_seeds=(0,), out=tmp_path / "sweep")
+    settings = SweepSettings(tasks=DEFAULT_SWEEP_TASKS, limit=LIMIT, batch_size=8, gen_kwargs="max_gen_toks=4",
+                             ci_iters=200, kl_prompts=prompts, kl_new_tokens=4, alphas=[0.0, 1.0], controls=1,
+                             control_seed=0)
+    report = sweep(load_model(str(ckpt), device="cpu"), NEURONS, settings, out=tmp_path / "sweep")
     doc = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert doc["splits"] == {task: "validation" for task in VAL_TASKS}
     assert doc["settings"]["tasks"] == ["hneurons_val"] and doc["grid"] == [0.0, 1.0]

@@ -15,10 +15,15 @@ import torch
 
 from editor.cli import main
 from editor.errors import InputError, ModelMismatchError
-from editor.evaluate import (EvalSettings, LmEvalRun, Variant, compare_runs, control_alphas, evaluate, kl_divergence,
-                             kl_sequences, local_task_names, paired_bootstrap, random_control, render_table, task_split)
-from editor.loading import load_model
-from editor.neuronset import NeuronSet
+from editor.evaluate.compare import compare_runs, paired_bootstrap
+from editor.evaluate.kl import kl_divergence, kl_sequences
+from editor.evaluate.lm_eval_run import LmEvalRun, local_task_names, task_split
+from editor.evaluate.settings import EvalSettings
+from editor.evaluate.stage import evaluate
+from editor.evaluate.table import render_table
+from editor.evaluate.variants import Variant, control_alphas, random_control
+from editor.model.loading import LoadOptions, load_model
+from editor.model.neuron_set import NeuronSet
 
 # Half of layer 1 and a few of layer 0 of the tiny llama (2 layers x d_ff 48): large enough to move its outputs.
 NEURONS = {"neurons": [{"layer": 1, "index": j} for j in range(0, 48, 2)] + [{"layer": 0, "index": j} for j in (1, 5, 9)]}
@@ -109,7 +114,7 @@ def settings(tiny, **overrides) -> EvalSettings:
     values = dict(tasks=["tiny_gen", "tiny_mc"], include_paths=[tiny["tasks"]], limit=None, batch_size=4,
                   controls=0, ci_iters=500, kl=False, kl_prompts=tiny["prompts"], kl_new_tokens=6)
     values.update(overrides)
-    return EvalSettings(**values)
+    return EvalSettings.of(**values)
 
 
 def samples(folder: Path, task: str) -> list[dict]:
@@ -124,7 +129,7 @@ def responses(folder: Path, task: str) -> list:
 
 # ============================================================================ edit stage -> same numbers
 def test_checkpoint_and_adapter_of_one_edit_give_identical_lm_eval_numbers(tiny, tmp_path):
-    from editor.edit import edit_model
+    from editor.edit.stage import edit_model
 
     edit_model(str(tiny["ckpt"]), NEURONS, alpha=0.0, mode="weights", out=tmp_path / "weights", device="cpu")
     edit_model(str(tiny["ckpt"]), NEURONS, alpha=0.0, mode="ia3", out=tmp_path / "ia3", device="cpu")
@@ -133,7 +138,7 @@ def test_checkpoint_and_adapter_of_one_edit_give_identical_lm_eval_numbers(tiny,
     before = base.model(probe).logits
 
     by_ckpt = evaluate(base=base, edited=str(tmp_path / "weights"), settings=settings(tiny), out=tmp_path / "a",
-                       load_kwargs={"device": "cpu"})
+                       load=LoadOptions(device="cpu"))
     by_adapter = evaluate(base=base, adapter=tmp_path / "ia3", settings=settings(tiny), out=tmp_path / "b")
 
     for task in ("tiny_gen", "tiny_mc"):
@@ -151,13 +156,13 @@ def test_checkpoint_and_adapter_of_one_edit_give_identical_lm_eval_numbers(tiny,
 
 def test_run_time_edit_equals_written_checkpoint(tiny, tmp_path):
     """Hooks (what sweeps and controls use) give the same lm-eval outputs as the written checkpoint."""
-    from editor.edit import edit_model
+    from editor.edit.stage import edit_model
 
     edit_model(str(tiny["ckpt"]), NEURONS, alpha=0.0, mode="weights", out=tmp_path / "weights", device="cpu")
     hooks = evaluate(base=str(tiny["ckpt"]), neurons=tiny["neurons"], alpha=0.0, settings=settings(tiny),
-                     out=tmp_path / "hooks", load_kwargs={"device": "cpu"})
+                     out=tmp_path / "hooks", load=LoadOptions(device="cpu"))
     written = evaluate(edited=str(tmp_path / "weights"), settings=settings(tiny), out=tmp_path / "ckpt",
-                       load_kwargs={"device": "cpu"})
+                       load=LoadOptions(device="cpu"))
     assert hooks.results["models"]["edited"]["kind"] == "hooks"
     assert [r["edited"] for r in hooks.metrics] == [r["edited"] for r in written.metrics]
     mc_hooks = [s[0] for s in responses(tmp_path / "hooks/lm_eval/edited", "tiny_mc")]
@@ -167,11 +172,11 @@ def test_run_time_edit_equals_written_checkpoint(tiny, tmp_path):
 
 
 def test_printed_lm_eval_command_reproduces_the_runner(tiny, tmp_path):
-    from editor.edit import edit_model
+    from editor.edit.stage import edit_model
 
     edit_model(str(tiny["ckpt"]), NEURONS, alpha=0.0, mode="weights", out=tmp_path / "weights", device="cpu")
     report = evaluate(edited=str(tmp_path / "weights"), settings=settings(tiny, limit=6), out=tmp_path / "ev",
-                      load_kwargs={"device": "cpu"})
+                      load=LoadOptions(device="cpu"))
     command = report.results["lm_eval_commands"]["edited"]
     assert command.startswith("lm_eval --model hf --model_args pretrained=") and "--limit 6" in command
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
@@ -299,7 +304,7 @@ def test_kl_is_zero_for_identical_models_and_positive_for_an_edit(tiny):
     # Independent check of the formula on the first sequence: torch's kl_div, mean over positions.
     ids = torch.tensor([seqs.sequences[0]])
     log_p = torch.log_softmax(base.model(ids).logits.float(), -1)
-    from editor.neurons import scaled_neurons
+    from editor.model.hooks import scaled_neurons
 
     with scaled_neurons(base.model, nset.scales(0.0)):
         log_q = torch.log_softmax(base.model(ids).logits.float(), -1)
@@ -354,18 +359,19 @@ def test_eval_cli_writes_the_documented_outputs_and_resumes(tiny, tmp_path, caps
 def test_user_errors_are_clear(tiny, tmp_path):
     s = settings(tiny)
     with pytest.raises(InputError, match="needs a neuron set"):
-        evaluate(base=str(tiny["ckpt"]), alpha=0.5, settings=s, out=tmp_path / "a", load_kwargs={"device": "cpu"})
+        evaluate(base=str(tiny["ckpt"]), alpha=0.5, settings=s, out=tmp_path / "a", load=LoadOptions(device="cpu"))
     with pytest.raises(InputError, match="give --base"):
         evaluate(edited=None, adapter=tmp_path, settings=s, out=tmp_path / "b")
     with pytest.raises(InputError, match="unknown lm-eval task 'no_such_task'"):
         evaluate(base=str(tiny["ckpt"]), settings=settings(tiny, tasks=["tiny_mc", "no_such_task"]),
-                 out=tmp_path / "c", load_kwargs={"device": "cpu"})
+                 out=tmp_path / "c", load=LoadOptions(device="cpu"))
     with pytest.raises(InputError, match="layer out of range"):
         evaluate(base=str(tiny["ckpt"]), neurons={"neurons": [{"layer": 7, "index": 0}]}, alpha=0.0, settings=s,
-                 out=tmp_path / "d", load_kwargs={"device": "cpu"})
+                 out=tmp_path / "d", load=LoadOptions(device="cpu"))
     # An edit compared with another model than the one it was made from (same layout, other weights).
-    from editor.edit import edit_model
     from tinymodels import tiny_model, tiny_tokenizer
+
+    from editor.edit.stage import edit_model
 
     edit_model(str(tiny["ckpt"]), NEURONS, alpha=0.0, mode="ia3", out=tmp_path / "ia3", device="cpu")
     other = tmp_path / "other"
@@ -373,7 +379,7 @@ def test_user_errors_are_clear(tiny, tmp_path):
     tiny_tokenizer().save_pretrained(other)
     with pytest.raises(ModelMismatchError, match="compare an edit with the model it was made from"):
         evaluate(base=str(other), adapter=tmp_path / "ia3", settings=s, out=tmp_path / "f",
-                 load_kwargs={"device": "cpu"})
+                 load=LoadOptions(device="cpu"))
     with pytest.raises(InputError, match="include path not found"):
         settings(tiny, include_paths=[tmp_path / "missing"])
     with pytest.raises(InputError, match="KL prompt file not found"):
@@ -399,7 +405,7 @@ def test_runner_reports_every_bundled_task_metric(tmp_path):
     tiny_tokenizer().save_pretrained(ckpt)
     report = evaluate(base=str(ckpt), settings=EvalSettings(tasks=["hneurons"], limit=2, batch_size=8, controls=0,
                                                             kl=False, gen_kwargs="max_gen_toks=4"),
-                      out=tmp_path / "ev", load_kwargs={"device": "cpu"})
+                      out=tmp_path / "ev", load=LoadOptions(device="cpu"))
     got = {(r["task"], r["metric"]): r["higher_is_better"] for r in report.metrics}
     expected = {("hneurons_facts", "accuracy"): True, ("hneurons_facts", "refusal_rate"): False,
                 ("hneurons_facts", "hallucination_rate"): False, ("hneurons_nonexist", "refusal_rate"): True,

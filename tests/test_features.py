@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from tinymodels import tiny_model, tiny_tokenizer
 
 from editor.errors import InputError, NumericalError
-from editor.features import FeatureSettings, FeatureStore, cett_features, extract_features, span_masks
-from editor.loading import LoadedModel, ModelSource
-from editor.neurons import capture_down_inputs, down_proj_modules
-from editor.registry import get_arch
-from tinymodels import tiny_model, tiny_tokenizer
+from editor.locate.features import FeatureSettings, FeatureStore, cett_features, extract_features, span_masks
+from editor.model.hooks import capture_down_inputs, down_proj_modules
+from editor.model.loading import LoadedModel, ModelSource
+from editor.model.registry import get_arch
 
 
 def make_lm(model_type="llama", seed=0) -> LoadedModel:

@@ -31,9 +31,9 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
 
 from editor.cli import main
-from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1, 2]
@@ -166,7 +166,7 @@ LOCATE_MARKERS = ["features/features.json", "features/shard-00000.safetensors", 
 
 
 def test_locate_killed_at_random_points_resumes_to_identical_artifacts(ckpt, tmp_path):
-    from editor.loading import load_model
+    from editor.model.loading import load_model
 
     _responses(tmp_path / "responses", load_model(str(ckpt), device="cpu").identity())
     out = tmp_path / "locate"
@@ -283,8 +283,8 @@ class StallingHub:
 
 
 def test_push_killed_mid_upload_reruns_to_the_same_repo_without_duplicate_commits(ckpt, tmp_path, hub, monkeypatch):
-    from editor.edit import edit_model
-    from editor.publish import push_folder
+    from editor.edit.stage import edit_model
+    from editor.report.publish import push_folder
 
     neurons = tmp_path / "neurons.json"
     neurons.write_text(json.dumps({"neurons": [{"layer": 1, "index": 7}]}))

@@ -1,11 +1,11 @@
-"""The answer judge on tricky, real-looking responses (rules in editor/judge.py)."""
+"""The answer judge on tricky, real-looking responses (rules in editor/data/judge.py)."""
 
 from __future__ import annotations
 
 import pytest
 
+from editor.data.judge import find_alias, is_refusal, judge, normalize, refusal_kind
 from editor.errors import InputError
-from editor.judge import find_alias, is_refusal, judge, normalize, refusal_kind
 
 # (response, gold aliases, expected label, expected matched text in the response or None)
 REAL_CASES = [

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
 
 from editor.cli import main
-from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -37,7 +37,9 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def write_probe(path: Path, lm) -> None:
-    from editor.locate import FittedProbe, LocateSettings, Standardiser, write_probe as write
+    from editor.locate.settings import LocateSettings
+    from editor.locate.stage import FittedProbe, Standardiser
+    from editor.locate.stage import write_probe as write
 
     n = lm.num_layers * lm.d_ff
     weight = torch.zeros(n)
@@ -50,8 +52,8 @@ def write_probe(path: Path, lm) -> None:
 DETECTOR_SCRIPT = """
 import gc, json, sys
 from pathlib import Path
-from editor.detect import Detector
-from editor.loading import load_model
+from editor.locate.detect import Detector
+from editor.model.loading import load_model
 from test_load import write_probe
 
 def rss_mb():
@@ -98,7 +100,7 @@ def test_detector_streams_10000_pairs_in_bounded_memory(ckpt, tmp_path):
 
 
 def test_detect_cli_streams_a_file_with_progress(ckpt, tmp_path):
-    from editor.loading import load_model
+    from editor.model.loading import load_model
 
     write_probe(tmp_path / "probe.safetensors", load_model(str(ckpt), device="cpu"))
     qa = tmp_path / "qa.jsonl"
@@ -165,7 +167,7 @@ STARTING_GATE = """
 import sys, time
 from pathlib import Path
 gate, ready = Path(sys.argv[1]), Path(sys.argv[2])
-import editor.cli, editor.collect, transformers, transformers.models.llama.modeling_llama  # noqa: the slow imports
+import editor.cli, editor.collect.stage, transformers, transformers.models.llama.modeling_llama  # noqa: the slow imports
 ready.touch()
 while not gate.exists():
     time.sleep(0.002)

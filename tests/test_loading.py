@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
+from tinymodels import tiny_model, tiny_tokenizer
 
 from editor.errors import ModelLoadError, UnsupportedArchitectureError
-from editor.loading import EMBEDDED, load_model, resolve_source
-from tinymodels import tiny_model, tiny_tokenizer
+from editor.model.loading import EMBEDDED, load_model, resolve_source
 
 
 @pytest.fixture

@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from tinymodels import tiny_model, tiny_tokenizer
 
 from editor.artifacts import atomic_write_json
 from editor.errors import InputError, ModelMismatchError
-from editor.loading import LoadedModel, ModelSource
-from editor.locate import LocateSettings, load_probe, locate
-from editor.registry import get_arch
-from tinymodels import tiny_model, tiny_tokenizer
+from editor.locate.settings import LocateSettings
+from editor.locate.stage import load_probe, locate
+from editor.model.loading import LoadedModel, ModelSource
+from editor.model.registry import get_arch
 
 MARK = 7  # the planted signal: hallucinated answers contain this token
 
@@ -103,7 +104,7 @@ def test_neurons_file_holds_exactly_the_positive_weights(located):
 
 
 def test_detector_reproduces_the_locate_predictions(located):
-    from editor.detect import Detector
+    from editor.locate.detect import Detector
 
     lm, tmp, result = located
     preds = {}
@@ -122,8 +123,8 @@ def test_detector_reproduces_the_locate_predictions(located):
 def test_detector_batch_size_auto_resolves_and_scores_the_same(located):
     """``batch_size="auto"`` (the CLI's ``--batch-size auto``) is resolved once (on the CPU: the default 8)
     and scores exactly as a fixed batch size; a bad value is refused with the expected values named."""
-    from editor.detect import Detector
     from editor.errors import InputError
+    from editor.locate.detect import Detector
 
     lm, tmp, _ = located
     probe = str(tmp / "locate" / "probe.safetensors")
@@ -136,7 +137,7 @@ def test_detector_batch_size_auto_resolves_and_scores_the_same(located):
 
 
 def test_probe_from_another_model_is_refused_unless_forced(located):
-    from editor.detect import Detector
+    from editor.locate.detect import Detector
 
     lm, tmp, result = located
     other = tiny_lm(seed=3)

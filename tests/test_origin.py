@@ -18,11 +18,12 @@ from safetensors.torch import save_file
 from test_locate import synthetic_collect
 from tinymodels import TINY_TYPES, tiny_config, tiny_model, tiny_tokenizer
 
-from editor.edit import local_checkpoint
 from editor.errors import InputError, ModelMismatchError
-from editor.loading import load_model
-from editor.locate import LocateSettings, locate
-from editor.origin import OriginSettings, drift_report, origin, parameter_drift
+from editor.locate.origin import drift_report, origin, parameter_drift
+from editor.locate.settings import LocateSettings, OriginSettings
+from editor.locate.stage import locate
+from editor.model.checkpoint import local_checkpoint
+from editor.model.loading import load_model
 
 D_FF, LAYERS = 48, 2  # tinymodels' FFN shape
 CHOSEN = [(0, 5), (1, 0), (1, 17), (1, 47)]  # (layer, neuron) whose weights the "instruct" copy changes
@@ -102,9 +103,9 @@ def test_drift_ranks_exactly_the_perturbed_neurons_as_most_changed(tmp_path, mod
 
 @pytest.mark.parametrize("model_type", TINY_TYPES)
 def test_drift_finds_the_write_vector_of_every_registry_architecture(tmp_path, model_type):
-    """Zeroing one neuron's write vector through the model (editor.neurons) is found in the files."""
-    from editor.neurons import down_proj_modules, down_weight, scale_columns_
-    from editor.registry import get_arch
+    """Zeroing one neuron's write vector through the model (editor.model.hooks) is found in the files."""
+    from editor.model.hooks import down_proj_modules, down_weight, scale_columns_
+    from editor.model.registry import get_arch
 
     model = tiny_model(model_type, seed=0)
     a = save(model, tmp_path / "a")
@@ -228,9 +229,9 @@ def test_backward_transfer_end_to_end(pair):
 def test_transfer_controls_are_locates_random_baseline(pair):
     """Applied to the instruct model's own test split, the controls reproduce locate.json's numbers exactly:
     the same random neuron sets, refit the same way on the same training rows."""
-    from editor.features import FeatureStore
-    from editor.locate import load_probe
-    from editor.origin import _transfer_controls
+    from editor.locate.features import FeatureStore
+    from editor.locate.origin import _transfer_controls
+    from editor.locate.stage import load_probe
 
     tmp, located = pair.tmp, pair.located
     records = [json.loads(x) for x in (tmp / "icollect" / "responses.jsonl").read_text().splitlines()]
@@ -246,9 +247,9 @@ def test_transfer_controls_are_locates_random_baseline(pair):
 
 def test_transferred_probe_scores_equal_the_detector_on_the_base_model(pair):
     """The unchanged probe on stored base features = the run-time detector forced onto the base model."""
-    from editor.detect import Detector
-    from editor.features import FeatureStore
-    from editor.locate import load_probe
+    from editor.locate.detect import Detector
+    from editor.locate.features import FeatureStore
+    from editor.locate.stage import load_probe
 
     tmp, base = pair.tmp, pair.base
     records = [json.loads(x) for x in (tmp / "bcollect" / "responses.jsonl").read_text().splitlines()][:6]
@@ -335,7 +336,7 @@ def test_drift_on_smollm2_against_a_perturbed_bfloat16_copy(tmp_path):
     copy stored in bfloat16 (every weight rounded: background drift) whose CHOSEN neurons moved."""
     from safetensors import safe_open
 
-    from editor.origin import ffn_neuron_tensors
+    from editor.locate.origin import ffn_neuron_tensors
 
     base = local_checkpoint("smollm2-135m-instruct")
     where, tensors = ffn_neuron_tensors(base)

@@ -27,7 +27,7 @@ def test_wheel_ships_eval_data_and_installed_package_finds_it(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
-    code = ("import editor.paths, editor.questions as q\n"
+    code = ("import editor.paths, editor.data.questions as q\n"
             "print(editor.paths.EVAL_DIR)\n"
             "print(len(q.load_questions('bundled:facts', split='test')))\n")
     # an empty working directory and only the installed copy on the path: no checkout to fall back on

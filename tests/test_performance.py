@@ -12,17 +12,24 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from editor.batching import (ModelDims, batch_size_for, features_row_bytes, generation_row_bytes, parse_batch_size,
-                             resolve_batch_size)
-from editor.collect import SamplingSettings, collect, generate
-from editor.errors import BackendUnavailableError, InputError
-from editor.features import FeatureSettings, _ShardWriter, cett_features, extract_features
-from editor.loading import LoadedModel, ModelSource
-from editor.prompting import build_prompt
-from editor.questions import Question
-from editor.registry import get_arch
 from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
+
+from editor.collect.settings import CollectSettings
+from editor.collect.stage import collect
+from editor.data.prompting import build_prompt
+from editor.data.questions import Question
+from editor.errors import BackendUnavailableError, InputError
+from editor.locate.features import FeatureSettings, _ShardWriter, cett_features, extract_features
+from editor.model.batching import (
+    ModelDims,
+    batch_size_for,
+    features_row_bytes,
+    generation_row_bytes,
+    parse_batch_size,
+    resolve_batch_size,
+)
+from editor.model.loading import LoadedModel, ModelSource
+from editor.model.registry import get_arch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,12 +97,12 @@ def test_auto_on_cpu_keeps_the_stage_defaults():
 def test_collect_with_auto_batch_size_records_it_and_resumes(tmp_path):
     lm = tiny_lm()
     qs = questions(3)
-    settings = SamplingSettings(samples=2, max_new_tokens=4, batch_size="auto")
+    settings = CollectSettings(samples=2, max_new_tokens=4, batch_size="auto")
     first = collect(lm, qs, tmp_path / "c", settings=settings, progress=False)
     assert first.manifest["sampling"]["batch_size"] == 32 and first.manifest["sampling"]["batch_size_auto"]
     again = collect(lm, qs, tmp_path / "c", settings=settings, progress=False)  # same settings: resumed
     assert again.records == first.records
-    fixed = collect(lm, qs, tmp_path / "d", settings=SamplingSettings(samples=2, max_new_tokens=4, batch_size=32),
+    fixed = collect(lm, qs, tmp_path / "d", settings=CollectSettings(samples=2, max_new_tokens=4, batch_size=32),
                     progress=False)
     assert "batch_size_auto" not in fixed.manifest["sampling"]  # folders without auto keep their old record
     assert [r["samples"] for r in fixed.records] == [r["samples"] for r in first.records]
@@ -103,7 +110,7 @@ def test_collect_with_auto_batch_size_records_it_and_resumes(tmp_path):
 
 def test_invalid_batch_sizes_are_refused():
     with pytest.raises(InputError):
-        SamplingSettings(batch_size=0).validate()
+        CollectSettings.of(batch_size=0)
     with pytest.raises(InputError):
         FeatureSettings(batch_size="big").validate()
     FeatureSettings(batch_size="auto").validate()
@@ -146,7 +153,7 @@ def test_extracted_store_equals_the_in_memory_features(tmp_path):
 
 def test_features_do_not_depend_on_the_lm_head():
     """CETT asks the model for the last position's logits only; the features are those of a full pass."""
-    from editor.neurons import capture_down_inputs
+    from editor.model.hooks import capture_down_inputs
 
     lm = tiny_lm()
     records = _records(lm, 2)
@@ -154,7 +161,7 @@ def test_features_do_not_depend_on_the_lm_head():
     ids = torch.tensor([records[0]["representative"]["input_ids"]])
     with capture_down_inputs(lm.model) as z, torch.no_grad():
         lm.model(input_ids=ids)  # full logits, no hooks of ours
-    from editor.neurons import down_proj_modules
+    from editor.model.hooks import down_proj_modules
 
     n = ids.shape[1]
     start = records[0]["representative"]["response_start"]
@@ -172,7 +179,7 @@ def test_features_do_not_depend_on_the_lm_head():
 def test_vllm_backend_refuses_clearly_without_vllm_or_cuda(tmp_path, monkeypatch, missing):
     import importlib.util
 
-    from editor.vllm_backend import require_vllm
+    from editor.collect.vllm_backend import require_vllm, vllm_generate
 
     real_find_spec = importlib.util.find_spec
     if missing == "package":  # whatever this machine has, vLLM is missing for this test
@@ -188,15 +195,15 @@ def test_vllm_backend_refuses_clearly_without_vllm_or_cuda(tmp_path, monkeypatch
         require_vllm()
     lm = tiny_lm()
     with pytest.raises(BackendUnavailableError, match=expected):
-        collect(lm, questions(2), tmp_path / "c", settings=SamplingSettings(samples=1), backend="vllm",
+        collect(lm, questions(2), tmp_path / "c", settings=CollectSettings(samples=1), backend="vllm",
                 progress=False)
     assert not (tmp_path / "c").exists()  # refused before anything was written
     with pytest.raises(BackendUnavailableError, match=expected):
-        generate(lm, [build_prompt(lm.tokenizer, "Why?")], SamplingSettings(), sample=False, backend="vllm")
+        vllm_generate(lm, [build_prompt(lm.tokenizer, "Why?")], CollectSettings(), sample=False, seed=0)
 
 
 def test_unknown_backend_is_an_input_error(tmp_path):
-    with pytest.raises(InputError, match="backend must be one of hf, vllm"):
+    with pytest.raises(InputError, match="backend: Input should be 'hf' or 'vllm'"):
         collect(tiny_lm(), questions(1), tmp_path / "c", backend="tgi", progress=False)
 
 
@@ -205,12 +212,12 @@ def test_vllm_sampling_params_mirror_the_settings(monkeypatch):
     returns the keyword arguments it is given)."""
     import types
 
-    from editor import vllm_backend
+    from editor.collect import vllm_backend
 
     fake = types.ModuleType("vllm")
     fake.SamplingParams = lambda **kw: kw
     monkeypatch.setitem(sys.modules, "vllm", fake)
-    s = SamplingSettings(temperature=0.5, top_p=0.9, top_k=0, max_new_tokens=50)
+    s = CollectSettings(temperature=0.5, top_p=0.9, top_k=0, max_new_tokens=50)
     sampled = vllm_backend.sampling_params(s, sample=True, seed=7, stop_ids={2, 0})
     greedy = vllm_backend.sampling_params(s, sample=False, seed=7, stop_ids={2})
     assert sampled == {"n": 1, "max_tokens": 50, "stop_token_ids": [0, 2], "skip_special_tokens": True,
@@ -247,7 +254,7 @@ def test_benchmark_driver_writes_every_figure_it_reports(tmp_path):
 @pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
 def test_decoding_from_a_shared_prompt_pass_equals_decoding_afresh(model_type):
     """collect prefills a chunk's prompts once and decodes greedy + every sample round from that state."""
-    from editor.sampler import DecodeSettings, decode, prefill
+    from editor.collect.sampler import DecodeSettings, decode, prefill
 
     model = tiny_model(model_type)
     g = torch.Generator().manual_seed(2)
@@ -266,8 +273,8 @@ def test_decoding_from_a_shared_prompt_pass_equals_decoding_afresh(model_type):
 
 @pytest.mark.parametrize("top_k,top_p", [(50, 0.9), (50, 1.0), (0, 0.9), (5, 0.5)])
 def test_candidate_draws_use_the_warped_distribution(top_k, top_p):
-    """Sampling among the top-k candidates is the distribution of transformers' warpers (editor.sampler.warp)."""
-    from editor.sampler import DecodeSettings, candidate_probs, warp
+    """Sampling among the top-k candidates is the distribution of transformers' warpers (editor.collect.sampler.warp)."""
+    from editor.collect.sampler import DecodeSettings, candidate_probs, warp
 
     logits = torch.randn(6, 300, generator=torch.Generator().manual_seed(0)) * 3
     settings = DecodeSettings(sample=True, temperature=0.7, top_k=top_k, top_p=top_p)
@@ -301,21 +308,26 @@ def collect_argv(checkpoint, out, *extra) -> list[str]:
 
 
 def test_cli_parses_batch_size_auto_and_backend():
-    from editor.cli import build_parser
-    from editor.cli.common import batch_size_from
+    from editor.cli import build_parser, parse
+    from editor.collect.settings import CollectSettings
+    from editor.locate.settings import DetectSettings, LocateSettings, OriginSettings
+    from editor.options import from_args
 
-    parser = build_parser()
-    args = parser.parse_args(["collect", "--batch-size", "auto", "--backend", "vllm"])
-    assert batch_size_from(args) == "auto" and args.backend == "vllm"
-    args = parser.parse_args(["collect"])
-    assert batch_size_from(args) == 32 and args.backend == "hf"
-    for command, default in (("locate", 8), ("origin", 8), ("detect", 8)):
+    def settings(cls, argv):
+        return from_args(cls, parse(argv))
+
+    s = settings(CollectSettings, ["collect", "--batch-size", "auto", "--backend", "vllm"])
+    assert s.batch_size == "auto" and s.backend == "vllm"
+    s = settings(CollectSettings, ["collect"])
+    assert s.batch_size == 32 and s.backend == "hf"
+    for command, cls, default in (("locate", LocateSettings, 8), ("origin", OriginSettings, 8),
+                                  ("detect", DetectSettings, 8)):
         extra = {"origin": ["--probe", "p", "--base", "b", "--out", "o"], "detect": ["--probe", "p"]}.get(command, [])
-        assert batch_size_from(parser.parse_args([command, *extra, "--batch-size", "AUTO"])) == "auto"
-        assert batch_size_from(parser.parse_args([command, *extra, "--batch-size", "5"])) == 5
-        assert batch_size_from(parser.parse_args([command, *extra])) == default
+        assert settings(cls, [command, *extra, "--batch-size", "AUTO"]).batch_size == "auto"
+        assert settings(cls, [command, *extra, "--batch-size", "5"]).batch_size == 5
+        assert settings(cls, [command, *extra]).batch_size == default
     with pytest.raises(SystemExit):  # the backend is a closed choice
-        parser.parse_args(["collect", "--backend", "tgi"])
+        build_parser().parse_args(["collect", "--backend", "tgi"])
 
 
 @pytest.mark.parametrize("command", ["collect", "locate", "detect"])
@@ -333,8 +345,7 @@ def test_cli_bad_batch_size_is_one_error_naming_the_flag(tmp_path, tiny_checkpoi
                 "--question", "Q?", "--out", str(tmp_path / "out"), "--device", "cpu", "--batch-size", value]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"hneurons {command}: error: --batch-size must be a positive integer or 'auto', got " + (
-        repr(value) if value == "big" else value)
+    assert err == f"hneurons {command}: error: --batch-size: must be a positive integer or 'auto' (got {value})"
     assert not (tmp_path / "out").exists()
 
 
@@ -371,7 +382,7 @@ def test_cli_backend_vllm_without_vllm_is_a_clear_error(tmp_path, tiny_checkpoin
 def test_recipe_backend_vllm_is_refused_before_the_model_loads(tmp_path, tiny_checkpoint, monkeypatch):
     import importlib.util
 
-    from editor.pipeline import run_recipe
+    from editor.pipeline.run import run_recipe
 
     folder, data = tiny_checkpoint
     real_find_spec = importlib.util.find_spec
@@ -386,7 +397,7 @@ def test_recipe_backend_vllm_is_refused_before_the_model_loads(tmp_path, tiny_ch
 
 
 def test_recipe_batch_size_auto_reaches_collect(tmp_path, tiny_checkpoint, capsys):
-    from editor.pipeline import run_recipe
+    from editor.pipeline.run import run_recipe
 
     folder, data = tiny_checkpoint
     recipe = tmp_path / "r.yaml"

@@ -65,7 +65,7 @@ def finished_run(tmp_path_factory):
 
 @pytest.mark.integration
 def test_run_produces_the_fixed_model_adapter_eval_report_and_card(finished_run):
-    from editor.card import check_written_card
+    from editor.report.card import check_written_card
 
     tmp, recipe, out = finished_run
     for name in ("collect/responses.jsonl", "locate/neurons.json", "locate/probe.safetensors",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from editor.errors import InputError
-from editor.probe import (
+from editor.locate.probe import (
     PathPoint,
     balanced_sample_weight,
     default_C_grid,

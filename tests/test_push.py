@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tinymodels import tiny_model, tiny_tokenizer
 
 from editor.artifacts import atomic_write_json, files_sha256
 from editor.errors import PublishError
-from editor.publish import EDIT_MANIFEST, PUBLISH_MANIFEST, push_folder
-from tinymodels import tiny_model, tiny_tokenizer
+from editor.formats import EDIT_MANIFEST, PUBLISH_MANIFEST
+from editor.report.publish import push_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = (0.01, 0.01, 0.01)  # retry waits for tests
@@ -176,7 +177,7 @@ def test_private_flag_and_revision_reach_the_server(hub, small_folder):
 
 
 def test_private_is_refused_for_an_existing_public_repo(hub, small_folder):
-    push_folder(small_folder, "tester/public")
+    push_folder(small_folder, "tester/public", private=False)
     with pytest.raises(PublishError, match="already exists and is public"):
         push_folder(small_folder, "tester/public", private=True)
 

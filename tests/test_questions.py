@@ -10,17 +10,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from editor import datagen
 from editor.artifacts import sha256_file
-from editor.errors import InputError
-from editor.judge import find_alias
-from editor.questions import (
+from editor.data.build import facts as datagen
+from editor.data.judge import find_alias
+from editor.data.questions import (
     BUNDLED_DIR,
     SPLITS,
     Question,
     dataset_fingerprint,
     load_questions,
 )
+from editor.errors import InputError
 
 FIELDS = ["id", "question", "answers", "source", "relation", "entity", "split", "fabricated"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from editor.errors import RecipeError
-from editor.recipe import check_recipe, load_recipe, resolved
+from editor.pipeline.recipe import check_recipe, load_recipe, resolved
 
 REPO = Path(__file__).resolve().parent.parent
 MINIMAL = "model:\n  id: smollm2-135m-instruct\noutput: runs/x\n"
@@ -67,7 +67,7 @@ def test_batch_sizes_take_positive_ints_or_auto_and_backend_hf_or_vllm(tmp_path)
 
 def _stage_keys(recipe) -> dict[str, str]:
     """Every stage key of a recipe, computed as `hneurons run` computes them."""
-    from editor.pipeline import RunContext, active_stages, stage_key, stage_settings
+    from editor.pipeline.run import RunContext, active_stages, stage_key, stage_settings
 
     ctx = RunContext(recipe, Path("r.yaml"), Path("out"))
     for stage in active_stages(recipe):
@@ -134,11 +134,14 @@ def test_every_bundled_recipe_is_valid_and_resolves_offline(path):
         assert any("registry" in n for n in notes)
 
 
-def _parsed(argv):
-    from editor.cli import _apply_recipe, build_parser
+def _plan(argv):
+    """What a stage command would run with: its settings (recipe + flags) and paths, resolved, nothing run."""
+    import importlib
 
-    parser = build_parser()
-    return _apply_recipe(parser, argv, parser.parse_args(argv))
+    from editor.cli import parse
+
+    args = parse(argv)
+    return importlib.import_module(f"editor.cli.{args.command}_cmd").resolve(args)
 
 
 def test_stage_commands_take_settings_from_a_recipe_and_flags_override_it(tmp_path):
@@ -147,31 +150,34 @@ def test_stage_commands_take_settings_from_a_recipe_and_flags_override_it(tmp_pa
                            "eval:\n  tasks: [hneurons_facts]\n  limit: 5\n  controls: 1\n"
                            "publish:\n  repo: me/model\n  private: false\n")
     out = Path("runs/x").resolve()
-    args = _parsed(["collect", "--recipe", str(path)])
-    assert (args.samples, args.temperature, args.limit) == (3, 0.5, "train=50,test=20")
-    assert args.model == "smollm2-135m-instruct" and Path(args.out).resolve() == out / "collect"
-    args = _parsed(["collect", "--recipe", str(path), "--samples", "7", "--out", str(tmp_path / "o")])
-    assert args.samples == 7 and args.out == str(tmp_path / "o") and args.temperature == 0.5
-    args = _parsed(["locate", "--recipe", str(path)])
-    assert args.labels == "1v1" and args.C == [0.1, 0.2] and Path(args.responses).resolve() == out / "collect"
-    assert args.batch_size == 8
-    args = _parsed(["edit", "--recipe", str(path)])
-    assert (args.alpha, args.mode) == (0.25, "ia3") and Path(args.out).resolve() == out / "adapter-ia3"
-    assert Path(args.neurons).resolve() == out / "locate" / "neurons.json"
-    args = _parsed(["eval", "--recipe", str(path)])
-    assert (args.base, args.tasks, args.limit, args.controls, args.alpha) == (
-        "smollm2-135m-instruct", "hneurons_facts", 5, 1, 0.25)
-    args = _parsed(["push", "--recipe", str(path), "--dry-run"])
-    assert args.repo == "me/model" and args.private is False and Path(args.folder).resolve() == out / "adapter-ia3"
+    plan = _plan(["collect", "--recipe", str(path)])
+    s = plan.settings
+    assert (s.samples, s.temperature, s.limit) == (3, 0.5, {"train": 50, "test": 20})
+    assert plan.model == "smollm2-135m-instruct" and Path(plan.out).resolve() == out / "collect"
+    plan = _plan(["collect", "--recipe", str(path), "--samples", "7", "--out", str(tmp_path / "o")])
+    assert plan.settings.samples == 7 and plan.out == str(tmp_path / "o") and plan.settings.temperature == 0.5
+    plan = _plan(["locate", "--recipe", str(path)])
+    assert plan.settings.labels == "1v1" and plan.settings.C == [0.1, 0.2]
+    assert Path(plan.responses).resolve() == out / "collect" and plan.settings.batch_size == 8
+    plan = _plan(["edit", "--recipe", str(path)])
+    assert (plan.settings.alpha, plan.settings.modes) == (0.25, ["ia3"])
+    assert {m: Path(o).resolve() for m, o in plan.outs.items()} == {"ia3": out / "adapter-ia3"}
+    assert Path(plan.neurons).resolve() == out / "locate" / "neurons.json"
+    plan = _plan(["eval", "--recipe", str(path)])
+    assert (plan.base, plan.settings.tasks, plan.settings.limit, plan.settings.controls, plan.alpha) == (
+        "smollm2-135m-instruct", ["hneurons_facts"], 5, 1, 0.25)
+    plan = _plan(["push", "--recipe", str(path), "--dry-run"])
+    assert plan.settings.repo == "me/model" and plan.settings.private is False
+    assert Path(plan.folder).resolve() == out / "adapter-ia3"
 
 
 def test_batch_size_and_backend_from_a_recipe_and_flags_override_them(tmp_path):
     path = write(tmp_path, MINIMAL + "collect:\n  batch_size: auto\n  backend: vllm\nlocate:\n  batch_size: auto\n")
-    args = _parsed(["collect", "--recipe", str(path)])
-    assert (args.batch_size, args.backend) == ("auto", "vllm")
-    args = _parsed(["collect", "--recipe", str(path), "--batch-size", "4", "--backend", "hf"])
-    assert (args.batch_size, args.backend) == ("4", "hf")
-    assert _parsed(["locate", "--recipe", str(path)]).batch_size == "auto"
+    settings = _plan(["collect", "--recipe", str(path)]).settings
+    assert (settings.batch_size, settings.backend) == ("auto", "vllm")
+    settings = _plan(["collect", "--recipe", str(path), "--batch-size", "4", "--backend", "hf"]).settings
+    assert (settings.batch_size, settings.backend) == (4, "hf")
+    assert _plan(["locate", "--recipe", str(path)]).settings.batch_size == "auto"
 
 
 def test_stage_command_without_recipe_or_required_flag_is_a_usage_error(capsys):

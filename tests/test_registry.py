@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tinymodels import TINY_TYPES, tiny_config, tiny_model
 
 from editor.errors import UnsupportedArchitectureError
-from editor.neurons import (
+from editor.model.hooks import (
     capture_down_inputs,
     column_norms,
     decoder_layers,
@@ -17,8 +18,7 @@ from editor.neurons import (
     scale_columns_,
     scaled_neurons,
 )
-from editor.registry import ARCHITECTURES, architecture_hash, get_arch, supported_types
-from tinymodels import TINY_TYPES, tiny_config, tiny_model
+from editor.model.registry import ARCHITECTURES, architecture_hash, get_arch, supported_types
 
 REQUIRED = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3", "phi3", "phi",
             "gpt2", "gpt_neox", "olmo", "olmo2", "starcoder2"}

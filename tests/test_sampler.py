@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from editor.sampler import DecodeSettings, decode, warp
 from tinymodels import tiny_model
+
+from editor.collect.sampler import DecodeSettings, decode, warp
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma3_text", "phi3", "qwen2"])
@@ -33,8 +33,7 @@ def test_greedy_decode_equals_generate(model_type):
 
 
 def test_warp_matches_transformers_warpers():
-    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                        TopPLogitsWarper)
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     logits = torch.randn(6, 300, generator=torch.Generator().manual_seed(0)) * 3
     settings = DecodeSettings(sample=True, temperature=0.7, top_k=50, top_p=0.9)
@@ -59,7 +58,7 @@ def test_sampling_is_seeded():
 def test_continuous_batching_rows_that_join_mid_way_decode_as_alone():
     """decode_continuous: rows join a running batch as others finish (their prompt cache padded to the
     batch's width, masked gaps in between); each request must decode exactly as it would alone."""
-    from editor.sampler import decode_continuous, prefill, supports_continuous
+    from editor.collect.sampler import decode_continuous, prefill, supports_continuous
 
     model = tiny_model("llama")
     g = torch.Generator().manual_seed(5)
@@ -87,7 +86,7 @@ def test_continuous_batching_rows_that_join_mid_way_decode_as_alone():
 
 
 def test_continuous_sampling_is_seeded():
-    from editor.sampler import decode_continuous, prefill
+    from editor.collect.sampler import decode_continuous, prefill
 
     model = tiny_model("llama")
     prompts = [[10, 11, 12], [20, 21, 22, 23], [5, 6]]

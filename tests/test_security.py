@@ -17,17 +17,16 @@ import json
 import logging
 import os
 import re
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
 
 from editor.artifacts import check_no_outside_links, safe_join
 from editor.cli import main
 from editor.errors import InputError, ModelLoadError, PublishError
-from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "hf_fake_secret_token_XYZ"
@@ -139,7 +138,7 @@ def test_source_has_no_unpickling_eval_remote_code_or_unsafe_yaml():
 
 def test_model_loading_asks_for_safetensors_unless_pickles_are_allowed(tmp_path):
     """A .bin next to safetensors is never read; a pickle-only folder needs --allow-pickle (see test_bad_inputs)."""
-    from editor.loading import load_model
+    from editor.model.loading import load_model
 
     folder = tmp_path / "both"
     tiny_model("llama").save_pretrained(folder)
@@ -157,7 +156,7 @@ def test_model_loading_asks_for_safetensors_unless_pickles_are_allowed(tmp_path)
 
 
 def test_a_pickled_adapter_is_refused(tmp_path):
-    from editor.evaluate import peft_applied
+    from editor.evaluate.variants import peft_applied
 
     folder = tmp_path / "adapter"
     folder.mkdir()
@@ -246,8 +245,9 @@ def test_resuming_stages_refuse_an_output_folder_with_a_link_outside(tiny_ckpt, 
     (locate_out / "features").symlink_to(victim, target_is_directory=True)
     responses = tmp_path / "responses"
     responses.mkdir()
-    from editor.locate import LocateSettings, locate
-    from editor.loading import load_model
+    from editor.locate.settings import LocateSettings
+    from editor.locate.stage import locate
+    from editor.model.loading import load_model
 
     lm = load_model(str(tiny_ckpt), device="cpu")
     _synthetic_collect(responses, lm.identity())
@@ -257,8 +257,8 @@ def test_resuming_stages_refuse_an_output_folder_with_a_link_outside(tiny_ckpt, 
 
 
 def test_card_never_copies_plots_through_a_planted_link(tiny_ckpt, tmp_path):
-    from editor.card import write_card
-    from editor.edit import edit_model
+    from editor.edit.stage import edit_model
+    from editor.report.card import write_card
 
     victim = _victim(tmp_path)
     out = tmp_path / "edit"
@@ -272,8 +272,8 @@ def test_card_never_copies_plots_through_a_planted_link(tiny_ckpt, tmp_path):
 @pytest.mark.parametrize("listed", ["../victim/keep.txt", "/etc/hostname", "escape.txt"])
 def test_push_never_uploads_a_file_outside_the_folder(hub, tiny_ckpt, tmp_path, listed):
     from editor.artifacts import atomic_write_json, sha256_file
-    from editor.edit import edit_model
-    from editor.publish import push_folder
+    from editor.edit.stage import edit_model
+    from editor.report.publish import push_folder
 
     victim = _victim(tmp_path)
     out = tmp_path / "edit"
@@ -293,8 +293,8 @@ def test_hostile_names_cannot_break_the_card(tmp_path):
     metadata is what it should be, and the hostile text appears only escaped."""
     from huggingface_hub import ModelCard
 
-    from editor.card import write_card
-    from editor.edit import edit_model
+    from editor.edit.stage import edit_model
+    from editor.report.card import write_card
 
     hostile = 'x"]\n---\nlicense: evil <script>alert(1)</script> | [a](javascript:x) {{ var }}'
     folder = tmp_path / hostile
@@ -343,7 +343,7 @@ def test_the_token_is_written_nowhere_in_a_full_run(hub, tiny_ckpt, tmp_path, mo
     The locate stage reads a synthetic collect folder of the same model (a tiny random model answers no
     question consistently right); the real collect stage still runs with the token set.
     """
-    from editor.loading import load_model
+    from editor.model.loading import load_model
 
     hub.token = SECRET
     monkeypatch.setenv("HF_TOKEN", SECRET)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_evaluate import NEURONS, write_task_folder
 
 from editor.cli import main
 from editor.errors import InputError
-from editor.sweep import Constraints, Point, assess, render_summary, resolve_specs
-from test_evaluate import NEURONS, write_task_folder
+from editor.evaluate.settings import SweepSettings
+from editor.evaluate.sweep import Point, assess, render_summary, resolve_specs
 
 FACTS = ("hneurons_facts_val", "hallucination_rate", "none")
 PREMISE = ("hneurons_false_premise_val", "premise_rejection_rate", "none")
@@ -26,7 +27,7 @@ def point(alpha: float, halluc: float, premise: float, know: float, kl: float | 
     return p
 
 
-CONSTRAINTS = Constraints(max_knowledge_drop=0.02, max_kl=0.1, knowledge=["hneurons_knowledge_mc:acc"],
+CONSTRAINTS = SweepSettings.of(max_knowledge_drop=0.02, max_kl=0.1, knowledge=["hneurons_knowledge_mc:acc"],
                           targets=["hneurons_facts:hallucination_rate", "hneurons_false_premise:premise_rejection_rate"])
 
 
@@ -81,9 +82,9 @@ def test_says_so_when_feasible_alphas_do_not_help():
 def test_metric_names_must_be_found():
     points = [point(0.5, 0.45, 0.45, 0.60, 0.01), point(1.0, 0.40, 0.50, 0.60, None)]
     with pytest.raises(InputError, match="none of the target metrics"):
-        assess(points, Constraints(knowledge=["hneurons_knowledge_mc:acc"], targets=["truthfulqa_mc2:acc"]))
+        assess(points, SweepSettings.of(knowledge=["hneurons_knowledge_mc:acc"], targets=["truthfulqa_mc2:acc"]))
     with pytest.raises(InputError, match="TASK:METRIC"):
-        Constraints(targets=["hallucination_rate"])
+        SweepSettings.of(targets=["hallucination_rate"])
     with pytest.raises(InputError, match="alpha = 1"):
         assess([point(0.5, 0.45, 0.45, 0.60, 0.01)], CONSTRAINTS)
     found, missing = resolve_specs(["hneurons_facts:hallucination_rate", "nope:acc"], list(HIB))

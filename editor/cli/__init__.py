@@ -78,6 +78,23 @@ class _ExpectedLmEvalWarnings(logging.Filter):
         return not (record.name.startswith("lm_eval") and any(e in record.getMessage() for e in self.EXPECTED))
 
 
+def parse(argv: list[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """The parsed command line, with the subcommand's parser (for usage errors) and its ``--recipe`` loaded."""
+    parser = parser or build_parser()
+    return prepared(parser.parse_args(argv), parser)
+
+
+def prepared(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args.recipe = None
+    if getattr(args, "command", None):
+        args.subparser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 (no public API)
+        if getattr(args, "recipe_file", None):
+            from ..pipeline.recipe import load_recipe
+
+            args.recipe = load_recipe(args.recipe_file)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -92,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        args = _apply_recipe(parser, argv, args)
-        return int(args.func(args) or 0)
+        return int(prepared(args, parser).func(args) or 0)
     except HNeuronsError as exc:
         if args.verbose:
             raise
@@ -102,18 +118,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hneurons {args.command}: interrupted; finished work is kept and a re-run resumes", file=sys.stderr)
         return 130
-
-
-def _apply_recipe(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace) -> argparse.Namespace:
-    """``--recipe FILE``: the recipe's settings become the command's defaults; explicit flags still win."""
-    sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 (argparse has no public API)
-    if getattr(args, "recipe_file", None):
-        from ..recipe import load_recipe
-
-        sub.set_defaults(**args.recipe_defaults(load_recipe(args.recipe_file)))
-        args = parser.parse_args(argv)
-    missing = [flag for dest, flag in getattr(args, "required_unless_recipe", {}).items()
-               if getattr(args, dest, None) in (None, "", [])]
-    if missing:
-        sub.error(f"the following arguments are required (or give --recipe): {', '.join(missing)}")
-    return args

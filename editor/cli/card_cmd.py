@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..formats import PUBLISH_MANIFEST
 from .common import HELP_FORMATTER
 
 DESCRIPTION = """\
@@ -43,7 +44,7 @@ def register(subparsers) -> None:
     parser.add_argument("--eval", metavar="FILE", help="eval results (eval_results.json or its folder) of this edit")
     parser.add_argument("--sweep", metavar="FILE", help="alpha sweep report (sweep.json or its folder)")
     parser.add_argument("--origin", metavar="FILE", help="origin analysis (origin.json or its folder)")
-    parser.add_argument("--recipe", metavar="FILE", help="the recipe YAML the run was made from")
+    parser.add_argument("--recipe", dest="quoted_recipe", metavar="FILE", help="the recipe YAML the run was made from")
     parser.add_argument("--repo", metavar="OWNER/NAME", help="the Hub repo the card is for (names the model and the "
                                                               "load snippets)")
     parser.add_argument("--print", action="store_true", help="also print the card")
@@ -52,17 +53,21 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..card import PUBLISH_NAME, write_card
     from ..artifacts import read_json
+    from ..report.card import write_card
 
+    if args.quoted_recipe:
+        from ..pipeline.recipe import load_recipe
+
+        load_recipe(args.quoted_recipe)  # a recipe quoted in a card must be a valid one
     readme = write_card(args.folder, locate_report=args.locate, eval_results=args.eval, sweep=args.sweep,
-                        origin=args.origin, recipe=args.recipe, repo_id=args.repo)
-    files = sorted(read_json(readme.parent / PUBLISH_NAME, "publish manifest")["files"])
+                        origin=args.origin, recipe=args.quoted_recipe, repo_id=args.repo)
+    files = sorted(read_json(readme.parent / PUBLISH_MANIFEST, "publish manifest")["files"])
     if args.json:
-        print(json.dumps({"readme": str(readme), "publish_manifest": str(readme.parent / PUBLISH_NAME),
+        print(json.dumps({"readme": str(readme), "publish_manifest": str(readme.parent / PUBLISH_MANIFEST),
                           "files": files}, indent=2))
     else:
         if args.print:
             print(readme.read_text(encoding="utf-8"))
-        print(f"wrote {readme} and {len(files) - 1} files it cites; listed in {readme.parent / PUBLISH_NAME}")
+        print(f"wrote {readme} and {len(files) - 1} files it cites; listed in {readme.parent / PUBLISH_MANIFEST}")
     return 0

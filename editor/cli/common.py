@@ -1,12 +1,17 @@
-"""Argument groups shared by several subcommands."""
+"""What several subcommands share: the model argument and its loading options, ``--recipe``, and turning the
+parsed flags (and a recipe) into the stage's settings model (:mod:`editor.options`)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any, TypeVar
 
-from ..loading import DEFAULT_MODEL, EMBEDDED
+from ..model.loading import DEFAULT_MODEL, EMBEDDED, LoadOptions
+from ..options import Settings, add_arguments, from_args
 
 HELP_FORMATTER = argparse.RawDescriptionHelpFormatter
+S = TypeVar("S", bound=Settings)
 
 MODEL_HELP = (
     "model to use: a Hub repo id (owner/name), a local checkpoint folder, a .gguf file, or an embedded "
@@ -14,52 +19,46 @@ MODEL_HELP = (
 )
 
 
-def add_model_args(parser: argparse.ArgumentParser, flag: str | None = "--model", required: bool = False) -> None:
-    """The model argument and how to load it. ``flag=None`` makes MODEL positional."""
-    group = parser.add_argument_group("model loading")
+def add_model_args(parser: argparse.ArgumentParser, flag: str | None = "--model", required: bool = False,
+                   metavar: str = "MODEL") -> None:
+    """The model argument and how to load it (:class:`~editor.model.loading.LoadOptions`). ``flag=None``
+    makes MODEL positional; ``required`` means: required unless a recipe names it."""
     if flag is None:
-        parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+        parser.add_argument("model", metavar=metavar, help=MODEL_HELP)
     else:
-        group.add_argument(flag, dest="model", metavar="MODEL", required=required,
-                           default=None if required else DEFAULT_MODEL, help=MODEL_HELP)
-    group.add_argument("--revision", help="Hub revision (branch, tag or commit) of a Hub model")
-    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                       help="weights dtype (auto: the checkpoint's own; GGUF files become float32)")
-    group.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
-                       help="where to run: cpu, cuda (one GPU), or auto (device_map=auto, for models larger "
-                            "than one GPU); default: cuda when available, else cpu")
-    group.add_argument("--trust-remote-code", action="store_true",
-                       help="allow the checkpoint's own Python code to run (off by default: only for authors you trust)")
-    group.add_argument("--allow-pickle", action="store_true",
-                       help="allow pickled .bin weights (refused by default: unpickling can execute code)")
+        parser.add_argument(flag, dest="model", metavar=metavar, default=None,
+                            help=MODEL_HELP if not required else MODEL_HELP.replace(f"; default {DEFAULT_MODEL}", ""))
+    parser.set_defaults(model_required=required)
+    add_arguments(parser, LoadOptions, title="model loading")
+
+
+def load_options(args: argparse.Namespace) -> LoadOptions:
+    """The recipe's model section (if any), overridden by the loading flags typed."""
+    recipe = getattr(args, "recipe", None)
+    return from_args(LoadOptions, args, base=recipe.model.load_options() if recipe else None)
+
+
+def model_spec(args: argparse.Namespace) -> str:
+    """The model given on the command line, else the recipe's, else the default model."""
+    recipe = getattr(args, "recipe", None)
+    spec = args.model or (recipe.model.id if recipe else None)
+    if spec is None:
+        if getattr(args, "model_required", False):
+            fail(args, "a model is required (or give --recipe)")
+        spec = DEFAULT_MODEL
+    return spec
 
 
 def load_from_args(args: argparse.Namespace, spec: str | None = None):
-    from ..loading import load_model
+    from ..model.loading import load_model
 
-    return load_model(
-        spec or args.model,
-        dtype=args.dtype,
-        device=args.device,
-        revision=args.revision,
-        trust_remote_code=args.trust_remote_code,
-        allow_pickle=args.allow_pickle,
-    )
+    return load_model(spec or model_spec(args), load_options(args))
 
 
-# -------------------------------------------------------------------------------------- --batch-size
-def add_batch_size_arg(parser, default: int, what: str, auto_note: str) -> None:
-    """``--batch-size N|auto`` (parsed by :func:`batch_size_from`, so that a bad value is one InputError)."""
-    parser.add_argument("--batch-size", default=default, metavar="N|auto",
-                        help=f"{what} (default {default}); auto: the largest batch that fits the free GPU memory "
-                             f"({auto_note})")
-
-
-def batch_size_from(args: argparse.Namespace) -> int | str:
-    """``args.batch_size`` as a positive int or ``"auto"``; anything else is an InputError naming the flag."""
-    from ..batching import parse_batch_size
-
-    return parse_batch_size(args.batch_size, "--batch-size")
+def stage_settings(args: argparse.Namespace, cls: type[S], section: str | None = None) -> S:
+    """The stage's settings: the recipe's ``section`` (when --recipe is given), overridden by the flags typed."""
+    recipe = getattr(args, "recipe", None)
+    return from_args(cls, args, base=getattr(recipe, section) if recipe is not None and section else None)
 
 
 # ------------------------------------------------------------------------------------------ --recipe
@@ -67,23 +66,34 @@ RECIPE_HELP = ("take this command's settings from a recipe (its model and this s
                "outputs inside the recipe's output folder); flags given on the command line override it")
 
 
-def add_recipe_option(parser: argparse.ArgumentParser, defaults, required: dict[str, str]) -> None:
-    """``--recipe FILE`` for a stage command.
-
-    ``defaults(recipe) -> {dest: value}`` maps the recipe onto the command's arguments; ``required``
-    ({dest: flag}) lists arguments that are required unless the recipe provides them.
-    """
+def add_recipe_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", dest="recipe_file", metavar="FILE", help=RECIPE_HELP)
-    parser.set_defaults(recipe_defaults=defaults, required_unless_recipe=required)
 
 
-def model_defaults(recipe, dest: str = "model") -> dict:
-    m = recipe.model
-    return {dest: m.id, "revision": m.revision, "dtype": m.dtype, "device": m.device,
-            "trust_remote_code": m.trust_remote_code, "allow_pickle": m.allow_pickle}
-
-
-def stage_path(recipe, *parts: str) -> str:
-    from ..recipe import output_dir
+def in_recipe_output(args: argparse.Namespace, *parts: str) -> str | None:
+    """A path inside the recipe's output folder (None without --recipe)."""
+    recipe = getattr(args, "recipe", None)
+    if recipe is None:
+        return None
+    from ..pipeline.recipe import output_dir
 
     return str(output_dir(recipe).joinpath(*parts))
+
+
+def required(args: argparse.Namespace, dest: str, flag: str, recipe_default: Any = None) -> Any:
+    """``args.<dest>``, else what the recipe implies, else a usage error naming ``flag``."""
+    value = getattr(args, dest, None)
+    if value in (None, "", []):
+        value = recipe_default
+    if value in (None, "", []):
+        fail(args, f"the following arguments are required (or give --recipe): {flag}")
+    return value
+
+
+def fail(args: argparse.Namespace, message: str) -> None:
+    """A usage error of the running subcommand (usage line, message, exit status 2)."""
+    args.subparser.error(message)
+
+
+def existing(path: str | None) -> str | None:
+    return path if path and Path(path).exists() else None

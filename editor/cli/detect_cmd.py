@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import HELP_FORMATTER, add_batch_size_arg, add_model_args, batch_size_from, load_from_args
+from ..formats import DETECT_HELDOUT_FORMAT
+from ..locate.settings import DetectSettings
+from ..options import add_arguments, from_args
+from .common import HELP_FORMATTER, add_model_args, load_from_args
 
 DESCRIPTION = """\
 Score answers for hallucination risk with a probe from `hneurons locate`. For every (question, answer)
@@ -48,7 +51,7 @@ def register(subparsers) -> None:
     ev.add_argument("--split", default="test", help="split of --evaluate (default test)")
     ev.add_argument("--limit", type=int, default=None, help="questions of --evaluate (a relation-balanced subset)")
     ev.add_argument("--locate", metavar="DIR", help="the probe's locate folder (default: the probe's folder)")
-    add_batch_size_arg(p, 8, "answers per batch (greedy answers and the teacher-forced pass)", "8 on the CPU")
+    add_arguments(p, DetectSettings)
     p.add_argument("--force", action="store_true", help="use the probe with a model other than its own")
     p.set_defaults(func=run)
 
@@ -71,15 +74,15 @@ def _read_jsonl(path: str):
 
 
 def run(args) -> int:
-    from ..detect import Detector
     from ..errors import InputError
+    from ..locate.detect import Detector
 
-    batch_size = batch_size_from(args)  # a bad value is refused before the model loads
+    settings = from_args(DetectSettings, args)  # a bad value is refused before the model loads
     if args.evaluate:
-        return _evaluate(args, batch_size)
+        return _evaluate(args, settings)
     if bool(args.input) == bool(args.question):
         raise InputError("give either --input FILE, --question TEXT or --evaluate DATA")
-    detector = Detector(load_from_args(args), args.probe, force=args.force, batch_size=batch_size)
+    detector = Detector(load_from_args(args), args.probe, force=args.force, settings=settings)
     items = _read_jsonl(args.input) if args.input else [{"question": args.question, "answer": args.answer}]
     scored = detector.score(items, progress=bool(args.input))
     if args.out:
@@ -95,17 +98,17 @@ def run(args) -> int:
     return 0
 
 
-def _evaluate(args, batch_size: int | str) -> int:
+def _evaluate(args, settings: DetectSettings) -> int:
     from ..artifacts import atomic_write_json, provenance
-    from ..collect import gather_questions
-    from ..detect import format_heldout, heldout_report
+    from ..collect.stage import gather_questions
+    from ..locate.detect import format_heldout, heldout_report
 
     questions, data = gather_questions([args.evaluate], [args.split], args.limit)
     report = heldout_report(load_from_args(args), args.probe, questions, locate_dir=args.locate,
-                            batch_size=batch_size)
+                            settings=settings)
     print(format_heldout(report))
     if args.out:
-        atomic_write_json(args.out, {"format": "hneurons.detect_heldout/1", "probe": args.probe, "data": data,
+        atomic_write_json(args.out, {"format": DETECT_HELDOUT_FORMAT, "probe": args.probe, "data": data,
                                      **report, "provenance": provenance()})
         print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
+from ..edit.settings import EditSettings
 from ..errors import InputError
-from .common import HELP_FORMATTER, add_model_args, add_recipe_option, model_defaults, stage_path
+from ..formats import EDIT_FOLDERS, EDIT_MANIFEST, NEURONS, PROBE
+from ..options import add_arguments, given
+from .common import (
+    HELP_FORMATTER,
+    add_model_args,
+    add_recipe_option,
+    existing,
+    in_recipe_output,
+    load_from_args,
+    load_options,
+    model_spec,
+    required,
+    stage_settings,
+)
 
 DESCRIPTION = """\
 Suppress (or amplify) a set of FFN neurons permanently. Scaling neuron j's activation by alpha is
@@ -47,88 +63,57 @@ def register(subparsers) -> None:
     group = parser.add_argument_group("edit")
     group.add_argument("--neurons", metavar="FILE",
                        help="neuron file: locate's neurons.json or {\"neurons\": [{\"layer\": L, \"index\": J}, ...]}")
-    group.add_argument("--alpha", type=float, default=0.0,
-                       help="activation scale for every neuron (default 0 = full suppression; 1 = unchanged; >= 0)")
-    group.add_argument("--layer-alpha", action="append", default=[], metavar="L=A",
-                       help="alpha for the neurons of layer L (repeatable; per-neuron alphas in the file win)")
-    group.add_argument("--mode", choices=["weights", "ia3", "lora"], default="weights",
-                       help="what to write: patched checkpoint (default), IA3 adapter or LoRA adapter")
     group.add_argument("--out", metavar="DIR",
-                       help="output folder (must not exist unless --overwrite)")
+                       help="output folder (must not exist unless --overwrite); with several --mode, the parent of "
+                            "model/, adapter-ia3/, adapter-lora/")
     group.add_argument("--overwrite", action="store_true",
                        help="replace DIR if it exists (only once the new one is complete)")
-    group.add_argument("--out-of-core", action="store_true",
-                       help="weights mode: stream the safetensors shards instead of loading the model")
-    group.add_argument("--skip-logit-check", action="store_true",
-                       help="with --out-of-core: skip reloading the model to compare logits (the exact tensor "
-                            "check still runs)")
     group.add_argument("--force", action="store_true",
                        help="apply a neuron set located in other weights of the same architecture "
                             "(e.g. base vs instruct)")
     group.add_argument("--probe", metavar="FILE",
                        help="probe.safetensors to ship with the edit (default: the one next to the neuron "
                             "file, if any)")
-    group.add_argument("--max-shard-size", default="5GB",
-                       help="largest safetensors shard written by the in-memory weights mode (default 5GB)")
     group.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
-    add_recipe_option(parser, recipe_defaults, {"neurons": "--neurons", "out": "--out"})
+    add_arguments(parser, EditSettings, title="how to edit")
+    add_recipe_option(parser)
     parser.set_defaults(func=run)
 
 
-def parse_layer_alphas(items: list[str]) -> dict[int, float]:
-    """``["12=0", "20=0.5"]`` -> ``{12: 0.0, 20: 0.5}`` (values are range-checked by the neuron set)."""
-    out: dict[int, float] = {}
-    for item in items:
-        layer, sep, value = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            key, number = int(layer), float(value)
-        except ValueError:
-            raise InputError(f"--layer-alpha {item!r}: expected LAYER=ALPHA, e.g. 12=0.5") from None
-        if key in out:
-            raise InputError(f"--layer-alpha gives layer {key} twice")
-        out[key] = number
-    return out
+def resolve(args) -> SimpleNamespace:
+    settings = stage_settings(args, EditSettings, "edit")
+    if args.recipe is not None and not given(EditSettings, args, "alpha"):
+        from ..pipeline.run import recipe_alpha
 
-
-def _recipe_alpha(recipe) -> float | None:
-    """The recipe's alpha; for ``auto``, the one its sweep chose (None before the sweep ran)."""
-    if recipe.edit.alpha != "auto":
-        return float(recipe.edit.alpha)
-    import json
-    from pathlib import Path
-
-    sweep = Path(stage_path(recipe, "sweep", "sweep.json"))
-    return json.loads(sweep.read_text())["chosen"]["alpha"] if sweep.is_file() else None
-
-
-def recipe_defaults(recipe) -> dict:
-    from ..pipeline import EDIT_FOLDERS
-
-    mode = recipe.edit.modes[0]
-    alpha = _recipe_alpha(recipe)
-    return {**model_defaults(recipe), "neurons": stage_path(recipe, "locate", "neurons.json"), "mode": mode,
-            "out": stage_path(recipe, EDIT_FOLDERS[mode]), "out_of_core": recipe.edit.out_of_core,
-            "probe": stage_path(recipe, "locate", "probe.safetensors"),
-            **({"alpha": alpha} if alpha is not None else {})}
+        settings = settings.model_copy(update={"alpha": recipe_alpha(args.recipe)})  # auto: the sweep's choice
+    if not settings.verify_logits and not settings.out_of_core:
+        raise InputError("--skip-logit-check applies to --out-of-core only (in memory, the model is loaded anyway)")
+    neurons = required(args, "neurons", "--neurons", in_recipe_output(args, "locate", NEURONS))
+    several = len(settings.modes) > 1
+    out = required(args, "out", "--out", in_recipe_output(args, *([] if several else [EDIT_FOLDERS[settings.modes[0]]])))
+    probe = args.probe or existing(in_recipe_output(args, "locate", PROBE))
+    outs = {mode: Path(out) / EDIT_FOLDERS[mode] if several else Path(out) for mode in settings.modes}
+    return SimpleNamespace(settings=settings, model=model_spec(args), neurons=neurons, outs=outs, probe=probe)
 
 
 def run(args) -> int:
-    from ..edit import edit_model
+    from ..edit.stage import edit_model
 
-    if args.skip_logit_check and not args.out_of_core:
-        raise InputError("--skip-logit-check applies to --out-of-core only (in memory, the model is loaded anyway)")
-    result = edit_model(
-        args.model, args.neurons, args.alpha, args.mode, args.out,
-        layer_alpha=parse_layer_alphas(args.layer_alpha), dtype=None if args.dtype == "auto" else args.dtype,
-        device=args.device, revision=args.revision, trust_remote_code=args.trust_remote_code,
-        allow_pickle=args.allow_pickle, overwrite=args.overwrite, out_of_core=args.out_of_core, force=args.force,
-        probe=args.probe, max_shard_size=args.max_shard_size, verify_logits=not args.skip_logit_check,
-    )
-    if args.json:
+    plan = resolve(args)
+    load = load_options(args)
+    # several forms: one model load serves them all
+    model = load_from_args(args, plan.model) if len(plan.outs) > 1 and not plan.settings.out_of_core else plan.model
+    for mode, target in plan.outs.items():
+        result = edit_model(model, plan.neurons, mode=mode, out=target, settings=plan.settings, load=load,
+                            overwrite=args.overwrite, force=args.force, probe=plan.probe)
+        _report(result, args.json)
+    return 0
+
+
+def _report(result, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(result.manifest, indent=2))
-        return 0
+        return
     ver = result.verification
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in ver.get("max_abs_diff", {}).items()) or ver.get("logits", "")
     print(f"wrote {result.mode} edit of {len(result.manifest['neurons']['per_layer'])} layer(s), "
@@ -138,5 +123,4 @@ def run(args) -> int:
               f"edit effect {ver['edit_effect_max_abs']:.3g})")
     else:
         print(f"verified: {diffs}")
-    print(f"manifest: {result.out / 'hneurons_edit.json'}")
-    return 0
+    print(f"manifest: {result.out / EDIT_MANIFEST}")

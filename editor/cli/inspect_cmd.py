@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .common import HELP_FORMATTER, add_model_args
+from .common import HELP_FORMATTER, add_model_args, load_options
 
 DESCRIPTION = """\
 Show how hneurons sees a model: its architecture, number of decoder layers, FFN width (d_ff), the
@@ -27,8 +27,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..modelinfo import inspect_model
+    from ..model.info import inspect_model
 
-    info = inspect_model(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
+    options = load_options(args)
+    info = inspect_model(args.model, revision=options.revision, trust_remote_code=options.trust_remote_code)
     print(json.dumps(info.as_dict(), indent=2) if args.json else info.render())
     return 0

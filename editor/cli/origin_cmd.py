@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from .common import HELP_FORMATTER, add_batch_size_arg, add_model_args, batch_size_from, load_from_args
+from ..locate.settings import OriginSettings
+from ..options import add_arguments, from_args
+from .common import HELP_FORMATTER, add_model_args, load_from_args, load_options, model_spec
 
 DESCRIPTION = """\
 Were the H-Neurons there before instruction tuning? Two analyses of an instruct model's H-Neurons
-against its base model (same architecture), as in Gao et al. (method.md section 7):
+against its base model (same architecture), as in Gao et al. (docs/METHOD.md section 7):
 
 backward transfer (needs --base-responses, a collect folder of the BASE model, collected with
   `--prompt-style base`): the instruct model's probe, unchanged, scores the base model's own answers.
@@ -50,12 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--instruct-responses", metavar="DIR",
                    help="collect folder locate read (default: the one named in locate.json)")
     p.add_argument("--out", required=True, help="output folder")
-    g = p.add_argument_group("controls")
-    g.add_argument("--random-draws", type=int, default=None,
-                   help="random-neuron classifiers (default: as many as locate drew, with its seeds)")
-    g.add_argument("--seed", type=int, default=None, help="seed of the random draws (default: locate's)")
-    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the AUROC CIs")
-    add_batch_size_arg(p, 8, "responses per forward pass (base-model features)", "8 on the CPU")
+    add_arguments(p, OriginSettings, title="controls")
     p.add_argument("--force", action="store_true",
                    help="accept an --instruct checkpoint whose weights differ from the probe's model, or base "
                         "responses collected with other weights")
@@ -65,20 +62,17 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..errors import InputError
-    from ..origin import OriginSettings, format_report, origin
+    from ..locate.origin import format_report, origin
 
     if not args.instruct and not args.base_responses:
         raise InputError("give --instruct (parameter drift), --base-responses (backward transfer), or both")
-    settings = OriginSettings(random_draws=args.random_draws, seed=args.seed, bootstrap=args.bootstrap,
-                              batch_size=batch_size_from(args))
+    settings = from_args(OriginSettings, args)
     # Backward transfer runs the base model; drift alone only reads its files.
-    base = load_from_args(args) if args.base_responses else args.model
+    base = load_from_args(args) if args.base_responses else model_spec(args)
     result = origin(args.probe, args.out, base=base, instruct=args.instruct, base_responses=args.base_responses,
                     locate_dir=args.locate, instruct_responses=args.instruct_responses, settings=settings,
                     force=args.force, progress=not args.no_progress,
-                    checkpoint_options={"dtype": args.dtype, "revision": args.revision,
-                                        "trust_remote_code": args.trust_remote_code},
-                    instruct_revision=args.instruct_revision)
+                    load=load_options(args), instruct_revision=args.instruct_revision)
     print(format_report(result.report))
     print(f"\nwrote {result.path}" + "".join(f", {result.out_dir / p}" for p in result.report["plots"]))
     return 0

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..recipe import check_recipe, load_recipe, resolved
+    from ..pipeline.recipe import check_recipe, load_recipe, resolved
 
     recipe = load_recipe(args.file)
     if args.action == "show":

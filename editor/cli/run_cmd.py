@@ -26,7 +26,7 @@ examples:
 def register(subparsers) -> None:
     p = subparsers.add_parser("run", help="run a recipe end to end (resumable)", description=DESCRIPTION,
                               formatter_class=HELP_FORMATTER)
-    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML file (see recipes/)")
+    p.add_argument("recipe_path", metavar="RECIPE", help="recipe YAML file (see recipes/)")
     p.add_argument("--from", dest="from_stage", metavar="STAGE",
                    choices=["collect", "locate", "sweep", "edit", "eval", "card", "push"],
                    help="re-run this stage and every later one even if up to date")
@@ -38,7 +38,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..pipeline import run_recipe
+    from ..pipeline.run import run_recipe
 
-    run_recipe(args.recipe, from_stage=args.from_stage, to_stage=args.to_stage, progress=not args.no_progress)
+    run_recipe(args.recipe_path, from_stage=args.from_stage, to_stage=args.to_stage, progress=not args.no_progress)
     return 0

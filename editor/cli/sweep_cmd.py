@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-from .common import HELP_FORMATTER, MODEL_HELP, add_recipe_option, model_defaults, stage_path
-from .eval_cmd import add_eval_args, add_loading_args, load_kwargs_from_args, settings_from_args
+from ..errors import InputError
+from ..evaluate.settings import SweepSettings
+from ..formats import NEURONS, SWEEP_PLOT, SWEEP_REPORT
+from ..options import add_arguments
+from .common import (
+    HELP_FORMATTER,
+    add_model_args,
+    add_recipe_option,
+    in_recipe_output,
+    load_options,
+    model_spec,
+    required,
+    stage_settings,
+)
 
 DESCRIPTION = """\
 Scale the H-Neurons' activations by each alpha of a grid (default 0, 0.25, 0.5, 1, 1.5, 2, 3) at run time
@@ -39,13 +53,6 @@ examples:
 """
 
 
-def _alphas(text: str) -> list[float]:
-    try:
-        return [float(a) for a in text.split(",") if a.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"alphas must be comma-separated numbers, got {text!r}") from None
-
-
 def _seed_list(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
@@ -54,60 +61,50 @@ def _seed_list(text: str) -> list[int]:
 
 
 def register(subparsers) -> None:
-    from ..loading import DEFAULT_MODEL
-    from ..sweep import DEFAULT_ALPHAS
-
     parser = subparsers.add_parser("sweep", help="evaluate alpha on a grid and choose it under retention constraints",
                                    description=DESCRIPTION, formatter_class=HELP_FORMATTER)
     what = parser.add_argument_group("what to sweep")
-    what.add_argument("--base", default=DEFAULT_MODEL, metavar="MODEL", help=MODEL_HELP)
+    add_model_args(parser, flag="--base", metavar="MODEL")
     what.add_argument("--neurons", metavar="FILE", help="neuron set (neurons.json from locate)")
-    what.add_argument("--alphas", type=_alphas, default=list(DEFAULT_ALPHAS),
-                      help="comma-separated grid (default " + ",".join(f"{a:g}" for a in DEFAULT_ALPHAS) + "; 1 is "
-                           "always added as the reference)")
-    what.add_argument("--control-seeds", type=_seed_list, default=[0],
-                      help="random-control seeds evaluated at every alpha (default 0; e.g. 0,1,2)")
-    choose = parser.add_argument_group("choosing alpha")
-    choose.add_argument("--max-knowledge-drop", type=float, default=0.02,
-                        help="largest allowed drop of each knowledge metric vs alpha 1 (default 0.02)")
-    choose.add_argument("--max-kl", type=float, default=0.1, help="largest allowed mean KL in nats (default 0.1)")
-    choose.add_argument("--knowledge", action="append", metavar="TASK:METRIC",
-                        help="knowledge metric to protect (repeatable; default hneurons_knowledge_mc:acc and "
-                             "hneurons_facts:accuracy)")
-    choose.add_argument("--target", action="append", metavar="TASK:METRIC",
-                        help="hallucination / over-compliance metric to improve (repeatable; default: the bundled "
-                             "tasks' rates)")
-    choose.add_argument("--allow-test-split", action="store_true",
-                        help="allow tasks that score the test split (biases any report on that split)")
-    add_eval_args(parser, default_tasks="hneurons_val")
-    add_loading_args(parser)
+    what.add_argument("--force", action="store_true",
+                      help="apply a neuron set located in other weights of the same architecture")
+    # hneurons 0.1 spelling: a list of seeds (now --controls N --control-seed S, a run of N seeds from S)
+    what.add_argument("--control-seeds", type=_seed_list, default=None, help=argparse.SUPPRESS)
+    add_arguments(parser, SweepSettings, title="grid, choice of alpha, lm-eval, controls and KL")
     parser.add_argument("--out", metavar="DIR", help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace a sweep of other settings in --out")
-    add_recipe_option(parser, recipe_defaults, {"neurons": "--neurons", "out": "--out"})
+    add_recipe_option(parser)
     parser.set_defaults(func=run)
 
 
-def recipe_defaults(recipe) -> dict:
-    e, ev = recipe.edit, recipe.eval
-    return {**model_defaults(recipe, dest="base"), "neurons": stage_path(recipe, "locate", "neurons.json"),
-            "alphas": list(e.alpha_grid), "control_seeds": list(range(e.sweep_controls)),
-            "max_knowledge_drop": e.constraints.max_knowledge_drop, "max_kl": e.constraints.max_kl,
-            "limit": e.sweep_limit, "batch_size": ev.batch_size, "match_layers": ev.match_layers,
-            "kl_max_prompts": ev.kl_prompts, "out": stage_path(recipe, "sweep")}
+def _old_control_seeds(args) -> dict:
+    """--control-seeds 0,1,2 (deprecated) as --controls 3 --control-seed 0."""
+    seeds = args.control_seeds
+    if seeds is None:
+        return {}
+    print("hneurons: --control-seeds is deprecated; use --controls N --control-seed FIRST", file=sys.stderr)
+    if seeds and seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise InputError(f"--control-seeds {','.join(map(str, seeds))}: only a run of consecutive seeds can be "
+                         f"expressed; use --controls N --control-seed FIRST")
+    return {"controls": len(seeds), "control_seed": seeds[0] if seeds else 0}
+
+
+def resolve(args) -> SimpleNamespace:
+    return SimpleNamespace(
+        settings=SweepSettings.of(stage_settings(args, SweepSettings, "sweep"), **_old_control_seeds(args)),
+        model=model_spec(args), neurons=required(args, "neurons", "--neurons", in_recipe_output(args, "locate", NEURONS)),
+        out=Path(required(args, "out", "--out", in_recipe_output(args, "sweep"))))
 
 
 def run(args) -> int:
-    from ..evaluate import prepare_environment
-    from ..sweep import DEFAULT_KNOWLEDGE, DEFAULT_TARGETS, Constraints, sweep
+    from ..evaluate.lm_eval_run import prepare_environment
+    from ..evaluate.sweep import sweep
 
-    settings = settings_from_args(args, controls=len(args.control_seeds))
-    prepare_environment(settings)  # offline flags before transformers / datasets are imported
-    constraints = Constraints(max_knowledge_drop=args.max_knowledge_drop, max_kl=args.max_kl,
-                              knowledge=args.knowledge or DEFAULT_KNOWLEDGE, targets=args.target or DEFAULT_TARGETS)
-    report = sweep(args.base, args.neurons, alphas=args.alphas, settings=settings, constraints=constraints,
-                   control_seeds=args.control_seeds, match_layers=args.match_layers, out=Path(args.out),
-                   allow_test_split=args.allow_test_split, force=args.force,
-                   overwrite=args.overwrite, load_kwargs=load_kwargs_from_args(args))
+    plan = resolve(args)
+    prepare_environment(plan.settings)  # offline flags before transformers / datasets are imported
+    out = plan.out
+    report = sweep(plan.model, plan.neurons, plan.settings, out=out, force=args.force, overwrite=args.overwrite,
+                   load=load_options(args))
     print(report.summary())
-    print(f"\nresults: {Path(args.out) / 'sweep.json'} and {Path(args.out) / 'sweep.png'}")
+    print(f"\nresults: {out / SWEEP_REPORT} and {out / SWEEP_PLOT}")
     return 0

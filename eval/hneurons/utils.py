@@ -1,7 +1,7 @@
 """lm-eval glue of the hneurons tasks: data loading, the sycophancy history, per-response metrics.
 
-The judges live in the hneurons package (:mod:`editor.judge` for facts and fabricated entities,
-:mod:`editor.behaviour` for the over-compliance behaviours), so lm-eval, hneurons and the tests share one
+The judges live in the hneurons package (:mod:`editor.data.judge` for facts and fabricated entities,
+:mod:`editor.data.behaviour` for the over-compliance behaviours), so lm-eval, hneurons and the tests share one
 implementation. Neither imports torch. When ``editor`` is not importable (the plain ``lm_eval`` CLI run
 from a checkout without installing hneurons) the repository root, two folders up, is put on sys.path.
 
@@ -21,10 +21,10 @@ HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE / "data"
 
 try:
-    from editor import behaviour, judge
+    from editor.data import behaviour, judge
 except ImportError:  # a checkout that is not installed: eval/hneurons/utils.py -> repository root
     sys.path.insert(0, str(HERE.parents[1]))
-    from editor import behaviour, judge
+    from editor.data import behaviour, judge
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -39,7 +39,7 @@ def load(hneurons_file: str, **_metadata):
 
     path = DATA_DIR / hneurons_file
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; rebuild the task data with `python -m editor.evaldata`")
+        raise FileNotFoundError(f"{path}: missing; rebuild the task data with `python -m editor.data.build.tasks`")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
@@ -70,7 +70,7 @@ def _response(results) -> str:
 
 def facts_results(doc, results):
     """accuracy: confident and a gold alias; refusal_rate: says it does not know; hallucination_rate:
-    confident and no gold alias (editor.judge). Hedged answers count in none; so does an empty response."""
+    confident and no gold alias (editor.data.judge). Hedged answers count in none; so does an empty response."""
     response = _response(results)
     if not response.strip():
         return {"accuracy": 0.0, "refusal_rate": 0.0, "hallucination_rate": 0.0}

@@ -1,0 +1,96 @@
+"""The collect stage's settings: the recipe's ``collect`` section, the argument of :func:`editor.collect.stage.collect`
+and the flags of ``hneurons collect`` (docs/METHOD.md section 1 for the paper's values)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+
+from ..data.prompting import DEFAULT_INSTRUCTION, PromptStyle
+from ..data.questions import BUNDLED_SETS, HUB_DATASETS
+from ..errors import InputError
+from ..model.batching import BatchSize
+from ..options import Cli, Settings
+
+SPLITS = ("train", "validation", "test")
+Split = Literal["train", "validation", "test"]
+# The sampling part of the settings, in the order collect.json records it (resume compares these records).
+SAMPLING_FIELDS = ("samples", "temperature", "top_p", "top_k", "max_new_tokens", "seed", "early_stop", "batch_size")
+
+
+def parse_limit(text: Any) -> int | dict[str, int] | None:
+    """``300`` (every split) or ``train=600,validation=200`` (per split) -> int or dict."""
+    if text is None or isinstance(text, (int, dict)):
+        return text
+    try:
+        if "=" not in text:
+            return int(text)
+        return {k.strip(): int(v) for k, v in (part.split("=", 1) for part in text.split(","))}
+    except ValueError:
+        raise InputError(f"--limit must be N or split=N,... (e.g. train=600,test=200), got {text}") from None
+
+
+class CollectSettings(Settings):
+    """Which questions are asked, how answers are sampled and how the prompt looks."""
+
+    data: Annotated[list[str], Cli(many="repeat", metavar="SOURCE")] = Field(
+        ["bundled:facts", "bundled:nonexist"],
+        description="question source (repeatable): bundled:facts, bundled:nonexist, triviaqa, nq_open or a local "
+                    ".jsonl/.json/.csv/.parquet file")
+    splits: Annotated[list[Split], Cli(flag="--split", many="comma", metavar="SPLITS")] = Field(
+        list(SPLITS), description="comma-separated splits to collect")
+    limit: Annotated[int | dict[Split, int] | None, Cli(parse=parse_limit, metavar="N|SPLIT=N,...")] = Field(
+        None, description="questions per split and source: N, or per split as train=600,validation=200,test=200 "
+                          "(a relation-balanced subset; default: all)")
+    samples: int = Field(10, ge=1, description="sampled answers per question, k")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_p: float = Field(0.9, gt=0, le=1, description="nucleus sampling threshold")
+    top_k: int = Field(50, ge=0, description="top-k sampling (0: off)")
+    max_new_tokens: int = Field(50, ge=1, description="longest answer in tokens")
+    seed: int = Field(0, description="sampling and class-balancing seed (same seed, same samples)")
+    early_stop: Annotated[bool, Cli(flag="--all-samples", negate=True)] = Field(
+        True, description="draw all k samples even for questions that can no longer be consistent (no early stop)")
+    batch_size: Annotated[BatchSize, Cli(metavar="N|auto")] = Field(
+        32, description="questions per batch (and resume chunk); auto: the largest batch that fits the free GPU "
+                        "memory (32 on the CPU)")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="generation engine: hf (transformers) or vllm (optional: needs `pip install vllm` and a "
+                          "CUDA GPU; same prompts and settings, but its own random samples)")
+    prompt_style: Literal["auto", "chat", "base"] = Field(
+        "auto", description="chat template (chat), 'Question: ...\\nAnswer:' (base), or chat when the tokenizer has "
+                            "a template (auto)")
+    instruction: str | None = Field(
+        None, description=f"answer-only instruction appended to each question (default: \"{DEFAULT_INSTRUCTION}\")")
+    question_column: str = Field("question", description="question column of a local file")
+    answers_column: str = Field("answers", description="answers column of a local file (a list or a string)")
+
+    @field_validator("data")
+    @classmethod
+    def _known_sources(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one question source")
+        for spec in value:
+            kind, _, name = spec.partition(":")
+            if kind == "bundled" and name not in BUNDLED_SETS:
+                raise ValueError(f"unknown bundled set {name!r}; bundled sets: "
+                                 f"{', '.join('bundled:' + s for s in BUNDLED_SETS)}")
+            if kind != "bundled" and kind not in HUB_DATASETS and not Path(spec).suffix:
+                raise ValueError(f"{spec!r} is not a bundled set, {', '.join(HUB_DATASETS)} or a data file")
+        return value
+
+    @field_validator("splits")
+    @classmethod
+    def _some_split(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one of train, validation, test")
+        return value
+
+    def sampling_record(self) -> dict[str, Any]:
+        """The sampling settings as collect.json records them."""
+        return {name: getattr(self, name) for name in SAMPLING_FIELDS}
+
+    def prompt(self) -> PromptStyle:
+        return PromptStyle(chat={"auto": None, "chat": True, "base": False}[self.prompt_style],
+                           instruction=DEFAULT_INSTRUCTION if self.instruction is None else self.instruction)

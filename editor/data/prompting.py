@@ -1,0 +1,93 @@
+"""Prompts for factual questions, as the paper asks them (docs/METHOD.md section 1).
+
+* Models with a chat template: one user turn, the question followed by an answer-only instruction
+  (the authors append "Respond with the answer only, without any explanation."), rendered with the
+  tokenizer's own chat template and a generation prompt.
+* Base models (no chat template): ``Question: ...\\nAnswer:``; generation stops at the first newline.
+
+Prompts are tokenised exactly once, here; later stages reuse the stored token ids, so no stage ever
+re-tokenises a prompt differently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_INSTRUCTION = "Respond with the answer only, without any explanation."
+BASE_TEMPLATE = "Question: {question}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How questions are put to the model. ``chat=None`` means: chat template when the tokenizer has one."""
+
+    chat: bool | None = None
+    instruction: str = DEFAULT_INSTRUCTION
+    system: str | None = None  # optional system message (chat only); None keeps the template's default
+    base_template: str = BASE_TEMPLATE
+
+    def uses_chat(self, tokenizer: Any) -> bool:
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if self.chat is None:
+            return has_template
+        if self.chat and not has_template:
+            from ..errors import InputError
+
+            raise InputError("chat prompting was asked for but the tokenizer has no chat template")
+        return self.chat
+
+    def settings(self, tokenizer: Any) -> dict:
+        return {"chat": self.uses_chat(tokenizer), "instruction": self.instruction, "system": self.system,
+                "base_template": self.base_template}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str  # rendered prompt, for the record
+    input_ids: list[int]  # what the model is fed
+    stop_at_newline: bool  # base-model prompting ends the answer at the first newline
+
+
+def _as_ids(encoded: Any) -> list[int]:
+    """apply_chat_template returns a list, a tensor, or (transformers 5) a BatchEncoding."""
+    if hasattr(encoded, "keys") and "input_ids" in encoded:
+        encoded = encoded["input_ids"]
+    if hasattr(encoded, "tolist"):
+        encoded = encoded.tolist()
+    if encoded and isinstance(encoded[0], list):
+        encoded = encoded[0]
+    return [int(i) for i in encoded]
+
+
+def build_prompt(tokenizer: Any, question: str, style: PromptStyle = PromptStyle()) -> Prompt:
+    if style.uses_chat(tokenizer):
+        content = f"{question} {style.instruction}".strip() if style.instruction else question
+        messages = ([{"role": "system", "content": style.system}] if style.system else []) + [
+            {"role": "user", "content": content}
+        ]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = _as_ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        return Prompt(text, ids, stop_at_newline=False)
+    text = style.base_template.format(question=question)
+    ids = _as_ids(tokenizer(text, add_special_tokens=True)["input_ids"])
+    return Prompt(text, ids, stop_at_newline=True)
+
+
+def chat_prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
+    """Token ids of a multi-turn conversation with a generation prompt (used by eval and detect)."""
+    return _as_ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+
+
+def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """Every token id that ends a turn: the tokenizer's EOS and the generation config's EOS ids
+    (Llama 3 ends chat turns with <|eot_id|>, which is not tokenizer.eos_token)."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    eos = getattr(generation_config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(int(i) for i in eos)
+    return sorted(ids)

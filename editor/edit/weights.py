@@ -1,0 +1,196 @@
+"""The weights form of an edit: a patched checkpoint, written from the loaded model or streamed shard by
+shard from the source files (out of core), and the exact tensor check (untouched tensors bit-identical,
+edited columns alpha x source)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import VerificationError
+from ..formats import EDIT_MANIFEST, GGUF_SOURCE, SAFETENSORS_INDEX, SINGLE_SAFETENSORS
+from ..model.checkpoint import (
+    checkpoint_shards,
+    down_proj_tensor_names,
+    open_tensors,
+    read_safetensors_header,
+    tensor_locations,
+)
+from ..model.hooks import LayerScale, down_proj_modules, down_weight, neuron_axis, scale_columns_
+from ..model.loading import LoadedModel
+from ..model.registry import ArchSpec, get_arch
+from .settings import EditSettings
+
+DEFAULT_MAX_SHARD_SIZE = EditSettings.model_fields["max_shard_size"].default  # declared once, in the settings
+
+
+# Files of a checkpoint folder that are never copied by the out-of-core path: weights in other formats
+# (they would carry the unedited model), the original model card (it describes another model), and
+# hneurons' own cache metadata.
+_SKIP_SUFFIXES = (".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx", ".safetensors")
+
+
+_SKIP_NAMES = {"README.md", GGUF_SOURCE, EDIT_MANIFEST}
+
+
+@contextlib.contextmanager
+def _columns_scaled(model: torch.nn.Module, arch: ArchSpec, scales: Mapping[int, LayerScale]) -> Iterator[None]:
+    """Scale the neurons' write vectors in place for the duration, then restore the exact originals."""
+    modules = down_proj_modules(model, arch)
+    axis = neuron_axis(arch)
+    saved = {}
+    with torch.no_grad():
+        for layer, scale in scales.items():
+            weight = down_weight(modules[layer])
+            idx = scale.index.to(weight.device)
+            saved[layer] = (weight, idx, weight.index_select(axis, idx).clone())
+            scale_columns_(weight, arch, idx, scale.alpha)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for weight, idx, original in saved.values():
+                weight.index_copy_(axis, idx, original)
+
+
+def write_checkpoint(lm: LoadedModel, scales: Mapping[int, LayerScale], folder: str | Path, *,
+                     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE) -> dict[int, str]:
+    """Write the edited model into ``folder`` with ``save_pretrained`` (plus the tokenizer).
+
+    The loaded model is edited in place only while saving; its original columns are restored exactly
+    afterwards (also on errors). Returns layer -> name of the rewritten down-projection tensor.
+    """
+    folder = Path(folder)
+    with _columns_scaled(lm.model, lm.arch, scales):
+        lm.model.save_pretrained(folder, max_shard_size=max_shard_size)
+    lm.tokenizer.save_pretrained(folder)
+    ensure_index(folder)
+    names = down_proj_tensor_names(tensor_locations(folder), lm.arch, lm.num_layers, str(folder))
+    return {layer: names[layer] for layer in scales}
+
+
+def ensure_index(folder: Path) -> None:
+    """Give a single-file checkpoint a ``model.safetensors.index.json`` too.
+
+    transformers ignores it (it prefers ``model.safetensors``), but loaders that otherwise glob
+    ``*.safetensors`` (vLLM) use it to skip ``probe.safetensors``, the evidence shipped beside the weights.
+    """
+    if (folder / SAFETENSORS_INDEX).is_file() or not (folder / SINGLE_SAFETENSORS).is_file():
+        return
+    header, _ = read_safetensors_header(folder / SINGLE_SAFETENSORS)
+    total = sum(end - begin for begin, end in (info["data_offsets"] for info in header.values()))
+    index = {"metadata": {"total_size": total}, "weight_map": dict.fromkeys(sorted(header), SINGLE_SAFETENSORS)}
+    (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _copy_side_files(src: Path, dst: Path) -> list[str]:
+    """Copy config, generation config, tokenizer and other small top-level files (not weights)."""
+    copied = []
+    for path in sorted(src.iterdir()):
+        if (not path.is_file() or path.name.startswith(".") or path.name in _SKIP_NAMES
+                or path.name.endswith(_SKIP_SUFFIXES)):
+            continue
+        shutil.copyfile(path, dst / path.name)
+        copied.append(path.name)
+    return copied
+
+
+def _tensor_bytes(tensor: torch.Tensor):
+    """The raw little-endian bytes of a tensor as a buffer (no copy for contiguous tensors)."""
+    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+def rewrite_safetensors_out_of_core(src: str | Path, dst: str | Path, scales: Mapping[int, LayerScale],
+                                    config: Any) -> dict[int, str]:
+    """Stream a safetensors checkpoint from ``src`` into ``dst`` with the neurons' columns scaled.
+
+    Each shard is copied byte for byte (the OS copies it; nothing is held in memory), then every
+    affected down-projection tensor is read alone, scaled with :func:`editor.model.hooks.scale_columns_` (the
+    same arithmetic as the in-memory path, so the bytes are identical) and written back over its own byte
+    range. Headers, tensor order, shard names and the index are unchanged, so every other byte of the
+    output equals the source. The model is never instantiated. Returns layer -> rewritten tensor name.
+    """
+    src, dst = Path(src), Path(dst)
+    arch = get_arch(config)
+    where = tensor_locations(src)
+    names = down_proj_tensor_names(where, arch, arch.num_layers(config), str(src))
+    targets = {layer: names[layer] for layer in scales}
+    dst.mkdir(parents=True, exist_ok=True)
+    get = open_tensors(src)
+    from tqdm.auto import tqdm
+
+    for shard in tqdm(checkpoint_shards(src), desc="rewriting shards", unit="shard", disable=None):
+        shutil.copyfile(src / shard, dst / shard)
+        header, data_start = read_safetensors_header(src / shard)
+        with open(dst / shard, "r+b") as handle:
+            for layer, name in targets.items():
+                if where[name] != shard:
+                    continue
+                tensor = get(shard, name)
+                scale_columns_(tensor, arch, scales[layer].index, scales[layer].alpha)
+                begin, end = header[name]["data_offsets"]
+                data = _tensor_bytes(tensor)
+                assert data.nbytes == end - begin, f"{name}: {data.nbytes} bytes for a {end - begin}-byte slot"
+                handle.seek(data_start + begin)
+                handle.write(data)
+                del tensor, data
+    _copy_side_files(src, dst)
+    ensure_index(dst)
+    return targets
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_tensor_view(a), _tensor_view(b))
+
+
+def _tensor_view(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().reshape(-1).view(torch.uint8)
+
+
+def _edit_is_exact(original: torch.Tensor, written: torch.Tensor, arch: ArchSpec, scale: LayerScale) -> bool:
+    """Written = original except the neurons' columns, which equal (alpha x original) in the stored dtype."""
+    axis = neuron_axis(arch)
+    shape = [1, 1]
+    shape[axis] = len(scale.index)
+    expected = (original.index_select(axis, scale.index).float() * scale.alpha.view(shape)).to(original.dtype)
+    if not _same_bits(written.index_select(axis, scale.index), expected):
+        return False
+    restored = written.clone()
+    restored.index_copy_(axis, scale.index, original.index_select(axis, scale.index))
+    return _same_bits(restored, original)
+
+
+def check_tensors(src: str | Path, dst: str | Path, scales: Mapping[int, LayerScale], changed: Mapping[int, str],
+                  arch: ArchSpec, *, require_same_names: bool) -> dict[str, Any]:
+    """Compare every tensor of ``dst`` with ``src``, one pair in memory at a time.
+
+    Changed down-projection tensors must hold exactly alpha x source at the neurons and the source
+    elsewhere; every other tensor must be bit-identical. Names only one side has are listed (an
+    in-memory save may drop tied weights) and are an error when ``require_same_names``.
+    """
+    src, dst = Path(src), Path(dst)
+    src_where, dst_where = tensor_locations(src), tensor_locations(dst)
+    only_src, only_dst = sorted(set(src_where) - set(dst_where)), sorted(set(dst_where) - set(src_where))
+    layer_of = {name: layer for layer, name in changed.items()}
+    get_src, get_dst = open_tensors(src), open_tensors(dst)
+    differing = []
+    for name in sorted(set(src_where) & set(dst_where)):
+        a, b = get_src(src_where[name], name), get_dst(dst_where[name], name)
+        ok = _edit_is_exact(a, b, arch, scales[layer_of[name]]) if name in layer_of else _same_bits(a, b)
+        if not ok:
+            differing.append(name)
+    report = {"tensors_compared": len(set(src_where) & set(dst_where)), "tensors_changed": sorted(changed.values()),
+              "differing": differing, "only_in_source": only_src, "only_in_output": only_dst}
+    if differing or (require_same_names and (only_src or only_dst)):
+        raise VerificationError(
+            f"written checkpoint {dst} does not match the source {src} outside the intended edit: "
+            f"differing tensors {differing[:5]}, missing {only_src[:5]}, extra {only_dst[:5]}"
+        )
+    return report
+

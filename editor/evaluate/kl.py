@@ -1,0 +1,188 @@
+"""KL(base || edited) of next-token distributions on neutral prompts: the base model's greedy
+continuations are generated once and every variant is scored on them (docs/METHOD.md section 8)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..artifacts import atomic_write_json, atomic_writer
+from ..errors import InputError, ModelMismatchError
+from ..model.hooks import scaled_neurons
+from ..model.loading import LoadedModel
+from ..paths import NEUTRAL_PROMPTS
+from .compare import mean_ci
+from .settings import EvalSettings
+from .variants import Variant
+
+
+def read_neutral_prompts(path: str | Path = NEUTRAL_PROMPTS, limit: int | None = None) -> list[str]:
+    """The ``prompt`` field of each JSONL line (a plain-text file with one prompt per line also works)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"KL prompt file not found: {path}")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{number} is not valid JSON: {exc.msg}") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"]:
+                raise InputError(f'{path}:{number}: expected an object with a non-empty "prompt" string')
+            prompts.append(record["prompt"])
+        else:
+            prompts.append(line.strip())
+    if not prompts:
+        raise InputError(f"KL prompt file {path} holds no prompts")
+    return prompts[:limit] if limit else prompts
+
+
+def render_prompt_ids(tokenizer: Any, prompts: Sequence[str], chat: bool) -> list[list[int]]:
+    out = []
+    for prompt in prompts:
+        if chat:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
+            out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        else:
+            out.append(tokenizer(prompt)["input_ids"])
+    return out
+
+
+def _eos_ids(lm: LoadedModel) -> set[int]:
+    ids = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    ids = ids if isinstance(ids, list) else [ids]
+    return {int(i) for i in ids + [lm.tokenizer.eos_token_id] if i is not None}
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+
+
+@torch.no_grad()
+def greedy_continuations(lm: LoadedModel, prompt_ids: Sequence[list[int]], new_tokens: int,
+                         batch_size: int) -> list[list[int]]:
+    """The base model's greedy continuation of each prompt (left-padded batches), cut after end of turn."""
+    from tqdm.auto import tqdm
+
+    pad, eos, device = _pad_id(lm.tokenizer), _eos_ids(lm), lm.model.device
+    out: list[list[int]] = []
+    for start in tqdm(range(0, len(prompt_ids), batch_size), desc="KL: base continuations", disable=None):
+        batch = prompt_ids[start:start + batch_size]
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+        generated = lm.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                      do_sample=False, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+        for row in generated[:, width:].tolist():
+            cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            out.append(row[:cut])
+    return out
+
+
+@dataclass
+class KLSequences:
+    """Prompt + base continuation token ids, shared by every variant's KL."""
+
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    continuation_ids: list[list[int]]
+
+    @property
+    def sequences(self) -> list[list[int]]:
+        return [p + c for p, c in zip(self.prompt_ids, self.continuation_ids)]
+
+
+def kl_sequences(base: LoadedModel, settings: EvalSettings) -> KLSequences:
+    prompts = read_neutral_prompts(settings.kl_prompts, settings.kl_max_prompts)
+    prompt_ids = render_prompt_ids(base.tokenizer, prompts, settings.chat_for(base.tokenizer))
+    continuations = greedy_continuations(base, prompt_ids, settings.kl_new_tokens, settings.batch_size)
+    return KLSequences(prompts, prompt_ids, continuations)
+
+
+def _logits(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=input_ids, attention_mask=mask).logits.float()
+
+
+@contextlib.contextmanager
+def paired_forward(base: Variant, edited: Variant) -> Iterator[Forward]:
+    """A function batch -> (base logits, edited logits), each edit switched on only for its own pass."""
+    if edited.kind == "hooks" and edited.lm is base.lm:
+        scales = edited.scales()
+
+        def hooks(ids, mask):
+            reference = _logits(base.lm.model, ids, mask)
+            with scaled_neurons(base.lm.model, scales):
+                return reference, _logits(base.lm.model, ids, mask)
+
+        yield hooks
+    elif edited.kind == "adapter" and edited.lm is base.lm:
+        with edited.active() as wrapped:
+            def adapter(ids, mask):
+                with wrapped.disable_adapter():
+                    reference = _logits(wrapped, ids, mask)
+                return reference, _logits(wrapped, ids, mask)
+
+            yield adapter
+    elif edited.kind == "model" and base.kind == "model":
+        yield lambda ids, mask: (_logits(base.lm.model, ids, mask), _logits(edited.lm.model, ids, mask))
+    else:
+        raise InputError(f"KL of {edited.name} ({edited.kind}) against {base.name} ({base.kind}): an adapter or "
+                         f"run-time edit must be on the base model itself")
+
+
+@torch.no_grad()
+def kl_per_sequence(forward: Forward, sequences: Sequence[list[int]], pad: int, device: torch.device,
+                    batch_size: int) -> list[float]:
+    """Mean over positions of KL(base || edited) of the next-token distributions, one value per sequence."""
+    values: list[float] = []
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start:start + batch_size]
+        width = max(len(s) for s in batch)
+        # Right padding keeps every real token at its natural position (no position ids needed).
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in batch], device=device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=device)
+        base_logits, edited_logits = forward(ids, mask)
+        log_p = torch.log_softmax(base_logits, dim=-1)
+        log_q = torch.log_softmax(edited_logits, dim=-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)  # clamp: float rounding below 0
+        kl = (kl * mask).sum(1) / mask.sum(1)
+        values += kl.tolist()
+    return values
+
+
+def kl_divergence(base: Variant, edited: Variant, seqs: KLSequences, batch_size: int) -> list[float]:
+    if edited.lm.architecture_hash != base.lm.architecture_hash:
+        raise ModelMismatchError(f"KL needs the same vocabulary and layout: {edited.name} has architecture hash "
+                                 f"{edited.lm.architecture_hash}, {base.name} {base.lm.architecture_hash}")
+    with paired_forward(base, edited) as forward:
+        return kl_per_sequence(forward, seqs.sequences, _pad_id(base.lm.tokenizer), base.lm.model.device,
+                               batch_size)
+
+
+def kl_summary(values: Sequence[float], ci_iters: int, ci_seed: int) -> dict[str, Any]:
+    return {"mean": float(np.mean(values)), "ci95": mean_ci(values, ci_iters, ci_seed), "n_prompts": len(values)}
+
+
+def write_kl_files(folder: Path, seqs: KLSequences, tokenizer: Any, per_variant: Mapping[str, list[float]]) -> None:
+    with atomic_writer(folder / "continuations.jsonl") as handle:
+        for prompt, p_ids, c_ids in zip(seqs.prompts, seqs.prompt_ids, seqs.continuation_ids):
+            handle.write(json.dumps({"prompt": prompt, "prompt_tokens": len(p_ids),
+                                     "continuation": tokenizer.decode(c_ids, skip_special_tokens=False),
+                                     "continuation_tokens": len(c_ids)}, ensure_ascii=False) + "\n")
+    for name, values in per_variant.items():
+        atomic_write_json(folder / f"{name}.json", {"direction": "KL(base || variant), nats, mean over positions",
+                                                    "per_prompt": values})
+
+
+Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

@@ -1,0 +1,218 @@
+"""Running lm-eval on one variant: the task manager (bundled tasks + built-in ones), offline flags, one
+resumable run per variant folder (``hneurons_run.json`` holds its settings key), reading per-item values
+back from lm-eval's sample logs, and the equivalent plain ``lm_eval`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import atomic_dir, atomic_write_json, atomic_writer, provenance, read_json, sha256_json
+from ..errors import InputError
+from ..formats import EVAL_RUN
+from .settings import EvalSettings
+from .variants import Variant
+
+log = logging.getLogger(__name__)
+
+
+
+def local_task_names(include_paths: Iterable[str | Path]) -> set[str]:
+    """Task, group and tag names declared in the include paths' YAML files (a text scan, no lm-eval import)."""
+    names: set[str] = set()
+    pattern = re.compile(r"^(?:task|group|tag)[ \t]*:[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)
+    for root in include_paths:
+        for path in Path(root).rglob("*.y*ml"):
+            for value in pattern.findall(path.read_text(encoding="utf-8", errors="replace")):
+                value = value.strip().strip("'\"")
+                if value.startswith("["):
+                    names.update(v.strip().strip("'\"") for v in value.strip("[]").split(",") if v.strip())
+                elif value:
+                    names.add(value)
+    return names
+
+
+def prepare_environment(settings: EvalSettings) -> bool:
+    """Set the offline flags when every task is local; returns whether built-in tasks must be indexed.
+
+    The flags must be set before ``datasets`` / ``huggingface_hub`` are imported to take full effect; the CLI
+    calls this first thing. Already-set flags are kept.
+    """
+    local = local_task_names(settings.task_paths)
+    needs_builtin = any(t not in local for t in settings.tasks)
+    if not needs_builtin:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    return needs_builtin
+
+
+def task_manager(settings: EvalSettings):
+    needs_builtin = prepare_environment(settings)
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=list(settings.task_paths), include_defaults=needs_builtin)
+    unknown = [t for t in settings.tasks if t not in manager.all_tasks]
+    if unknown:
+        where = ", ".join(settings.task_paths)
+        raise InputError(f"unknown lm-eval task {unknown[0]!r}: it is neither in the task folders ({where}) nor a "
+                         f"built-in lm-eval task (list them with `lm-eval ls tasks`)")
+    return manager
+
+
+@dataclass
+class LmEvalRun:
+    """lm-eval's output for one variant, on disk: results.json + samples_<task>.jsonl."""
+
+    name: str
+    folder: Path
+    results: dict[str, Any]
+
+    @classmethod
+    def load(cls, name: str, folder: Path) -> LmEvalRun:
+        return cls(name, folder, read_json(folder / "results.json", "lm-eval results"))
+
+    def leaf_tasks(self) -> list[str]:
+        """Tasks with per-sample logs (groups are aggregates of these and have none)."""
+        return sorted(t for t in self.results.get("configs", {}) if (self.folder / samples_name(t)).is_file())
+
+    def metric_keys(self, task: str) -> list[tuple[str, str]]:
+        """(metric, filter) pairs lm-eval reported for ``task``."""
+        out = []
+        for key, value in self.results["results"].get(task, {}).items():
+            if "," not in key or "_stderr," in key or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            metric, filt = key.split(",", 1)
+            out.append((metric, filt))
+        return sorted(out)
+
+    def value(self, task: str, metric: str, filt: str) -> float | None:
+        value = self.results["results"].get(task, {}).get(f"{metric},{filt}")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def higher_is_better(self, task: str, metric: str) -> bool | None:
+        value = self.results.get("higher_is_better", {}).get(task, {}).get(metric)
+        return None if value is None else bool(value)
+
+    def per_item(self, task: str, metric: str, filt: str) -> dict[int, float] | None:
+        """doc_id -> the sample's value of ``metric`` (None when values are not plain numbers)."""
+        values: dict[int, float] = {}
+        with open(self.folder / samples_name(task), encoding="utf-8") as handle:
+            for line in handle:
+                sample = json.loads(line)
+                if sample.get("filter", "none") != filt or metric not in sample:
+                    continue
+                value = sample[metric]
+                if isinstance(value, bool):
+                    value = float(value)
+                if not isinstance(value, (int, float)):
+                    return None
+                values[int(sample["doc_id"])] = float(value)
+        return values
+
+    def split_of(self, task: str) -> str | None:
+        return task_split(self.results.get("configs", {}).get(task, {}))
+
+
+def samples_name(task: str) -> str:
+    return f"samples_{task}.jsonl"
+
+
+def task_split(config: Mapping[str, Any]) -> str | None:
+    """Which data split a task scores: ``metadata.split`` if the task declares it, else inferred from its data
+    file names (``*_validation.jsonl`` / ``*_test.jsonl``), else lm-eval's split name."""
+    declared = (config.get("metadata") or {}).get("split")
+    if declared:
+        return str(declared)
+    files = (config.get("dataset_kwargs") or {}).get("data_files")
+    names = [str(v) for v in (files.values() if isinstance(files, dict) else [files] if files else [])]
+    for split in ("validation", "test", "train"):
+        if names and all(re.search(rf"[_\-./]{split}[_\-.]", Path(n).name + ".") for n in names):
+            return split
+    return config.get("test_split") or config.get("validation_split")
+
+
+def run_lm_eval(variant: Variant, settings: EvalSettings, folder: str | Path, manager=None) -> LmEvalRun:
+    """Evaluate one variant with lm-eval, or reuse its results when they exist with the same settings."""
+    folder = Path(folder)
+    chat = settings.chat_for(variant.lm.tokenizer)
+    key = {"settings": settings.lm_eval_key(chat), "variant": _variant_key(variant)}
+    marker = folder / EVAL_RUN
+    if marker.is_file() and read_json(marker).get("key_sha256") == sha256_json(key):
+        log.info("%s: lm-eval results found in %s (same settings): not re-run", variant.name, folder)
+        return LmEvalRun.load(variant.name, folder)
+    manager = manager or task_manager(settings)
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.utils import handle_non_serializable
+
+    log.info("%s: running lm-eval on %s", variant.name, ", ".join(settings.tasks))
+    with variant.active() as module:
+        lm = HFLM(pretrained=module, tokenizer=variant.lm.tokenizer, batch_size=settings.batch_size)
+        python_seed, numpy_seed, torch_seed, fewshot_seed = settings.seeds
+        output = simple_evaluate(
+            model=lm, tasks=list(settings.tasks), task_manager=manager, limit=settings.limit,
+            bootstrap_iters=settings.lm_eval_bootstrap_iters, log_samples=True, apply_chat_template=chat,
+            fewshot_as_multiturn=chat, gen_kwargs=settings.gen_kwargs, random_seed=python_seed,
+            numpy_random_seed=numpy_seed, torch_random_seed=torch_seed, fewshot_random_seed=fewshot_seed)
+    samples = output.pop("samples")
+    with atomic_dir(folder, overwrite=True) as tmp:
+        for task, items in samples.items():
+            with atomic_writer(tmp / samples_name(task)) as handle:
+                for sample in items:
+                    handle.write(json.dumps(sample, default=handle_non_serializable, ensure_ascii=False) + "\n")
+        (tmp / "results.json").write_text(json.dumps(output, indent=2, default=handle_non_serializable,
+                                                     ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_json(tmp / EVAL_RUN, {"key": key, "key_sha256": sha256_json(key),
+                                           "variant": variant.describe(), "provenance": provenance()})
+    return LmEvalRun.load(variant.name, folder)
+
+
+def _variant_key(variant: Variant) -> dict[str, Any]:
+    info = variant.describe()
+    info.pop("name")
+    if variant.alphas is not None:
+        info["alphas_sha256"] = sha256_json(sorted([list(p) + [a] for p, a in variant.alphas.items()]))
+    return info
+
+
+def lm_eval_command(variant: Variant, settings: EvalSettings, output_path: str | Path | None = None) -> str | None:
+    """The ``lm_eval`` command line that reproduces ``variant``'s numbers without hneurons (None for hooks)."""
+    if variant.kind == "hooks":
+        return None
+    lm = variant.lm
+    source = lm.source
+    if source.kind == "hub":
+        pretrained = f"pretrained={source.path}" + (f",revision={source.revision}" if source.revision else "")
+    else:
+        # GGUF sources and aliases are read from the converted safetensors folder (bit-identical logits).
+        pretrained = f"pretrained={Path(lm.folder or source.path).resolve()}"
+    dtype = str(lm.model.dtype).removeprefix("torch.")
+    model_args = f"{pretrained},dtype={dtype}"
+    if variant.adapter is not None:
+        model_args += f",peft={Path(variant.adapter).resolve()}"
+    device = str(lm.model.device)
+    parts = ["lm_eval", "--model", "hf", "--model_args", model_args, "--tasks", ",".join(settings.tasks)]
+    for path in settings.task_paths:
+        parts += ["--include_path", str(path)]
+    if settings.limit is not None:
+        parts += ["--limit", str(settings.limit)]
+    parts += ["--batch_size", str(settings.batch_size), "--device", device]
+    if settings.chat_for(lm.tokenizer):
+        parts += ["--apply_chat_template"]
+    if settings.gen_kwargs:
+        parts += ["--gen_kwargs", settings.gen_kwargs]
+    parts += ["--seed", ",".join(str(s) for s in settings.seeds)]
+    if output_path is not None:
+        parts += ["--output_path", str(output_path), "--log_samples"]
+    return shlex.join(parts)
+
+
+HOOKS_NOTE = ("random-neuron controls (and sweep points) are run-time activation scalings: no plain lm_eval "
+              "equivalent unless written out with `hneurons edit`")

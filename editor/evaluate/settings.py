@@ -1,0 +1,220 @@
+"""Settings of the eval stage and of the alpha sweep: the recipe's ``eval`` and ``sweep`` sections, the
+arguments of :func:`editor.evaluate.stage.evaluate` and :func:`editor.evaluate.sweep.sweep`, and the flags of
+``hneurons eval`` and ``hneurons sweep``."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+
+from ..artifacts import package_versions, sha256_file, sha256_json
+from ..options import Cli, Settings
+from ..paths import EVAL_DIR, NEUTRAL_PROMPTS
+
+LM_EVAL_SEEDS = [0, 1234, 1234, 1234]  # lm-eval's defaults: python, numpy, torch, fewshot
+DEFAULT_ALPHAS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0]
+DEFAULT_SWEEP_TASKS = ["hneurons_val"]  # the validation variants of the bundled tasks (eval/hneurons/*_val.yaml)
+DEFAULT_TARGETS = [
+    "hneurons_facts:hallucination_rate",
+    "hneurons_nonexist:hallucination_rate",
+    "hneurons_false_premise:premise_rejection_rate",
+    "hneurons_false_premise_mc:acc",
+    "hneurons_misleading_context:false_fact_adoption_rate",
+    "hneurons_misleading_context_mc:acc",
+    "hneurons_sycophancy:flip_rate",
+    "hneurons_sycophancy_mc:acc",
+]
+DEFAULT_KNOWLEDGE = ["hneurons_knowledge_mc:acc", "hneurons_facts:accuracy"]
+_METRIC_SPEC = re.compile(r"[^:\s]+:[^:\s]+")
+
+
+def parse_limit(text: Any) -> int | float | None:
+    """Items per task: a count, or a fraction < 1."""
+    if text is None or isinstance(text, (int, float)):
+        return text
+    value = float(text)
+    return int(value) if value >= 1 and value.is_integer() else value
+
+
+def parse_seeds(text: Any) -> list[int]:
+    """``1234`` (all four) or ``0,1234,1234,1234`` (python, numpy, torch, fewshot)."""
+    if isinstance(text, list):
+        return text
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) == 1:
+        parts *= 4
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ValueError("--seed must be 1 or 4 integers separated by commas") from None
+
+
+class EvalSettings(Settings):
+    """Everything that decides the eval numbers. ``lm_eval_key()`` is what resume compares."""
+
+    tasks: Annotated[list[str], Cli(many="comma", metavar="TASKS")] = Field(
+        ["hneurons"], description="comma-separated lm-eval task or group names")
+    limit: Annotated[int | float | None, Cli(parse=parse_limit, metavar="N")] = Field(
+        None, description="items per task: a count, or a fraction < 1 (default: all)")
+    batch_size: int = Field(8, ge=1, description="lm-eval batch size")
+    apply_chat_template: Annotated[bool | None, Cli(flag="--chat-template", negative="--no-chat-template")] = Field(
+        None, description="apply the chat template (default: when the tokenizer has one)")
+    include_paths: Annotated[list[str], Cli(flag="--include-path", many="repeat", metavar="DIR")] = Field(
+        [], description="extra folder of lm-eval task YAMLs (repeatable; the bundled eval/ is always included)")
+    gen_kwargs: str | None = Field(None, description="generation overrides passed to lm-eval, e.g. max_gen_toks=64")
+    seeds: Annotated[list[int], Cli(flag="--seed", parse=parse_seeds, metavar="SEEDS")] = Field(
+        list(LM_EVAL_SEEDS), description="lm-eval seeds python,numpy,torch,fewshot (default lm-eval's)")
+    lm_eval_bootstrap_iters: Annotated[int, Cli(hidden=True)] = Field(
+        0, ge=0, description="lm-eval's own stderr bootstrap (hneurons' CIs are separate)")
+    ci_iters: int = Field(10_000, ge=1, description="paired bootstrap resamples of every CI")
+    ci_seed: int = Field(0, description="seed of the bootstrap resamples")
+    controls: int = Field(3, ge=0, description="random-neuron control sets (0 = none; needs a neuron set)")
+    control_seed: int = Field(0, description="seed of the first control set (the others follow)")
+    match_layers: bool = Field(
+        False, description="random controls draw the same number of neurons in each layer as the neuron set")
+    kl: Annotated[bool, Cli(flag="--no-kl", negate=True)] = Field(True, description="skip the KL measure")
+    kl_prompts: Annotated[str, Cli(metavar="FILE")] = Field(
+        str(NEUTRAL_PROMPTS), description="neutral prompts for the KL measure (JSONL with a 'prompt' field, or one "
+                                          "per line; default: the bundled eval/data/neutral_prompts.jsonl)")
+    kl_max_prompts: int | None = Field(None, ge=1, description="use only the first N KL prompts")
+    kl_new_tokens: int = Field(32, ge=1, description="tokens of greedy base-model continuation scored after each "
+                                                     "KL prompt")
+
+    @field_validator("tasks")
+    @classmethod
+    def _some_task(cls, value: list[str]) -> list[str]:
+        value = [t.strip() for t in value if t.strip()]
+        if not value:
+            raise ValueError("no tasks given; expected task names such as hneurons or truthfulqa_mc2")
+        return value
+
+    @field_validator("limit")
+    @classmethod
+    def _positive_limit(cls, value):
+        if value is not None and (isinstance(value, bool) or not value > 0):
+            raise ValueError("must be a positive number of items (or a fraction < 1)")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _four_seeds(cls, value: list[int]) -> list[int]:
+        if len(value) != 4:
+            raise ValueError("must be 4 integers (python, numpy, torch, fewshot)")
+        return value
+
+    @field_validator("kl_prompts", mode="before")
+    @classmethod
+    def _path_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
+
+    @field_validator("include_paths", mode="before")
+    @classmethod
+    def _paths_text(cls, value: Any) -> Any:
+        return [str(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    @field_validator("include_paths")
+    @classmethod
+    def _folders(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not Path(path).is_dir():
+                raise ValueError(f"task include path not found: {path} (expected a folder of lm-eval task YAMLs)")
+        return value
+
+    @model_validator(mode="after")
+    def _kl_prompts_exist(self) -> "EvalSettings":
+        if self.kl and not Path(self.kl_prompts).is_file():
+            raise ValueError(f"KL prompt file not found: {self.kl_prompts} (expected JSONL with a 'prompt' field)")
+        return self
+
+    @property
+    def task_paths(self) -> list[str]:
+        """Every folder lm-eval reads task YAMLs from: the bundled eval/ first, then the extra ones."""
+        paths = [str(EVAL_DIR.resolve())]
+        for path in self.include_paths:
+            resolved = str(Path(path).resolve())
+            if resolved not in paths:
+                paths.append(resolved)
+        return paths
+
+    def chat_for(self, tokenizer: Any) -> bool:
+        if self.apply_chat_template is not None:
+            return bool(self.apply_chat_template)
+        return bool(getattr(tokenizer, "chat_template", None))
+
+    def lm_eval_key(self, chat: bool) -> dict[str, Any]:
+        """The settings that change lm-eval's numbers, plus a hash of the task files and the package versions."""
+        return {"tasks": list(self.tasks), "limit": self.limit, "batch_size": self.batch_size,
+                "apply_chat_template": chat, "gen_kwargs": self.gen_kwargs, "seeds": list(self.seeds),
+                "bootstrap_iters": self.lm_eval_bootstrap_iters, "task_files_sha256": task_files_hash(self.task_paths),
+                "versions": package_versions(("hneurons", "lm-eval", "transformers", "torch", "peft"))}
+
+    def describe(self) -> dict[str, Any]:
+        """What eval_results.json records under ``settings``."""
+        return {"tasks": list(self.tasks), "limit": self.limit, "batch_size": self.batch_size,
+                "apply_chat_template": self.apply_chat_template, "gen_kwargs": self.gen_kwargs,
+                "seeds": list(self.seeds), "include_paths": self.task_paths,
+                "lm_eval_bootstrap_iters": self.lm_eval_bootstrap_iters, "ci_iters": self.ci_iters,
+                "ci_seed": self.ci_seed, "controls": self.controls, "control_seed": self.control_seed,
+                "match_layers": self.match_layers}
+
+    @property
+    def control_seeds(self) -> list[int]:
+        return list(range(self.control_seed, self.control_seed + self.controls))
+
+
+class SweepSettings(EvalSettings):
+    """The alpha sweep: an evaluation (on the validation tasks by default) at every alpha of a grid, and the
+    rule that chooses alpha (editor.evaluate.sweep)."""
+
+    tasks: Annotated[list[str], Cli(many="comma", metavar="TASKS")] = Field(
+        list(DEFAULT_SWEEP_TASKS), description="comma-separated lm-eval task or group names (validation splits)")
+    controls: int = Field(1, ge=0, description="random-neuron control sets evaluated at every alpha")
+    alphas: Annotated[list[float], Cli(many="comma", metavar="A,B,...")] = Field(
+        list(DEFAULT_ALPHAS), description="the alpha grid (1, the unedited reference, is always added)")
+    max_knowledge_drop: float = Field(
+        0.02, ge=0, description="largest allowed drop of each knowledge metric vs alpha 1 (0.02 = 2 points)")
+    max_kl: float = Field(0.1, ge=0, description="largest allowed mean KL(base || edited) in nats")
+    knowledge: Annotated[list[str], Cli(many="repeat", metavar="TASK:METRIC")] = Field(
+        list(DEFAULT_KNOWLEDGE), description="knowledge metric to protect (repeatable)")
+    targets: Annotated[list[str], Cli(flag="--target", many="repeat", metavar="TASK:METRIC")] = Field(
+        list(DEFAULT_TARGETS), description="hallucination / over-compliance metric to improve (repeatable; default: "
+                                           "the bundled tasks' rates)")
+    allow_test_split: bool = Field(
+        False, description="allow tasks that score the test split (biases any report on that split)")
+
+    @field_validator("alphas")
+    @classmethod
+    def _grid(cls, value: list[float]) -> list[float]:
+        if not value or any(not (math.isfinite(a) and a >= 0) for a in value):
+            raise ValueError("alphas must list finite numbers >= 0")
+        return value
+
+    @field_validator("max_knowledge_drop", "max_kl")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number >= 0")
+        return value
+
+    @field_validator("knowledge", "targets")
+    @classmethod
+    def _metric_specs(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            if not _METRIC_SPEC.fullmatch(spec):
+                raise ValueError(f"metric {spec!r} must be written TASK:METRIC, e.g. hneurons_facts:hallucination_rate")
+        return value
+
+
+def task_files_hash(include_paths: Iterable[str | Path]) -> str:
+    """sha256 over every task file (YAML, Python, data) in the include paths: changed tasks mean new numbers."""
+    digests = {}
+    for root in include_paths:
+        for path in sorted(Path(root).rglob("*")):
+            if path.is_file() and path.suffix in (".yaml", ".yml", ".py", ".json", ".jsonl", ".txt", ".csv"):
+                digests[str(path)] = sha256_file(path)
+    return sha256_json(digests)

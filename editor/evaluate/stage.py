@@ -1,0 +1,315 @@
+"""The eval stage: lm-eval benchmarks for a base model, its edit and random-neuron controls, side by side.
+
+What is evaluated ("variants")
+------------------------------
+Every variant comes down to one loaded model plus, optionally, a run-time edit:
+
+* ``model``: a checkpoint folder, Hub id, ``.gguf`` file or embedded alias (:func:`editor.model.loading.load_model`),
+  or an in-memory :class:`~editor.model.loading.LoadedModel`;
+* ``adapter``: the base model with a PEFT adapter folder (IA3 / LoRA written by ``hneurons edit``), applied with
+  ``peft.PeftModel.from_pretrained`` on the already loaded base and removed again (``unload``) afterwards;
+* ``hooks``: the base model with a neuron set scaled at run time (forward pre-hooks,
+  :func:`editor.model.hooks.scaled_neurons`): no weights are written. Random controls and sweep points are hook
+  variants, so the base model is loaded once and every hook variant runs on it.
+
+Each variant is run through lm-eval's Python API: ``HFLM(pretrained=<model object>, tokenizer=<tokenizer>,
+batch_size=N)`` and ``simple_evaluate`` with a ``TaskManager`` that includes the bundled task folder
+``<repo>/eval`` (and any ``include_paths``). Built-in lm-eval task names pass through (built-in tasks are
+indexed only when a requested name is not found in the include paths, which saves ~7 s). When every task is
+local, ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` are set before lm-eval is imported. The chat template is
+applied (with ``fewshot_as_multiturn``, as lm-eval's CLI does) when the tokenizer has one, unless told otherwise.
+
+Comparison and statistics (hneurons' choices)
+----------------------------------------------
+For each task and metric that lm-eval reports, ``higher_is_better`` is read from lm-eval's output. When a
+metric is the mean of per-item values (checked: the mean of the logged per-sample values must equal lm-eval's
+number), the delta edited - base gets a 95% CI from a paired percentile bootstrap over the same items
+(:func:`editor.stats.paired_bootstrap_delta`, ``ci_iters`` resamples, seed ``ci_seed``) and a two-sided bootstrap
+p-value
+(2 x min(P*(delta <= 0), P*(delta >= 0)), with +1 smoothing). "significant" means the 95% CI excludes 0; no
+correction for the number of metrics is applied (read many metrics with that in mind). Metrics that are not
+item means (perplexities, corpus-level BLEU/F1) get the delta without a CI (``ci_method`` says which).
+
+Random controls: the same number of neurons as the H-Neuron set, drawn uniformly from all FFN neurons except
+the H-Neurons (or, with ``match_layers``, the same count in each layer), one set per seed (``controls`` seeds
+starting at ``control_seed``), scaled with the same alphas (control neuron i takes H-Neuron i's alpha). Each
+row reports the control's mean, std (ddof=1), min and max over seeds, ``edited_minus_control`` = edited - mean
+control, and a paired-bootstrap CI of it against the per-item mean over control seeds.
+
+KL divergence (needs two models, so hneurons computes it itself): neutral prompts
+(``eval/data/neutral_prompts.jsonl``: instructions, everyday questions, short texts; no factual trivia) are
+rendered with the chat template when there is one; the base model greedily continues each for ``kl_new_tokens``
+tokens (stopping at end of turn); on prompt + continuation, KL(base || edited) of the next-token distributions
+is computed at every position in float32 (log-softmax), averaged per prompt, then over prompts, with a
+percentile bootstrap CI over prompts. The continuations are generated once and shared by every variant.
+
+Output folder (``out``)
+-----------------------
+* ``eval_results.json`` (format ``hneurons.eval/1``)::
+
+    {"format": "hneurons.eval/1",
+     "models": {"base": VARIANT, "edited": VARIANT, "controls": [VARIANT, ...]},   # absent roles are null / []
+     "settings": {"tasks", "limit", "batch_size", "apply_chat_template", "gen_kwargs", "seeds", "include_paths",
+                  "lm_eval_bootstrap_iters", "ci_iters", "ci_seed", "controls", "control_seed", "match_layers",
+                  "alpha", "kl": {...}},
+     "tasks": {TASK: {"split", "n_samples", "version", "output_type"}},
+     "metrics": [{"task", "metric", "filter", "higher_is_better", "n", "base", "edited", "delta", "delta_ci95",
+                  "p_value", "significant", "ci_method",
+                  "control": {"mean", "std", "min", "max", "seeds": {SEED: value}} | null,
+                  "edited_minus_control", "edited_minus_control_ci95", "edited_minus_control_significant"}],
+     "kl": {"mean", "ci95", "n_prompts", "n_positions", "direction": "KL(base || edited)", "prompts_file",
+            "prompts_sha256", "new_tokens", "control": {"mean", "std", "min", "max", "seeds"} | null} | null,
+     "lm_eval_commands": {"base": CMD | null, "edited": CMD | null, "controls": NOTE | null},
+     "files": {...}, "provenance": {...}}
+
+  VARIANT = {"name", "kind": "model"|"adapter"|"hooks", "model": identity, plus "adapter" {path, sha256 of its
+  files, edit manifest summary} or "neurons" {sha256, count, per_layer, source_file, seed, match_layers} and
+  "alpha" {default, min, max}}. Fields a comparison lacks (e.g. ``base`` in a single-model run) are null.
+* ``lm_eval/<variant>/results.json`` (lm-eval's full results dict, without samples), ``samples_<task>.jsonl``
+  (lm-eval's per-sample log), ``hneurons_run.json`` (the settings key used to resume: a variant whose results
+  exist with the same key is not re-run).
+* ``kl/continuations.jsonl`` (prompts and the base model's continuations) and ``kl/<variant>.json`` (per-prompt
+  KL values).
+* ``eval_deltas.png``: delta per metric with its CI, and the controls' deltas.
+
+The equivalent ``lm_eval`` command is printed for every variant that has one (checkpoints and base + adapter);
+hook variants have no plain-CLI equivalent until written out with ``hneurons edit``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import atomic_write_json, check_no_outside_links, provenance, read_json, sha256_file
+from ..errors import InputError, ModelMismatchError, OutputExistsError
+from ..formats import EDIT_MANIFEST, EVAL_FORMAT, EVAL_RESULTS
+from ..model.loading import LoadedModel, LoadOptions, load_model
+from ..model.neuron_set import NeuronSet, as_neuron_set
+from .compare import compare_runs, spread
+from .kl import kl_divergence, kl_sequences, kl_summary, write_kl_files
+from .lm_eval_run import HOOKS_NOTE, lm_eval_command, prepare_environment, run_lm_eval, task_manager
+from .settings import EvalSettings
+from .table import plot_deltas, render_table
+from .variants import Pair, Variant, control_variants, edit_folder_neurons
+
+log = logging.getLogger(__name__)
+
+
+
+# ================================================================================ the whole comparison
+@dataclass
+class EvalReport:
+    out: Path
+    results: dict[str, Any]
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        return self.results["metrics"]
+
+    def table(self) -> str:
+        return render_table(self.results)
+
+
+def _load(spec: str | LoadedModel | None, load: LoadOptions | None) -> LoadedModel | None:
+    if spec is None or isinstance(spec, LoadedModel):
+        return spec
+    return load_model(str(spec), load)
+
+
+def resolve_neurons(neurons: Any, alpha: float | None, lm: LoadedModel, force: bool = False,
+                    layer_alpha: Mapping[int, float] | None = None) -> tuple[NeuronSet, dict[Pair, float]]:
+    nset = as_neuron_set(neurons)
+    nset.validate(lm, force=force)
+    return nset, nset.alphas(0.0 if alpha is None else alpha, layer_alpha)
+
+
+def check_edit_source(folder: str | Path | None, base: LoadedModel, force: bool) -> None:
+    """An ``hneurons edit`` folder records the model it was made from: it must be the base compared with."""
+    manifest = Path(folder) / EDIT_MANIFEST if folder else None
+    if manifest is None or not manifest.is_file():
+        return
+    source = read_json(manifest, "edit manifest").get("model") or {}
+    recorded = source.get("weights_fingerprint")
+    if recorded and recorded != base.fingerprint and not force:
+        raise ModelMismatchError(f"{folder} was made from {source.get('source', {}).get('spec', '?')} (fingerprint "
+                                 f"{recorded}), but the base model given is {base.source.spec} (fingerprint "
+                                 f"{base.fingerprint}); compare an edit with the model it was made from, or pass "
+                                 f"--force")
+
+
+def check_combination(base: Any, edited: Any, adapter: Any, neurons: Any, alpha: float | None) -> None:
+    """The combinations :func:`evaluate` accepts, checked before anything is loaded."""
+    if (adapter is not None or neurons is not None) and base is None:
+        raise InputError("an adapter or a neuron set is applied to a base model: give --base")
+    if base is None and edited is None:
+        raise InputError("nothing to evaluate: give a model (--model) and/or a base model (--base)")
+    if adapter is not None and edited is not None:
+        raise InputError("give either an edited model (--model) or an adapter (--adapter), not both")
+    if alpha is not None and neurons is None and adapter is None and edited is None:
+        raise InputError("--alpha needs a neuron set (--neurons)")
+
+
+def build_variants(base: LoadedModel | None, edited: LoadedModel | None, adapter: str | Path | None,
+                   neurons: Any, alpha: float | None, settings: EvalSettings, force: bool = False
+                   ) -> tuple[Variant | None, Variant | None, list[Variant], tuple[NeuronSet, dict] | None]:
+    """Decide what is compared from what was given (see :func:`evaluate`)."""
+    check_combination(base, edited, adapter, neurons, alpha)
+    base_v = Variant("base", base) if base is not None else None
+    edited_v = None
+    recorded = None  # the neuron set an edit folder records, for the controls
+    if edited is not None:
+        edited_v = Variant("edited", edited)
+        if edited.folder and edited.source.kind == "folder":
+            recorded = edit_folder_neurons(edited.folder)
+    elif adapter is not None:
+        edited_v = Variant("edited", base, adapter=Path(adapter).resolve())
+        recorded = edit_folder_neurons(adapter)
+    neuron_info = None
+    if neurons is not None:
+        nset_alphas = resolve_neurons(neurons, alpha, base, force)
+        if alpha is None and recorded is not None and recorded[0].sha256 == nset_alphas[0].sha256:
+            nset_alphas = (nset_alphas[0], recorded[1])  # the same set as the edit's: its alphas too
+        neuron_info = nset_alphas
+        if edited_v is None:
+            edited_v = Variant("edited", base, neurons=nset_alphas[0], alphas=nset_alphas[1])
+    elif recorded is not None and base is not None:
+        recorded[0].validate(base, force=force)  # located in the base model: same layout and weights
+        neuron_info = recorded
+    if base is not None and edited_v is not None and edited_v.kind != "hooks":
+        check_edit_source(edited.folder if edited is not None else adapter, base, force)
+    if alpha is not None and neurons is None and recorded is None:
+        raise InputError("--alpha needs a neuron set (--neurons, or an `hneurons edit` folder that records one)")
+    if base is not None and edited_v is not None and edited_v.lm.architecture_hash != base.architecture_hash:
+        raise ModelMismatchError(f"the edited model ({edited_v.lm.source.spec}) and the base model "
+                                 f"({base.source.spec}) have different architectures (hashes "
+                                 f"{edited_v.lm.architecture_hash} vs {base.architecture_hash}); compare an edit "
+                                 f"with the model it was made from")
+    controls: list[Variant] = []
+    if settings.controls and neuron_info is not None and base is not None and edited_v is not None:
+        seeds = range(settings.control_seed, settings.control_seed + settings.controls)
+        controls = control_variants(base, neuron_info[0], neuron_info[1], seeds, settings.match_layers)
+    return base_v, edited_v, controls, neuron_info
+
+
+def evaluate(
+    base: str | LoadedModel | None = None,
+    edited: str | LoadedModel | None = None,
+    *,
+    adapter: str | Path | None = None,
+    neurons: Any = None,
+    alpha: float | None = None,
+    settings: EvalSettings | None = None,
+    out: str | Path,
+    overwrite: bool = False,
+    force: bool = False,
+    load: LoadOptions | None = None,
+    **fields: Any,
+) -> EvalReport:
+    """Evaluate base and edited models side by side and write ``out/eval_results.json``.
+
+    What is compared:
+
+    * ``edited`` (a checkpoint, e.g. written by ``hneurons edit``) against ``base``;
+    * ``base`` + ``adapter`` (a PEFT folder) against ``base``;
+    * ``base`` with ``neurons`` scaled by ``alpha`` at run time against ``base``;
+    * one model alone (only ``base`` or only ``edited``): its numbers, no deltas.
+
+    Random controls (``settings.controls`` seeds) need a neuron set: ``neurons`` (+ ``alpha``), or the
+    ``neurons.json`` and alpha recorded in an ``hneurons edit`` folder given as ``edited`` or ``adapter``.
+    Models are given as specs (loaded with ``load``) or as loaded models (evaluated in memory). ``settings``
+    (:class:`~editor.evaluate.settings.EvalSettings`) may also be given field by field as keywords.
+    Re-running into the same ``out`` reuses every variant whose lm-eval results exist with the same settings;
+    an ``out`` holding results of other settings is an error unless ``overwrite``.
+    """
+    settings = EvalSettings.of(settings, **fields)
+    prepare_environment(settings)
+    out = Path(out)
+    check_out(out, settings, overwrite)
+    check_combination(base, edited, adapter, neurons, alpha)
+    base_lm = _load(base, load)
+    edited_lm = _load(edited, load)
+    base_v, edited_v, controls, neuron_info = build_variants(base_lm, edited_lm, adapter, neurons, alpha, settings,
+                                                             force)
+    manager = task_manager(settings)
+    runs = {v.name: run_lm_eval(v, settings, out / "lm_eval" / v.name, manager)
+            for v in [base_v, edited_v, *controls] if v is not None}
+    seeds = [c.seed for c in controls]
+    rows = compare_runs(runs.get("base"), runs.get("edited"), [runs[c.name] for c in controls], seeds,
+                        settings.ci_iters, settings.ci_seed)
+    kl = _kl_block(base_v, edited_v, controls, settings, out / "kl") if base_v and edited_v and settings.kl else None
+    results = _results_doc(base_v, edited_v, controls, settings, runs, rows, kl, alpha, neuron_info)
+    results["files"] = {"plot": plot_deltas(out, rows) if base_v and edited_v else None}
+    atomic_write_json(out / EVAL_RESULTS, results)
+    return EvalReport(out, results)
+
+
+def check_out(out: Path, settings: EvalSettings, overwrite: bool, name: str = EVAL_RESULTS,
+              what: str = "results") -> None:
+    """Refuse to mix results of other tasks / limit / seeds into ``out`` unless overwriting."""
+    check_no_outside_links(out)
+    existing = out / name
+    if existing.is_file() and not overwrite:
+        previous = read_json(existing, f"previous {what}").get("settings", {})
+        if {k: previous.get(k) for k in ("tasks", "limit", "seeds")} != {
+                "tasks": list(settings.tasks), "limit": settings.limit, "seeds": list(settings.seeds)}:
+            raise OutputExistsError(f"{existing} holds {what} of other settings (tasks/limit/seeds); pass "
+                                    f"--overwrite to replace them, or choose another --out")
+
+
+def _kl_block(base_v: Variant, edited_v: Variant, controls: Sequence[Variant], settings: EvalSettings,
+              folder: Path) -> dict[str, Any]:
+    seqs = kl_sequences(base_v.lm, settings)
+    per_variant = {edited_v.name: kl_divergence(base_v, edited_v, seqs, settings.batch_size)}
+    for control in controls:
+        per_variant[control.name] = kl_divergence(base_v, control, seqs, settings.batch_size)
+    write_kl_files(folder, seqs, base_v.lm.tokenizer, per_variant)
+    block = kl_summary(per_variant[edited_v.name], settings.ci_iters, settings.ci_seed)
+    block.update(direction="KL(base || edited), nats per position, mean over positions then prompts",
+                 n_positions=sum(len(s) for s in seqs.sequences), prompts_file=str(Path(settings.kl_prompts).resolve()),
+                 prompts_sha256=sha256_file(settings.kl_prompts), new_tokens=settings.kl_new_tokens,
+                 chat_template=settings.chat_for(base_v.lm.tokenizer), control=None)
+    if controls:
+        means = [float(np.mean(per_variant[c.name])) for c in controls]
+        block["control"] = spread(means) | {"seeds": {str(c.seed): m for c, m in zip(controls, means)}}
+    return block
+
+
+def _results_doc(base_v, edited_v, controls, settings, runs, rows, kl, alpha, neuron_info) -> dict[str, Any]:
+    ref = runs.get("edited") or runs.get("base")
+    tasks = {t: {"split": ref.split_of(t), "n_samples": ref.results.get("n-samples", {}).get(t),
+                 "version": ref.results.get("versions", {}).get(t),
+                 "output_type": ref.results.get("configs", {}).get(t, {}).get("output_type")}
+             for t in ref.leaf_tasks()}
+    commands = {
+        "base": lm_eval_command(base_v, settings, "lm_eval_cli/base") if base_v else None,
+        "edited": (lm_eval_command(edited_v, settings, "lm_eval_cli/edited") if edited_v and edited_v.kind != "hooks"
+                   else HOOKS_NOTE if edited_v else None),
+        "controls": HOOKS_NOTE if controls else None,
+    }
+    described = settings.describe()
+    described["apply_chat_template"] = settings.chat_for((edited_v or base_v).lm.tokenizer)
+    described["alpha"] = alpha
+    described["kl"] = {"enabled": settings.kl, "prompts": str(settings.kl_prompts), "max_prompts": settings.kl_max_prompts,
+                       "new_tokens": settings.kl_new_tokens}
+    return {
+        "format": EVAL_FORMAT,
+        "models": {"base": base_v.describe() if base_v else None, "edited": edited_v.describe() if edited_v else None,
+                   "controls": [c.describe() for c in controls]},
+        "settings": described,
+        "tasks": tasks,
+        "metrics": rows,
+        "kl": kl,
+        "lm_eval_commands": commands,
+        "provenance": provenance(),
+    }
+
+
+# ========================================================================================== rendering
+
+

@@ -1,0 +1,471 @@
+"""The alpha sweep: evaluate H-Neuron scaling over a grid of alphas and choose one under retention constraints.
+
+Every grid point is a run-time edit of the same loaded base model (forward pre-hooks, no checkpoint is
+written), evaluated with the same lm-eval runner as ``hneurons eval`` (:mod:`editor.evaluate.stage`), together with
+a random-neuron control: for each control seed one random set of the same size (uniform over all FFN neurons
+except the H-Neurons, or matched per layer), fixed across the grid and scaled by the same alpha. alpha = 1 is
+the unedited model: it is evaluated once without hooks and is also the control's value there (scaling any
+neuron by 1 changes nothing).
+
+Choosing alpha (hneurons' definitions)
+--------------------------------------
+* Reference: alpha = 1. For each metric, the improvement at alpha is (value - reference value), signed so that
+  positive is better by lm-eval's ``higher_is_better``.
+* **Score** of an alpha = the mean improvement over the *target* metrics (hallucination and over-compliance:
+  facts / nonexist hallucination rate, premise rejection, misleading-context adoption, sycophancy flips and
+  their multiple-choice forms; configurable). Rates are fractions, so the score is in absolute points / 100.
+* **Constraints**: for every *knowledge* metric (``hneurons_knowledge_mc`` acc and ``hneurons_facts``
+  accuracy by default), the drop against alpha = 1 is at most ``max_knowledge_drop`` (default 0.02 = 2
+  points), and the mean KL(base || edited) on the neutral prompts is at most ``max_kl`` (default 0.1 nats).
+* The chosen alpha is the alpha != 1 that meets the constraints with the highest positive score (ties: the
+  one closest to 1, the smaller edit). When no alpha other than 1 meets the constraints, the result says so
+  plainly ("no alpha meets the constraints") and lists the closest candidates (smallest total violation);
+  when some meet them but none improves the score, it says that instead. ``chosen.alpha`` is then null.
+
+Metric names are ``TASK:METRIC``. A task name matches its split variants too: ``hneurons_facts`` matches
+``hneurons_facts_val`` / ``hneurons_facts_validation`` (so the defaults work on validation tasks).
+
+Honest selection: alpha is a hyperparameter, so the sweep must not score on the split the final report uses.
+Before running, the sweep reads each task's split (``metadata.split`` in the task YAML, else its data file
+names, else lm-eval's split name) and refuses tasks on the ``test`` split unless ``allow_test_split`` is set;
+``sweep.json`` records the split of every task. The default tasks (``DEFAULT_SWEEP_TASKS``) are the group
+``hneurons_val``: the validation variants of the bundled tasks (eval/README.md).
+
+Output folder
+-------------
+* ``sweep.json`` (format ``hneurons.sweep/1``)::
+
+    {"format": "hneurons.sweep/1", "model": identity, "neurons": {sha256, count, per_layer, source_file},
+     "grid": [alphas], "reference_alpha": 1.0, "splits": {TASK: split},
+     "settings": {...as eval_results.json..., "control_seeds": [..]},
+     "constraints": {"max_knowledge_drop", "max_kl", "knowledge": [used TASK:METRIC], "targets": [used],
+                     "missing": [requested but not reported]},
+     "points": [{"alpha", "metrics": [{"task", "metric", "filter", "higher_is_better", "value", "delta",
+                                       "delta_ci95", "control", "control_seeds": {SEED: value}}],
+                 "kl": {"mean", "ci95", "n_prompts"}, "control_kl": mean | null,
+                 "knowledge_drop": {TASK:METRIC: drop}, "score", "control_score", "feasible",
+                 "violations": [text]}],
+     "chosen": {"alpha": A | null, "reason": text, "score", "control_score"},
+     "closest": [{"alpha", "violations", "score"}],
+     "files": {"plot": "sweep.png"}, "provenance": {...}}
+
+* ``lm_eval/alpha_<A>/`` and ``lm_eval/alpha_<A>_control_seed<S>/`` (lm-eval output per point, resumable),
+  ``kl/`` (continuations and per-prompt KL), ``sweep.png`` (each target / knowledge metric and the KL vs
+  alpha, H-Neurons and random control; the constraints and the chosen alpha marked).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import atomic_write_json, provenance, sha256_file
+from ..errors import InputError
+from ..formats import SWEEP_FORMAT, SWEEP_PLOT, SWEEP_REPORT
+from ..model.loading import LoadedModel, LoadOptions, load_model
+from ..model.neuron_set import NeuronSet, as_neuron_set
+from .compare import paired_bootstrap
+from .kl import kl_divergence, kl_sequences, kl_summary, write_kl_files
+from .lm_eval_run import LmEvalRun, prepare_environment, run_lm_eval, task_manager, task_split
+from .settings import EvalSettings, SweepSettings
+from .stage import check_out
+from .variants import Variant, control_alphas, random_control
+
+log = logging.getLogger(__name__)
+
+REFERENCE_ALPHA = 1.0
+_SPLIT_SUFFIX = re.compile(r"_(val|validation|dev|test)$")
+
+
+def parse_metric_spec(spec: str) -> tuple[str, str]:
+    task, sep, metric = str(spec).partition(":")
+    if not sep or not task or not metric:
+        raise InputError(f"metric {spec!r} must be written TASK:METRIC, e.g. hneurons_facts:hallucination_rate")
+    return task, metric
+
+
+def task_matches(wanted: str, task: str) -> bool:
+    return task == wanted or _SPLIT_SUFFIX.sub("", task) == wanted
+
+
+# ====================================================================================== the per-point table
+Key = tuple[str, str, str]  # task, metric, filter
+
+
+@dataclass
+class Point:
+    """One alpha: metric values, deltas against alpha = 1, the control's values, KL."""
+
+    alpha: float
+    values: dict[Key, float]
+    higher_is_better: dict[Key, bool | None]
+    delta_ci95: dict[Key, list[float] | None] = field(default_factory=dict)
+    control: dict[Key, dict[str, float]] = field(default_factory=dict)  # seed -> value
+    kl: dict[str, Any] | None = None
+    control_kl: float | None = None
+
+
+def point_from_runs(alpha: float, run: LmEvalRun, reference: LmEvalRun, controls: Mapping[int, LmEvalRun],
+                    ci_iters: int, ci_seed: int) -> Point:
+    point = Point(alpha, {}, {})
+    for task in run.leaf_tasks():
+        for metric, filt in run.metric_keys(task):
+            key = (task, metric, filt)
+            point.values[key] = run.value(task, metric, filt)
+            point.higher_is_better[key] = run.higher_is_better(task, metric)
+            point.control[key] = {str(s): c.value(task, metric, filt) for s, c in controls.items()}
+            point.delta_ci95[key] = _delta_ci(run, reference, key, ci_iters, ci_seed)
+    return point
+
+
+def _delta_ci(run: LmEvalRun, reference: LmEvalRun, key: Key, iters: int, seed: int) -> list[float] | None:
+    task, metric, filt = key
+    a, b = reference.per_item(task, metric, filt), run.per_item(task, metric, filt)
+    if not a or not b or set(a) != set(b):
+        return None
+    mean_ok = all(math.isclose(float(np.mean(list(items.values()))), r.value(task, metric, filt) or 0.0,
+                               abs_tol=1e-9) for items, r in ((a, reference), (b, run)))
+    if not mean_ok:
+        return None
+    docs = sorted(a)
+    ci, _ = paired_bootstrap(np.array([a[d] for d in docs]), np.array([b[d] for d in docs]), iters, seed)
+    return ci
+
+
+def resolve_specs(specs: Sequence[str], keys: Sequence[Key]) -> tuple[list[Key], list[str]]:
+    """The reported (task, metric, filter) keys each ``TASK:METRIC`` names, and the specs nothing matched."""
+    found, missing = [], []
+    for spec in specs:
+        task, metric = parse_metric_spec(spec)
+        hits = [k for k in keys if task_matches(task, k[0]) and k[1] == metric]
+        found += [k for k in hits if k not in found]
+        if not hits:
+            missing.append(spec)
+    return found, missing
+
+
+def _oriented(value: float, reference: float, higher_is_better: bool | None) -> float:
+    return (value - reference) if higher_is_better is not False else (reference - value)
+
+
+def _score(point: Point, reference: Point, keys: Sequence[Key], control: bool = False) -> float | None:
+    gains = []
+    for key in keys:
+        hib = reference.higher_is_better.get(key)
+        value = (np.mean(list(point.control[key].values())) if control and point.control.get(key)
+                 else None if control else point.values[key])
+        if value is None:
+            return None
+        gains.append(_oriented(float(value), reference.values[key], hib))
+    return float(np.mean(gains)) if gains else None
+
+
+def assess(points: Sequence[Point], constraints: SweepSettings, reference_alpha: float = REFERENCE_ALPHA
+           ) -> dict[str, Any]:
+    """Score every point, check the constraints and choose alpha (see the module docstring)."""
+    by_alpha = {p.alpha: p for p in points}
+    if reference_alpha not in by_alpha:
+        raise InputError(f"the grid must contain alpha = {reference_alpha:g} (the unedited reference)")
+    reference = by_alpha[reference_alpha]
+    keys = list(reference.values)
+    knowledge, missing_k = resolve_specs(constraints.knowledge, keys)
+    targets, missing_t = resolve_specs(constraints.targets, keys)
+    available = ", ".join(f"{t}:{m}" for t, m, _ in keys)
+    if not targets:
+        raise InputError(f"none of the target metrics ({', '.join(constraints.targets)}) is among the results "
+                         f"({available}); name them with --target TASK:METRIC")
+    if not knowledge:
+        raise InputError(f"none of the knowledge metrics ({', '.join(constraints.knowledge)}) is among the results "
+                         f"({available}); name them with --knowledge TASK:METRIC")
+    assessed = [_assess_point(p, reference, knowledge, targets, constraints) for p in points]
+    chosen, closest = _choose(assessed, reference_alpha)
+    return {"points": assessed, "chosen": chosen, "closest": closest,
+            "constraints": {"max_knowledge_drop": constraints.max_knowledge_drop, "max_kl": constraints.max_kl,
+                            "knowledge": [f"{t}:{m}" for t, m, _ in knowledge],
+                            "targets": [f"{t}:{m}" for t, m, _ in targets], "missing": missing_k + missing_t}}
+
+
+def _assess_point(point: Point, reference: Point, knowledge, targets, constraints: SweepSettings) -> dict[str, Any]:
+    drops = {f"{t}:{m}": -_oriented(point.values[(t, m, f)], reference.values[(t, m, f)],
+                                    reference.higher_is_better.get((t, m, f))) for t, m, f in knowledge}
+    kl_mean = 0.0 if point.alpha == reference.alpha else (point.kl or {}).get("mean")
+    violations = [f"{name} drops by {drop:.3f} > {constraints.max_knowledge_drop:g}"
+                  for name, drop in drops.items() if drop > constraints.max_knowledge_drop + 1e-12]
+    if kl_mean is None:
+        violations.append("KL not measured")
+    elif kl_mean > constraints.max_kl:
+        violations.append(f"mean KL {kl_mean:.4f} > {constraints.max_kl:g} nats")
+    excess = sum(max(0.0, d - constraints.max_knowledge_drop) / max(constraints.max_knowledge_drop, 1e-9)
+                 for d in drops.values()) + (max(0.0, (kl_mean or 0) - constraints.max_kl) / max(constraints.max_kl, 1e-9))
+    return {
+        "alpha": point.alpha,
+        "metrics": [{"task": t, "metric": m, "filter": f, "higher_is_better": point.higher_is_better.get((t, m, f)),
+                     "value": v, "delta": v - reference.values[(t, m, f)], "delta_ci95": point.delta_ci95.get((t, m, f)),
+                     "control": (float(np.mean(list(point.control[(t, m, f)].values())))
+                                 if point.control.get((t, m, f)) else None),
+                     "control_seeds": point.control.get((t, m, f)) or {}}
+                    for (t, m, f), v in point.values.items()],
+        "kl": point.kl, "control_kl": point.control_kl,
+        "knowledge_drop": drops, "max_knowledge_drop": max(drops.values()),
+        "score": _score(point, reference, targets), "control_score": _score(point, reference, targets, control=True),
+        "feasible": not violations, "violations": violations, "_excess": excess,
+    }
+
+
+def _choose(assessed: list[dict[str, Any]], reference_alpha: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    others = [p for p in assessed if p["alpha"] != reference_alpha]
+    feasible = [p for p in others if p["feasible"]]
+    closest = [{"alpha": p["alpha"], "violations": p["violations"], "score": p["score"]}
+               for p in sorted(others, key=lambda p: (p["_excess"], -(p["score"] or 0)))[:3] if not p["feasible"]]
+    for p in assessed:
+        p.pop("_excess")
+    if not feasible:
+        return {"alpha": None, "score": None, "control_score": None,
+                "reason": "no alpha meets the constraints (every alpha other than 1 violates the knowledge-drop or "
+                          "KL limit; see 'closest')"}, closest
+    improving = [p for p in feasible if (p["score"] or 0) > 0]
+    if not improving:
+        best = max(feasible, key=lambda p: p["score"] if p["score"] is not None else -math.inf)
+        return {"alpha": None, "score": None, "control_score": None,
+                "reason": f"alphas {', '.join(format(p['alpha'], 'g') for p in feasible)} meet the constraints, but none "
+                          f"reduces hallucination / over-compliance (best score {best['score']:+.4f} at alpha "
+                          f"{best['alpha']:g}); the edit does not help on these tasks"}, closest
+    best = max(improving, key=lambda p: (p["score"], -abs(p["alpha"] - reference_alpha)))
+    reason = (f"alpha {best['alpha']:g} meets the constraints with the best score {best['score']:+.4f} (mean "
+              f"improvement of the target metrics against alpha 1)")
+    if best["control_score"] is not None:
+        reason += f"; a random-neuron edit of the same size scores {best['control_score']:+.4f}"
+    return {"alpha": best["alpha"], "score": best["score"], "control_score": best["control_score"],
+            "reason": reason}, closest
+
+
+# ============================================================================================= running it
+@dataclass
+class SweepReport:
+    out: Path
+    results: dict[str, Any]
+
+    @property
+    def chosen_alpha(self) -> float | None:
+        return self.results["chosen"]["alpha"]
+
+    def summary(self) -> str:
+        return render_summary(self.results)
+
+
+def _folder_name(alpha: float) -> str:
+    return f"alpha_{alpha:g}"
+
+
+def check_splits(settings: EvalSettings, manager, allow_test_split: bool) -> dict[str, str | None]:
+    """Each leaf task's split; tasks on the test split are refused (selection must not see test data)."""
+    loaded = manager.load(list(settings.tasks))
+    splits = {name: task_split(task.config.to_dict() if hasattr(task.config, "to_dict") else vars(task.config))
+              for name, task in loaded["tasks"].items()}
+    on_test = sorted(t for t, s in splits.items() if s == "test")
+    if on_test and not allow_test_split:
+        raise InputError(f"the sweep chooses alpha, a hyperparameter, but task(s) {', '.join(on_test)} score the "
+                         f"test split; choosing on test data biases the final report. Use the validation variants "
+                         f"of the tasks, or pass --allow-test-split if you know what you are doing")
+    return splits
+
+
+def sweep(
+    base: str | LoadedModel,
+    neurons: Any,
+    settings: SweepSettings | None = None,
+    *,
+    out: str | Path,
+    force: bool = False,
+    overwrite: bool = False,
+    load: LoadOptions | None = None,
+    **fields: Any,
+) -> SweepReport:
+    """Evaluate the neuron set at every alpha of the grid (hooks on one loaded base), choose alpha, plot.
+
+    ``settings`` (:class:`~editor.evaluate.settings.SweepSettings`; its fields may also be given as keywords)
+    hold the grid, the evaluation and the rule that chooses alpha; ``load`` how ``base`` is loaded when it is
+    a spec. Re-running into the same ``out`` reuses every grid point whose lm-eval results exist with the same
+    settings (so changing only the constraints re-decides without re-evaluating); an ``out`` holding a sweep
+    of other tasks / limit / seeds is an error unless ``overwrite``.
+    """
+    settings = SweepSettings.of(settings, **fields)
+    match_layers, control_seeds = settings.match_layers, settings.control_seeds
+    grid = _grid(settings.alphas)
+    prepare_environment(settings)
+    out = Path(out)
+    check_out(out, settings, overwrite, SWEEP_REPORT, "a sweep")
+    lm = base if isinstance(base, LoadedModel) else load_model(str(base), load)
+    nset = _sweep_set(neurons, lm, force)
+    manager = task_manager(settings)
+    splits = check_splits(settings, manager, settings.allow_test_split)
+    controls = {s: random_control(nset, lm.num_layers, lm.d_ff, s, match_layers) for s in control_seeds}
+    seqs = kl_sequences(lm, settings)
+    base_variant = Variant("alpha_1", lm)
+    reference = run_lm_eval(base_variant, settings, out / "lm_eval" / _folder_name(REFERENCE_ALPHA), manager)
+    points, kl_values = [], {}
+    for alpha in grid:
+        run, control_runs, point_kl = reference, {s: reference for s in controls}, {}
+        if alpha != REFERENCE_ALPHA:
+            variant = Variant(_folder_name(alpha), lm, neurons=nset, alphas=nset.alphas(alpha))
+            run = run_lm_eval(variant, settings, out / "lm_eval" / variant.name, manager)
+            point_kl[variant.name] = kl_divergence(base_variant, variant, seqs, settings.batch_size)
+            for seed, cset in controls.items():
+                cvar = Variant(f"{variant.name}_control_seed{seed}", lm, neurons=cset, seed=seed, match_layers=match_layers,
+                               alphas=control_alphas(nset, nset.alphas(alpha), cset, match_layers))
+                control_runs[seed] = run_lm_eval(cvar, settings, out / "lm_eval" / cvar.name, manager)
+                point_kl[cvar.name] = kl_divergence(base_variant, cvar, seqs, settings.batch_size)
+        point = point_from_runs(alpha, run, reference, control_runs, settings.ci_iters, settings.ci_seed)
+        if alpha != REFERENCE_ALPHA:
+            point.kl = kl_summary(point_kl[_folder_name(alpha)], settings.ci_iters, settings.ci_seed)
+            control_means = [float(np.mean(v)) for k, v in point_kl.items() if "_control_seed" in k]
+            point.control_kl = float(np.mean(control_means)) if control_means else None
+        else:
+            point.kl = {"mean": 0.0, "ci95": [0.0, 0.0], "n_prompts": len(seqs.prompts)}
+            point.control_kl = 0.0 if controls else None
+        points.append(point)
+        kl_values.update(point_kl)
+    write_kl_files(out / "kl", seqs, lm.tokenizer, kl_values)
+    assessed = assess(points, settings)
+    results = _sweep_doc(lm, nset, grid, splits, settings, control_seeds, match_layers, assessed)
+    results["files"] = {"plot": plot_sweep(out, results)}
+    atomic_write_json(out / SWEEP_REPORT, results)
+    return SweepReport(out, results)
+
+
+def _grid(alphas: Sequence[float]) -> list[float]:
+    grid = sorted({float(a) for a in alphas} | {REFERENCE_ALPHA})
+    bad = [a for a in grid if not (math.isfinite(a) and a >= 0)]
+    if bad:
+        raise InputError(f"alphas must be finite numbers >= 0, got {bad[0]!r}")
+    if len(grid) < 2:
+        raise InputError("the alpha grid needs at least one alpha other than 1")
+    return grid
+
+
+def _sweep_set(neurons: Any, lm: LoadedModel, force: bool) -> NeuronSet:
+    nset = as_neuron_set(neurons)
+    if nset.neuron_alpha:
+        raise InputError(f"{nset.path or 'the neuron set'} gives {len(nset.neuron_alpha)} neuron(s) their own alpha; "
+                         f"the sweep scales every neuron by the grid's alpha. Remove the per-neuron alphas")
+    nset.validate(lm, force=force)
+    return nset
+
+
+def _sweep_doc(lm, nset, grid, splits, settings, control_seeds, match_layers, assessed) -> dict[str, Any]:
+    described = settings.describe()
+    described.update(apply_chat_template=settings.chat_for(lm.tokenizer), control_seeds=list(control_seeds),
+                     match_layers=match_layers,
+                     kl={"prompts": str(Path(settings.kl_prompts).resolve()),
+                         "prompts_sha256": sha256_file(settings.kl_prompts), "max_prompts": settings.kl_max_prompts,
+                         "new_tokens": settings.kl_new_tokens})
+    return {
+        "format": SWEEP_FORMAT,
+        "model": lm.identity(),
+        "neurons": {"sha256": nset.sha256, "count": len(nset), "per_layer": {str(k): v for k, v in
+                    nset.per_layer().items()}, "source_file": str(nset.path) if nset.path else None},
+        "grid": grid,
+        "reference_alpha": REFERENCE_ALPHA,
+        "splits": splits,
+        "settings": described,
+        **assessed,
+        "provenance": provenance(),
+    }
+
+
+# ============================================================================================== rendering
+def render_summary(results: Mapping[str, Any]) -> str:
+    """The sweep as text: score, control score, worst knowledge drop, KL and feasibility per alpha."""
+    lines = [f"{'alpha':>6}  {'score':>8}  {'control':>8}  {'know.drop':>9}  {'KL':>8}  {'ctrl KL':>8}  ok"]
+    for p in results["points"]:
+        kl = (p.get("kl") or {}).get("mean")
+        lines.append(f"{p['alpha']:>6g}  {_f(p['score'])}  {_f(p['control_score'])}  {p['max_knowledge_drop']:>+9.3f}  "
+                     f"{_f(kl, 4)}  {_f(p['control_kl'], 4)}  {'yes' if p['feasible'] else 'no: ' + '; '.join(p['violations'])}")
+    c = results["constraints"]
+    lines.append(f"constraints: knowledge drop <= {c['max_knowledge_drop']:g} on {', '.join(c['knowledge'])}; mean KL "
+                 f"<= {c['max_kl']:g} nats. score = mean improvement of {', '.join(c['targets'])}")
+    if c["missing"]:
+        lines.append(f"not in the results (ignored): {', '.join(c['missing'])}")
+    lines.append(f"splits: {', '.join(f'{t}={s}' for t, s in sorted(results['splits'].items()))}")
+    chosen = results["chosen"]
+    lines.append(("chosen alpha: " + f"{chosen['alpha']:g}" if chosen["alpha"] is not None else "no alpha chosen")
+                 + f" - {chosen['reason']}")
+    return "\n".join(lines)
+
+
+def _f(value: float | None, digits: int = 4) -> str:
+    return f"{'-':>8}" if value is None else f"{value:>+8.{digits}f}"
+
+
+def plot_sweep(out: Path, results: Mapping[str, Any], name: str = SWEEP_PLOT) -> str:
+    """One panel per target / knowledge metric and one for KL: value vs alpha, H-Neurons and random control."""
+    import os
+
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = results["constraints"]
+    wanted = c["knowledge"] + [t for t in c["targets"] if t not in c["knowledge"]]
+    panels = wanted + ["KL"]
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), dpi=100, squeeze=False)
+    alphas = [p["alpha"] for p in results["points"]]
+    chosen = results["chosen"]["alpha"]
+    for ax, panel in zip(axes.flat, panels):
+        if panel == "KL":
+            ax.plot(alphas, [(p.get("kl") or {}).get("mean") for p in results["points"]], "o-", color="#c0392b",
+                    label="H-Neurons")
+            ax.plot(alphas, [p.get("control_kl") for p in results["points"]], "s--", color="#2980b9",
+                    label="random control")
+            ax.axhline(c["max_kl"], color="grey", ls=":", lw=1, label="limit")
+            ax.set_title("mean KL(base || edited), nats", fontsize=9)
+        else:
+            _metric_panel(ax, panel, results, c)
+        if chosen is not None:
+            ax.axvline(chosen, color="#27ae60", lw=1, alpha=0.7)
+        ax.axvline(1.0, color="black", lw=0.5, alpha=0.4)
+        ax.set_xlabel("alpha", fontsize=8)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="best")
+    title = f"alpha sweep ({'chosen alpha ' + format(chosen, 'g') if chosen is not None else 'no alpha chosen'})"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = out / name
+    tmp = path.with_name(".hneurons-tmp-" + name)
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return name
+
+
+def _metric_panel(ax, spec: str, results: Mapping[str, Any], constraints: Mapping[str, Any]) -> None:
+    task, metric = spec.split(":", 1)
+    series, control, lows, highs = [], [], [], []
+    for p in results["points"]:
+        m = next(m for m in p["metrics"] if m["task"] == task and m["metric"] == metric)
+        series.append(m["value"])
+        control.append(m["control"])
+        ci = m["delta_ci95"]
+        lows.append(m["value"] - (m["delta"] - ci[0]) if ci else m["value"])
+        highs.append(m["value"] + (ci[1] - m["delta"]) if ci else m["value"])
+        hib = m["higher_is_better"]
+    alphas = [p["alpha"] for p in results["points"]]
+    ax.fill_between(alphas, lows, highs, color="#c0392b", alpha=0.15, lw=0)
+    ax.plot(alphas, series, "o-", color="#c0392b", label="H-Neurons (95% CI of delta)")
+    if any(v is not None for v in control):
+        ax.plot(alphas, control, "s--", color="#2980b9", label="random control")
+    role = "knowledge" if spec in constraints["knowledge"] else "target"
+    ax.set_title(f"{task} {metric} ({role}, {'higher' if hib else 'lower'} is better)", fontsize=8)

@@ -1,0 +1,66 @@
+"""Every file name and format id of hneurons' artifacts, in one place (docs/ARTIFACTS.md describes each).
+
+Writers and readers import the names from here, so that a stage and the stages that read its output
+cannot disagree on what a file is called or which format it holds. A format id (``hneurons.NAME/N``)
+changes its number only when old readers could no longer read a new file.
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------------------------------------- collect
+RESPONSES = "responses.jsonl"
+COLLECT_MANIFEST = "collect.json"
+COLLECT_SETTINGS = "collect.settings.json"
+CHUNKS = "chunks"
+COLLECT_FORMAT = "hneurons.collect/1"
+
+# -------------------------------------------------------------------------------------------- locate
+FEATURES = "features"
+FEATURES_MANIFEST = "features.json"
+FEATURES_FORMAT = "hneurons.features/1"
+NEURONS = "neurons.json"
+NEURONS_FORMAT = "hneurons.neurons/1"
+PROBE = "probe.safetensors"
+PROBE_FORMAT = "hneurons.probe/1"
+LOCATE_REPORT = "locate.json"
+LOCATE_FORMAT = "hneurons.locate/1"
+PREDICTIONS = "predictions.jsonl"
+DETECT_HELDOUT_FORMAT = "hneurons.detect_heldout/1"
+ORIGIN_REPORT = "origin.json"
+ORIGIN_FORMAT = "hneurons.origin/1"
+DRIFT = "drift.safetensors"
+DRIFT_FORMAT = "hneurons.drift/1"
+
+# ---------------------------------------------------------------------------------------------- edit
+EDIT_MANIFEST = "hneurons_edit.json"
+EDIT_FORMAT = "hneurons.edit/1"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SINGLE_SAFETENSORS = "model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+GGUF_SOURCE = "hneurons_source.json"  # written into the cached safetensors folder converted from a GGUF file
+
+# ------------------------------------------------------------------------------------------ evaluate
+EVAL_RESULTS = "eval_results.json"
+EVAL_FORMAT = "hneurons.eval/1"
+EVAL_RUN = "hneurons_run.json"  # per-variant resume key inside lm_eval/<variant>/
+EVAL_PLOT = "eval_deltas.png"
+SWEEP_REPORT = "sweep.json"
+SWEEP_FORMAT = "hneurons.sweep/1"
+SWEEP_PLOT = "sweep.png"
+
+# ----------------------------------------------------------------------------------- card and push
+CARD = "README.md"
+PUBLISH_MANIFEST = "hneurons_publish.json"
+PUBLISH_FORMAT = "hneurons.publish/1"
+
+# ---------------------------------------------------------------------------------------- a recipe run
+RUN_STATE = "run_state.json"
+RUN_REPORT = "report.md"
+# The folder of each edit mode inside a recipe's output folder.
+EDIT_FOLDERS = {"weights": "model", "ia3": "adapter-ia3", "lora": "adapter-lora"}
+
+# -------------------------------------------------------------------------------- bundled data files
+QUESTIONS_FORMAT = "hneurons.questions/1"
+EVALDATA_FORMAT = "hneurons.evaldata/1"
+PER_LAYER_PLOT = "h_neurons_per_layer.png"  # locate and the model card draw it

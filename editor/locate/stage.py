@@ -1,0 +1,502 @@
+"""Locate: CETT features, the sparse probe, the H-Neuron set and an honest detection report.
+
+docs/METHOD.md sections 2-5. Inputs: a collect folder (``responses.jsonl``) and the same model. Steps:
+
+1. CETT features of every selected (class-balanced) response: x_answer and x_other (editor.locate.features).
+2. Training rows from the **train** split. "3v1" labels (the paper's default): y = 1 for x_answer of
+   hallucinated responses, y = 0 for x_answer of faithful responses and x_other of both; "1v1": x_answer
+   rows only. Features are standardised with mean/std of the training rows (stored with the probe).
+3. An L1 logistic-regression path over a grid of C (editor.locate.probe), warm-started.
+   The "answer tokens" are the whole response (minus template and end-of-turn tokens) by default.
+   collect also records the span narrowed to the gold alias, but it exists only for correct answers:
+   narrowing one class and not the other would let the probe learn the span definition instead of the
+   model's state, and a detector cannot narrow without a gold answer. ``span="answer"`` uses it anyway.
+4. C is chosen on the **validation** split only: by default the sparsest C whose validation AUROC is
+   within ``tol`` of the best. The detection threshold (for accuracy) is also chosen on validation.
+5. H-Neurons = neurons with positive weight at the chosen C.
+6. Report on the held-out **test** split, each with a bootstrap 95% CI: the probe; a classifier refit
+   on the H-Neurons alone vs the same classifier refit on as many random neurons (several draws: the
+   paper's random baseline); per relation; balanced within each relation (so that a probe cannot win by
+   recognising the question family); cross-relation (train on half of the relations, test on the
+   others); and the fabricated-entity set when it has both classes.
+
+Outputs (docs/ARTIFACTS.md): ``features/``, ``neurons.json``, ``probe.safetensors``, ``locate.json`` and
+PNG plots (H-Neurons per layer, regularisation path, ROC curves).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from .. import stats
+from ..artifacts import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_no_outside_links,
+    clean_stale_temporaries,
+    provenance,
+    safetensors_bytes,
+    sha256_json,
+)
+from ..collect.stage import load_responses
+from ..errors import InputError, ModelMismatchError
+from ..formats import LOCATE_FORMAT, LOCATE_REPORT, NEURONS, NEURONS_FORMAT, PREDICTIONS, PROBE, PROBE_FORMAT
+from ..model.loading import LoadedModel
+from . import probe as probe_lib
+from .features import FeatureSettings, FeatureStore, extract_features
+from .settings import LocateSettings
+
+SPLITS = ("train", "validation", "test")
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass
+class Split:
+    ids: list[str]
+    y: np.ndarray  # 1 = hallucinated
+    relation: list[str]
+
+
+def splits_of(records: Sequence[dict], fabricated: bool) -> dict[str, Split]:
+    out = {}
+    for split in SPLITS:
+        rows = [r for r in records if r["selected"] and r["split"] == split and bool(r["fabricated"]) == fabricated]
+        out[split] = Split([str(r["id"]) for r in rows], np.array([int(r["hallucinated"]) for r in rows]),
+                           [r["relation"] for r in rows])
+    return out
+
+
+def _check_classes(splits: dict[str, Split], source: str) -> None:
+    for name in SPLITS:
+        counts = np.bincount(splits[name].y, minlength=2) if len(splits[name].y) else np.zeros(2, int)
+        if counts.min() == 0:
+            raise InputError(
+                f"{source}: the {name} split has {counts[0]} faithful and {counts[1]} hallucinated selected "
+                f"responses; the probe needs both classes in train, validation and test. Collect more questions "
+                f"(or questions the model gets wrong as well as right)"
+            )
+
+
+class Standardiser:
+    """Mean and std of the training rows; constant features get std 1 (they stay 0 after centring)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        self.mean, self.std = mean, std
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> "Standardiser":
+        mean = x.double().mean(0)
+        std = x.double().std(0, unbiased=False)
+        std[std < 1e-12] = 1.0
+        return cls(mean.float(), std.float())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def training_rows(store: FeatureStore, split: Split, labels: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and labels of the probe's training matrix (3v1: answer rows + other rows; 1v1: answers)."""
+    answer = store.load(split.ids, "answer")
+    y = torch.tensor(split.y, dtype=torch.float32)
+    if labels == "1v1":
+        return answer, y
+    other = store.load(split.ids, "other")
+    return torch.cat([answer, other]), torch.cat([y, torch.zeros_like(y)])
+
+
+# ------------------------------------------------------------------------------------------- fitting
+@dataclass
+class FittedProbe:
+    weight: torch.Tensor  # [F] in standardised space
+    bias: float
+    standardiser: Standardiser
+    C: float
+    columns: torch.Tensor | None = None  # feature subset (restricted classifiers); None = all
+
+    def scores(self, x_raw: torch.Tensor) -> np.ndarray:
+        """Logits for raw (unstandardised) feature rows; x_raw holds only ``columns`` when set."""
+        mean, std = self.standardiser.mean, self.standardiser.std
+        if self.columns is not None:
+            mean, std = mean[self.columns], std[self.columns]
+        return (((x_raw - mean) / std) @ self.weight + self.bias).numpy()
+
+
+def fit_probe_path(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: np.ndarray,
+                   settings: LocateSettings, progress: bool = False) -> tuple[list, list[float], int, Standardiser]:
+    """Standardise, fit the path, score every point on validation, choose C by the rule."""
+    std = Standardiser.fit(x_train)
+    xs = std(x_train)
+    grid = settings.C or probe_lib.default_C_grid(xs, y_train, n=settings.n_C)
+    path = probe_lib.fit_path(xs, y_train, sorted(grid), progress=progress)
+    xv = std(x_val)
+    val_auroc = [stats.auroc((xv @ p.weight + p.bias).numpy(), y_val) if p.n_nonzero else 0.5 for p in path]
+    chosen = probe_lib.select_C(path, val_auroc, rule=settings.rule, tol=settings.tol)
+    return path, val_auroc, chosen, std
+
+
+def refit_on(columns: torch.Tensor, x_train: torch.Tensor, y_train: torch.Tensor, C: float) -> FittedProbe:
+    """The same L1 logistic regression, refit on a subset of neurons (H-Neurons or random ones)."""
+    sub = x_train[:, columns]
+    std = Standardiser.fit(sub)
+    point = probe_lib.fit_l1_logreg(std(sub), y_train, C)
+    full_std = Standardiser(torch.zeros(x_train.shape[1]), torch.ones(x_train.shape[1]))
+    full_std.mean[columns], full_std.std[columns] = std.mean, std.std
+    return FittedProbe(point.weight, point.bias, full_std, C, columns=columns)
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def detection_metrics(scores: np.ndarray, y: np.ndarray, threshold: float, n_boot: int, seed: int) -> dict:
+    pred = (scores > threshold).astype(int)
+    auroc = stats.auroc(scores, y)
+    acc = stats.accuracy(pred, y)
+    return {
+        "n": int(len(y)), "n_hallucinated": int(y.sum()),
+        "auroc": auroc,
+        "auroc_ci95": list(stats.bootstrap_ci(stats.auroc, scores, y, n_boot=n_boot, seed=seed, stratify=y)),
+        "accuracy": acc, "accuracy_ci95": list(stats.bootstrap_ci(stats.accuracy, pred, y, n_boot=n_boot, seed=seed)),
+    }
+
+
+def balanced_within_relation(split: Split, seed: int) -> np.ndarray:
+    """Row indices with equal hallucinated / faithful counts inside every relation (family)."""
+    rng = random.Random(seed)
+    keep: list[int] = []
+    for rel in sorted(set(split.relation)):
+        rows = [i for i, r in enumerate(split.relation) if r == rel]
+        pos = [i for i in rows if split.y[i] == 1]
+        neg = [i for i in rows if split.y[i] == 0]
+        n = min(len(pos), len(neg))
+        keep += rng.sample(pos, n) + rng.sample(neg, n)
+    return np.array(sorted(keep), dtype=int)
+
+
+# ------------------------------------------------------------------------------------------- outputs
+def write_probe(path: Path, fitted: FittedProbe, settings: LocateSettings, identity: dict) -> None:
+    atomic_write_bytes(path, safetensors_bytes(
+        {"weight": fitted.weight.float().contiguous(), "bias": torch.tensor([fitted.bias], dtype=torch.float32),
+         "mean": fitted.standardiser.mean.contiguous(), "std": fitted.standardiser.std.contiguous()},
+        metadata={"format": PROBE_FORMAT, "C": repr(fitted.C), "labels": settings.labels,
+                  "aggregate": settings.aggregate, "span": settings.span, "store_dtype": "float16",
+                  "model": json.dumps(identity, sort_keys=True)},
+    ))
+
+
+def load_probe(path: str | Path) -> tuple[FittedProbe, dict]:
+    """Read ``probe.safetensors``: the fitted probe and its metadata (labels, aggregate, model identity)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"probe file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in ("weight", "bias", "mean", "std")}
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise InputError(f"{path} is not a readable probe file: {exc}") from None
+    if meta.get("format") != PROBE_FORMAT:
+        raise InputError(f"{path} is not an hneurons probe (format {meta.get('format')!r})")
+    fitted = FittedProbe(tensors["weight"], float(tensors["bias"][0]), Standardiser(tensors["mean"], tensors["std"]),
+                         float(meta["C"]))
+    meta = dict(meta, model=json.loads(meta["model"]))
+    return fitted, meta
+
+
+def neurons_document(weight: torch.Tensor, identity: dict, store: FeatureStore, train: Split,
+                     settings: LocateSettings, C: float) -> dict:
+    d_ff, layers = identity["d_ff"], identity["num_layers"]
+    flat = torch.nonzero(weight > 0).flatten()
+    flat = flat[torch.argsort(weight[flat], descending=True)]
+    answers = store.load(train.ids, "answer", columns=flat) if len(flat) else torch.zeros(len(train.ids), 0)
+    hallu = torch.tensor(train.y, dtype=torch.bool)
+    neurons = []
+    for k, f in enumerate(flat.tolist()):
+        neurons.append({
+            "layer": f // d_ff, "index": f % d_ff, "flat_index": f, "weight": float(weight[f]),
+            "mean_hallucinated": float(answers[hallu, k].mean()) if hallu.any() else None,
+            "mean_faithful": float(answers[~hallu, k].mean()) if (~hallu).any() else None,
+        })
+    per_layer = {str(layer): 0 for layer in range(layers)}
+    for n in neurons:
+        per_layer[str(n["layer"])] += 1
+    total = layers * d_ff
+    return {"format": NEURONS_FORMAT, "model": identity, "neurons": neurons, "count": len(neurons),
+            "total_ffn_neurons": total, "per_mille": 1000 * len(neurons) / total, "per_layer": per_layer,
+            "probe": {"C": C, "labels": settings.labels, "aggregate": settings.aggregate, "span": settings.span}}
+
+
+# ------------------------------------------------------------------------------------------- the stage
+@dataclass
+class LocateResult:
+    out_dir: Path
+    neurons: dict
+    report: dict
+
+    @property
+    def neurons_path(self) -> Path:
+        return self.out_dir / NEURONS
+
+    @property
+    def probe_path(self) -> Path:
+        return self.out_dir / PROBE
+
+
+def check_same_model(recorded: dict, lm: LoadedModel, what: str, force: bool = False) -> None:
+    """An artifact made with another model is an error (architecture always; weights unless forced)."""
+    if recorded.get("architecture_hash") and recorded["architecture_hash"] != lm.architecture_hash:
+        raise ModelMismatchError(
+            f"{what} was made with a model of another architecture ({recorded.get('model_type')}, "
+            f"{recorded.get('num_layers')} layers x {recorded.get('d_ff')}) than {lm.source.spec!r} "
+            f"({lm.arch.model_type}, {lm.num_layers} x {lm.d_ff})")
+    if not force and recorded.get("weights_fingerprint") and recorded["weights_fingerprint"] != lm.fingerprint:
+        raise ModelMismatchError(
+            f"{what} was made with other weights (fingerprint {recorded['weights_fingerprint']}) than "
+            f"{lm.source.spec!r} (fingerprint {lm.fingerprint}); pass --force to use it anyway")
+
+
+def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
+           settings: LocateSettings | None = None, *, progress: bool = True, force: bool = False,
+           **fields: Any) -> LocateResult:
+    """Run (or resume) the locate stage; see the module docstring. ``settings``
+    (:class:`~editor.locate.settings.LocateSettings`) may also be given field by field as keywords."""
+    settings = LocateSettings.of(settings, **fields)
+    started = time.time()
+    records, manifest = load_responses(responses_dir)
+    check_same_model(manifest["model"], lm, f"collect output {responses_dir}", force)
+    facts, fabricated = splits_of(records, False), splits_of(records, True)
+    _check_classes(facts, f"collect output {responses_dir}")
+    out = Path(out_dir)
+    check_no_outside_links(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(out)  # half-written files of a killed run; this run rewrites them all
+
+    chosen_records = [r for r in records if r["selected"]]
+    store = extract_features(lm, chosen_records, out / "features",
+                             FeatureSettings(aggregate=settings.aggregate, span=settings.span,
+                                             batch_size=settings.batch_size),
+                             progress=progress)
+
+    x_train, y_train = training_rows(store, facts["train"], settings.labels)
+    x_val = store.load(facts["validation"].ids, "answer")
+    x_test = store.load(facts["test"].ids, "answer")
+    path, val_auroc, chosen, std = fit_probe_path(x_train, y_train, x_val, facts["validation"].y, settings, progress)
+    point = path[chosen]
+    probe = FittedProbe(point.weight, point.bias, std, point.C)
+    val_scores = probe.scores(x_val)
+    threshold = stats.best_threshold(val_scores, facts["validation"].y)
+
+    identity = lm.identity()
+    neurons = neurons_document(point.weight, identity, store, facts["train"], settings, point.C)
+    h_cols = torch.tensor([n["flat_index"] for n in neurons["neurons"]], dtype=torch.long)
+
+    report = {
+        "format": LOCATE_FORMAT,
+        "model": identity,
+        "responses": {"folder": str(responses_dir), "questions_sha256": manifest.get("questions_sha256"),
+                      "collect_settings_sha256": sha256_json({k: manifest.get(k) for k in ("data", "sampling",
+                                                                                           "prompt")})},
+        "settings": settings.model_dump(),
+        "counts": {name: {"n": len(s.ids), "hallucinated": int(s.y.sum())} for name, s in facts.items()},
+        "path": [{"C": p.C, "n_nonzero": p.n_nonzero, "n_positive": p.n_positive, "val_auroc": a,
+                  "converged": p.converged} for p, a in zip(path, val_auroc)],
+        "chosen": {"index": chosen, "C": point.C, "rule": settings.rule, "tol": settings.tol,
+                   "val_auroc": val_auroc[chosen], "threshold": float(threshold)},
+        "h_neurons": {"count": neurons["count"], "per_mille": neurons["per_mille"]},
+    }
+    report["test"] = _test_report(probe, h_cols, x_train, y_train, x_val, x_test, facts, threshold, store, settings)
+    report["cross_relation"] = _cross_relation(store, facts, settings)
+    report["fabricated"] = _fabricated_report(probe, store, fabricated, threshold, settings)
+    report["wall_time_s"] = round(time.time() - started, 2)
+    report["provenance"] = provenance()
+
+    write_probe(out / PROBE, probe, settings, identity)
+    _write_predictions(out / PREDICTIONS, probe, store, facts, fabricated)
+    atomic_write_json(out / NEURONS, neurons)
+    from ..plots import plot_locate
+
+    report["plots"] = plot_locate(out, neurons, report)
+    atomic_write_json(out / LOCATE_REPORT, report)
+    return LocateResult(out, neurons, report)
+
+
+def _test_report(probe: FittedProbe, h_cols: torch.Tensor, x_train, y_train, x_val, x_test, facts, threshold,
+                 store: FeatureStore, settings: LocateSettings) -> dict:
+    test, val = facts["test"], facts["validation"]
+    nb, seed = settings.bootstrap, settings.seed
+    scores = probe.scores(x_test)
+    result = {"probe": detection_metrics(scores, test.y, threshold, nb, seed)}
+    result["probe"]["roc"] = _roc_points(scores, test.y)
+    k = len(h_cols)
+    if k == 0:
+        result["note"] = "the chosen C selects no neuron with positive weight: no H-Neurons, no baseline"
+        return result
+    # H-Neurons alone vs the same number of random neurons, same classifier and C (the paper's baseline)
+    restricted = {}
+    for name, cols in [("h_neurons", h_cols)] + [
+        (f"random_{d}", random_columns(store.n_features, k, h_cols, seed + d)) for d in range(settings.random_draws)
+    ]:
+        fitted = refit_on(cols, x_train, y_train, probe.C)
+        thr = stats.best_threshold(fitted.scores(x_val[:, cols]), val.y)
+        s = fitted.scores(x_test[:, cols])
+        restricted[name] = (s, detection_metrics(s, test.y, thr, nb, seed))
+    result["h_neurons_only"] = restricted["h_neurons"][1]
+    result["h_neurons_only"]["roc"] = _roc_points(restricted["h_neurons"][0], test.y)
+    draws = [m for n, (_, m) in restricted.items() if n.startswith("random_")]
+    result["random"] = _summarise_draws(draws)
+    result["random"]["roc"] = _roc_points(restricted["random_0"][0], test.y)
+    # per relation, and balanced within relation
+    result["per_relation"] = {}
+    rel = np.array(test.relation)
+    for r in sorted(set(test.relation)):
+        rows = rel == r
+        if len(set(test.y[rows])) < 2:
+            result["per_relation"][r] = {"n": int(rows.sum()), "note": "one class only: AUROC undefined"}
+            continue
+        result["per_relation"][r] = {
+            "probe": detection_metrics(scores[rows], test.y[rows], threshold, nb, seed),
+            "random_auroc_mean": float(np.mean([stats.auroc(s[rows], test.y[rows])
+                                                for n, (s, _) in restricted.items() if n.startswith("random_")])),
+        }
+    keep = balanced_within_relation(test, seed)
+    if len(keep) and len(set(test.y[keep])) == 2:
+        rand = [stats.auroc(s[keep], test.y[keep]) for n, (s, _) in restricted.items() if n.startswith("random_")]
+        result["balanced_within_relation"] = {
+            "probe": detection_metrics(scores[keep], test.y[keep], threshold, nb, seed),
+            "h_neurons_only": detection_metrics(restricted["h_neurons"][0][keep], test.y[keep], threshold, nb, seed),
+            "random_auroc_mean": float(np.mean(rand)), "random_auroc_min": float(np.min(rand)),
+            "random_auroc_max": float(np.max(rand)),
+        }
+        b = result["balanced_within_relation"]
+        b["probe_beats_random"] = bool(b["probe"]["auroc_ci95"][0] > b["random_auroc_mean"])
+    return result
+
+
+def _write_predictions(path: Path, probe: FittedProbe, store: FeatureStore, facts: dict[str, Split],
+                       fabricated: dict[str, Split]) -> None:
+    """The probe's hallucination probability for every held-out response (validation, test, fabricated)."""
+    from ..artifacts import atomic_write_text
+
+    lines = []
+    for kind, splits in (("facts", facts), ("fabricated", fabricated)):
+        for name, split in splits.items():
+            if (kind == "facts" and name == "train") or not split.ids:
+                continue
+            probs = 1 / (1 + np.exp(-probe.scores(store.load(split.ids, "answer"))))
+            for rid, y, rel, p in zip(split.ids, split.y, split.relation, probs):
+                lines.append(json.dumps({"id": rid, "set": kind, "split": name, "relation": rel,
+                                         "hallucinated": int(y), "hallucination_prob": float(p)}))
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def random_columns(n_features: int, k: int, exclude: torch.Tensor, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    excluded = set(exclude.tolist())
+    picked: list[int] = []
+    while len(picked) < k:
+        for c in rng.choice(n_features, size=k, replace=False).tolist():
+            if c not in excluded and c not in picked and len(picked) < k:
+                picked.append(c)
+    return torch.tensor(sorted(picked), dtype=torch.long)
+
+
+def _summarise_draws(draws: list[dict]) -> dict:
+    auc = np.array([d["auroc"] for d in draws])
+    acc = np.array([d["accuracy"] for d in draws])
+    return {"draws": len(draws), "auroc_mean": float(auc.mean()), "auroc_std": float(auc.std()),
+            "auroc_min": float(auc.min()), "auroc_max": float(auc.max()), "accuracy_mean": float(acc.mean()),
+            "accuracy_std": float(acc.std()), "per_draw": [{"auroc": d["auroc"], "accuracy": d["accuracy"],
+                                                            "auroc_ci95": d["auroc_ci95"]} for d in draws]}
+
+
+def _roc_points(scores: np.ndarray, y: np.ndarray, n: int = 101) -> dict:
+    order = np.argsort(-scores, kind="stable")
+    ys = y[order]
+    tpr = np.concatenate([[0], np.cumsum(ys) / max(1, ys.sum())])
+    fpr = np.concatenate([[0], np.cumsum(1 - ys) / max(1, (1 - ys).sum())])
+    idx = np.unique(np.linspace(0, len(tpr) - 1, min(n, len(tpr))).round().astype(int))
+    return {"fpr": fpr[idx].round(4).tolist(), "tpr": tpr[idx].round(4).tolist()}
+
+
+def _cross_relation(store: FeatureStore, facts: dict[str, Split], settings: LocateSettings) -> dict:
+    """Train (and choose C) on half of the relations, test on the other half, both ways round."""
+    relations = sorted(set(facts["train"].relation) | set(facts["test"].relation))
+    if len(relations) < 2:
+        return {"note": "only one relation: no cross-relation test"}
+    groups = [relations[0::2], relations[1::2]]
+    folds = []
+    for train_rel, test_rel in (groups, groups[::-1]):
+        sub = {n: _subset(s, set(train_rel if n != "test" else test_rel)) for n, s in facts.items()}
+        if any(len(set(s.y)) < 2 for s in sub.values()):
+            folds.append({"train_relations": train_rel, "test_relations": test_rel,
+                          "note": "a split lacks one class for these relations"})
+            continue
+        x_tr, y_tr = training_rows(store, sub["train"], settings.labels)
+        x_val = store.load(sub["validation"].ids, "answer")
+        path, val_auroc, chosen, std = fit_probe_path(x_tr, y_tr, x_val, sub["validation"].y, settings)
+        p = path[chosen]
+        fitted = FittedProbe(p.weight, p.bias, std, p.C)
+        thr = stats.best_threshold(fitted.scores(x_val), sub["validation"].y)
+        x_te = store.load(sub["test"].ids, "answer")
+        folds.append({"train_relations": train_rel, "test_relations": test_rel, "C": p.C,
+                      "n_positive": p.n_positive,
+                      **detection_metrics(fitted.scores(x_te), sub["test"].y, thr, settings.bootstrap, settings.seed)})
+    return {"folds": folds}
+
+
+def _subset(split: Split, relations: set[str]) -> Split:
+    rows = [i for i, r in enumerate(split.relation) if r in relations]
+    return Split([split.ids[i] for i in rows], split.y[rows], [split.relation[i] for i in rows])
+
+
+def _fabricated_report(probe: FittedProbe, store: FeatureStore, fabricated: dict[str, Split], threshold: float,
+                       settings: LocateSettings) -> dict:
+    """NonExist: hallucinated = a confident answer about a fabricated entity; faithful = a refusal."""
+    ids = [i for s in fabricated.values() for i in s.ids]
+    y = np.concatenate([s.y for s in fabricated.values()]) if ids else np.array([], dtype=int)
+    if len(ids) == 0 or len(set(y.tolist())) < 2:
+        return {"n": len(ids), "n_hallucinated": int(y.sum()) if len(y) else 0,
+                "note": "the fabricated-entity set does not have both classes (confident answers and refusals) "
+                        "among consistent responses: no detection score"}
+    scores = probe.scores(store.load(ids, "answer"))
+    return {"probe": detection_metrics(scores, y, threshold, settings.bootstrap, settings.seed)}
+
+
+def format_report(report: dict) -> str:
+    """The printed table of the detection report."""
+    def row(name: str, m: dict | None) -> str:
+        if not m:
+            return f"  {name:<34} -"
+        lo, hi = m["auroc_ci95"]
+        alo, ahi = m["accuracy_ci95"]
+        return (f"  {name:<34} AUROC {m['auroc']:.3f} [{lo:.3f}, {hi:.3f}]   "
+                f"accuracy {m['accuracy']:.3f} [{alo:.3f}, {ahi:.3f}]   n={m['n']}")
+
+    test = report["test"]
+    ch = report["chosen"]
+    lines = [f"H-Neurons: {report['h_neurons']['count']} ({report['h_neurons']['per_mille']:.3f} per mille of FFN "
+             f"neurons) at C={ch['C']:.4g} (validation AUROC {ch['val_auroc']:.3f}, rule {ch['rule']})",
+             "test split:", row("probe (all weights)", test.get("probe")),
+             row("classifier on H-Neurons only", test.get("h_neurons_only"))]
+    if "random" in test:
+        r = test["random"]
+        lines.append(f"  {'random neurons, same count':<34} AUROC {r['auroc_mean']:.3f} +- {r['auroc_std']:.3f} "
+                     f"(min {r['auroc_min']:.3f}, max {r['auroc_max']:.3f}, {r['draws']} draws)   "
+                     f"accuracy {r['accuracy_mean']:.3f}")
+    b = test.get("balanced_within_relation")
+    if b:
+        lines.append(row("probe, balanced within relation", b["probe"]))
+        lines.append(f"  {'random, balanced within relation':<34} AUROC {b['random_auroc_mean']:.3f}   "
+                     f"probe beats random: {'yes' if b['probe_beats_random'] else 'NO'}")
+    for fold in report.get("cross_relation", {}).get("folds", []):
+        if "auroc" in fold:
+            lines.append(row(f"cross-relation -> {'+'.join(fold['test_relations'])[:20]}", fold))
+    fab = report.get("fabricated", {})
+    lines.append(row("fabricated entities", fab.get("probe")) if "probe" in fab else f"  fabricated: {fab.get('note')}")
+    return "\n".join(lines)
