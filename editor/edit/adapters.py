@@ -11,7 +11,13 @@ from typing import Any
 import torch
 
 from ..formats import ADAPTER_WEIGHTS
-from ..model.hooks import LayerScale, down_columns, down_proj_modules, down_weight, neuron_axis
+from ..model.hooks import (
+    LayerScale,
+    down_columns,
+    down_proj_modules,
+    down_weight,
+    neuron_axis,
+)
 from ..model.registry import get_arch
 
 

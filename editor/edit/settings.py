@@ -12,6 +12,13 @@ from pydantic import Field, field_validator
 from ..options import Cli, Settings
 
 MODES = ("weights", "ia3", "lora")
+# A fixed, varied set of short texts: enough positions to exercise every layer, quick on any model.
+VERIFY_PROMPTS = (
+    "The capital of France is",
+    "Question: What is the chemical symbol of gold?\nAnswer:",
+    "I don't know the answer, but I think it might be",
+    "Once upon a time, in a small village by the sea, there lived",
+)
 Mode = Literal["weights", "ia3", "lora"]
 
 

@@ -66,7 +66,14 @@ from typing import Any
 
 import torch
 
-from ..artifacts import atomic_dir, atomic_write_bytes, atomic_write_json, check_output_target, files_sha256, provenance
+from ..artifacts import (
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_target,
+    files_sha256,
+    provenance,
+)
 from ..errors import InputError
 from ..formats import EDIT_FORMAT, EDIT_MANIFEST, NEURONS, PROBE
 from ..model.checkpoint import (
@@ -79,12 +86,24 @@ from ..model.checkpoint import (
     tensor_locations,
 )
 from ..model.hooks import LayerScale
-from ..model.loading import LoadedModel, LoadOptions, ModelSource, load_model, parse_dtype
+from ..model.loading import (
+    LoadedModel,
+    LoadOptions,
+    ModelSource,
+    load_model,
+    parse_dtype,
+)
 from ..model.neuron_set import NeuronSet, as_neuron_set
 from ..options import split_fields
 from .adapters import make_ia3_adapter, make_lora_adapter
 from .settings import EditSettings
-from .verify import VERIFY_PROMPTS, Reference, adapter_candidates, checkpoint_candidate, verify_edit
+from .verify import (
+    VERIFY_PROMPTS,
+    Reference,
+    adapter_candidates,
+    checkpoint_candidate,
+    verify_edit,
+)
 from .weights import check_tensors, rewrite_safetensors_out_of_core, write_checkpoint
 
 log = logging.getLogger(__name__)

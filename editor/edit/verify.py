@@ -18,15 +18,6 @@ from ..errors import VerificationError
 from ..model.hooks import LayerScale, scaled_neurons
 from ..model.loading import LoadedModel
 
-# A fixed, varied set of short texts: enough positions to exercise every layer, quick on any model.
-VERIFY_PROMPTS = (
-    "The capital of France is",
-    "Question: What is the chemical symbol of gold?\nAnswer:",
-    "I don't know the answer, but I think it might be",
-    "Once upon a time, in a small village by the sea, there lived",
-)
-
-
 FP32_TOLERANCE = 1e-4
 
 

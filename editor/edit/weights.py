@@ -22,7 +22,13 @@ from ..model.checkpoint import (
     read_safetensors_header,
     tensor_locations,
 )
-from ..model.hooks import LayerScale, down_proj_modules, down_weight, neuron_axis, scale_columns_
+from ..model.hooks import (
+    LayerScale,
+    down_proj_modules,
+    down_weight,
+    neuron_axis,
+    scale_columns_,
+)
 from ..model.loading import LoadedModel
 from ..model.registry import ArchSpec, get_arch
 from .settings import EditSettings
