@@ -64,6 +64,9 @@ class EditSettings(Settings):
                           "still runs)")
     max_shard_size: str = Field(
         "5GB", description="largest safetensors shard written by the in-memory weights mode")
+    verify_prompts: Annotated[list[str], Cli(flag="--verify-prompt", many="repeat", metavar="TEXT")] = Field(
+        list(VERIFY_PROMPTS), min_length=1,
+        description="prompts the written edit is verified on (repeatable; default: four short varied texts)")
 
     @field_validator("alpha")
     @classmethod

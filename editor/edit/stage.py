@@ -24,7 +24,7 @@ weights to float32 anyway) and adapter folders hold no tokenizer: the base model
 as an absolute path, and for an embedded alias or a .gguf file the converted safetensors folder.
 
 Verification is always on: after writing (into the temporary folder, before the final rename), the
-written files are reloaded and their logits on :data:`VERIFY_PROMPTS` (one right-padded batch, real tokens
+written files are reloaded and their logits on the ``verify_prompts`` setting (one right-padded batch, real tokens
 only) are compared with the source model under run-time activation scaling (forward pre-hooks,
 :func:`editor.model.hooks.scaled_neurons`). Weights mode compares the reloaded checkpoint; adapter modes
 compare source + adapter and source + adapter merged with ``merge_and_unload``. Weights mode also checks
@@ -98,7 +98,6 @@ from ..options import split_fields
 from .adapters import make_ia3_adapter, make_lora_adapter
 from .settings import EditSettings
 from .verify import (
-    VERIFY_PROMPTS,
     Reference,
     adapter_candidates,
     checkpoint_candidate,
@@ -223,7 +222,6 @@ def edit_model(
     overwrite: bool = False,
     force: bool = False,
     probe: str | Path | None = None,
-    prompts: Iterable[str] = VERIFY_PROMPTS,
     **fields: Any,
 ) -> EditResult:
     """Write the edited model (``weights``) or an exact suppression adapter (``ia3``, ``lora``) to ``out``.
@@ -245,7 +243,7 @@ def edit_model(
     settings = EditSettings.of(settings, **edit_fields)
     load = LoadOptions.of(load, **load_fields)
     job = _prepare(model, neurons, out, settings, load, overwrite=overwrite, force=force, probe=probe)
-    prompts = list(prompts)
+    prompts = list(settings.verify_prompts)
     with atomic_dir(job.out, overwrite=overwrite) as tmp:
         written, verification = _write_and_verify(job, tmp, prompts)
         evidence = _write_evidence(tmp, job.nset, job.probe)
