@@ -486,6 +486,27 @@ def test_cli_edit_writes_and_reports(sources, tmp_path, capsys):
     assert code == 2 and "LAYER=ALPHA" in capsys.readouterr().err
 
 
+def test_several_modes_from_one_command_and_the_verify_prompts_setting(sources, tmp_path, capsys):
+    """--mode twice writes both forms under --out (as a recipe run lays them out); --verify-prompt, a setting
+    declared once on EditSettings, reaches the verification from the command line and from a recipe."""
+    folder, _, neurons = sources["gpt2"]
+    code = cli_main(["edit", "--model", str(folder), "--neurons", str(neurons), "--mode", "weights", "--mode", "ia3",
+                     "--verify-prompt", "One two three", "--verify-prompt", "Four", "--out", str(tmp_path / "both"),
+                     "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    for sub, mode in (("model", "weights"), ("adapter-ia3", "ia3")):
+        manifest = json.loads((tmp_path / "both" / sub / EDIT_MANIFEST).read_text())
+        assert manifest["mode"] == mode and manifest["verification"]["prompts"] == 2
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{id: {folder}, device: cpu}}\noutput: {tmp_path / 'run'}\n"
+                      f"edit: {{modes: [ia3], verify_prompts: [Only this one]}}\n")
+    assert cli_main(["edit", "--recipe", str(recipe), "--neurons", str(neurons)]) == 0
+    manifest = json.loads((tmp_path / "run" / "adapter-ia3" / EDIT_MANIFEST).read_text())
+    assert manifest["verification"]["prompts"] == 1
+    with pytest.raises(InputError, match="verify_prompts"):
+        edit_model(str(folder), neurons, 0.0, "ia3", tmp_path / "none", verify_prompts=[])
+
+
 # ----------------------------------------------------------------------------------------- integration
 SMOL_GENERATE = textwrap.dedent("""
     import json, sys
