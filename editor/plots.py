@@ -10,17 +10,22 @@ from .formats import PER_LAYER_PLOT
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-def figure(width: float = 6.4, height: float = 3.6):
+def figure(width: float = 6.4, height: float = 3.6, rows: int | None = None, cols: int | None = None, dpi: int = 110):
+    """A headless figure: (pyplot, figure, axes); with ``rows``/``cols`` a grid of axes (always 2-D)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
+    if rows is None and cols is None:
+        fig, ax = plt.subplots(figsize=(width, height), dpi=dpi)
+    else:
+        fig, ax = plt.subplots(rows or 1, cols or 1, figsize=(width, height), dpi=dpi, squeeze=False)
     return plt, fig, ax
 
 
 def save_png(plt, fig, path: Path) -> str:
+    """Lay out, write atomically (a temporary sibling renamed into place) and close; returns the file name."""
     fig.tight_layout()
     tmp = path.with_name(".hneurons-tmp-" + path.name)
     fig.savefig(tmp, format="png")

@@ -21,7 +21,7 @@ from .common import (
 DESCRIPTION = """\
 Ask the model factual questions several times, judge every answer against the gold aliases, and keep
 the questions it answers consistently right (faithful) or consistently wrong (hallucinated): the
-training data of the H-Neuron probe (method of Gao et al., section 1-2).
+training data of the H-Neuron probe (docs/METHOD.md sections 1-2).
 
 For each question: one greedy answer plus up to --samples sampled answers (paper defaults: 10 samples,
 temperature 1.0, top-p 0.9, top-k 50, at most 50 new tokens). Sampling of a question stops early once it

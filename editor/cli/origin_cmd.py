@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from ..locate.settings import OriginSettings
 from ..options import add_arguments, from_args
-from .common import HELP_FORMATTER, add_model_args, load_from_args, load_options, model_spec
+from .common import (
+    HELP_FORMATTER,
+    add_model_args,
+    load_from_args,
+    load_options,
+    model_spec,
+)
 
 DESCRIPTION = """\
 Were the H-Neurons there before instruction tuning? Two analyses of an instruct model's H-Neurons

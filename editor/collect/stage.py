@@ -43,9 +43,21 @@ from ..data.judge import judge
 from ..data.prompting import Prompt, PromptStyle, build_prompt
 from ..data.questions import Question
 from ..errors import InputError, OutputExistsError
-from ..formats import CHUNKS, COLLECT_FORMAT, COLLECT_MANIFEST, COLLECT_SETTINGS, RESPONSES
+from ..formats import (
+    CHUNKS,
+    COLLECT_FORMAT,
+    COLLECT_MANIFEST,
+    COLLECT_SETTINGS,
+    RESPONSES,
+)
 from ..model.loading import LoadedModel
-from .generation import Generation, decode_settings, finish_generation, generate, stop_sets
+from .generation import (
+    Generation,
+    decode_settings,
+    finish_generation,
+    generate,
+    stop_sets,
+)
 from .sampler import decode_continuous, prefill, supports_continuous
 from .settings import CollectSettings
 

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import atomic_dir, atomic_write_json, atomic_writer, provenance, read_json, sha256_json
+from ..artifacts import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_writer,
+    provenance,
+    read_json,
+    sha256_json,
+)
 from ..errors import InputError
 from ..formats import EVAL_RUN
 from .settings import EvalSettings

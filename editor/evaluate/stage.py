@@ -86,14 +86,26 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import atomic_write_json, check_no_outside_links, provenance, read_json, sha256_file
+from ..artifacts import (
+    atomic_write_json,
+    check_no_outside_links,
+    provenance,
+    read_json,
+    sha256_file,
+)
 from ..errors import InputError, ModelMismatchError, OutputExistsError
 from ..formats import EDIT_MANIFEST, EVAL_FORMAT, EVAL_RESULTS
 from ..model.loading import LoadedModel, LoadOptions, load_model
 from ..model.neuron_set import NeuronSet, as_neuron_set
 from .compare import compare_runs, spread
 from .kl import kl_divergence, kl_sequences, kl_summary, write_kl_files
-from .lm_eval_run import HOOKS_NOTE, lm_eval_command, prepare_environment, run_lm_eval, task_manager
+from .lm_eval_run import (
+    HOOKS_NOTE,
+    lm_eval_command,
+    prepare_environment,
+    run_lm_eval,
+    task_manager,
+)
 from .settings import EvalSettings
 from .table import plot_deltas, render_table
 from .variants import Pair, Variant, control_variants, edit_folder_neurons

@@ -71,9 +71,16 @@ from ..errors import InputError
 from ..formats import SWEEP_FORMAT, SWEEP_PLOT, SWEEP_REPORT
 from ..model.loading import LoadedModel, LoadOptions, load_model
 from ..model.neuron_set import NeuronSet, as_neuron_set
+from ..plots import figure, save_png
 from .compare import paired_bootstrap
 from .kl import kl_divergence, kl_sequences, kl_summary, write_kl_files
-from .lm_eval_run import LmEvalRun, prepare_environment, run_lm_eval, task_manager, task_split
+from .lm_eval_run import (
+    LmEvalRun,
+    prepare_environment,
+    run_lm_eval,
+    task_manager,
+    task_split,
+)
 from .settings import EvalSettings, SweepSettings
 from .stage import check_out
 from .variants import Variant, control_alphas, random_control
@@ -406,20 +413,12 @@ def _f(value: float | None, digits: int = 4) -> str:
 
 def plot_sweep(out: Path, results: Mapping[str, Any], name: str = SWEEP_PLOT) -> str:
     """One panel per target / knowledge metric and one for KL: value vs alpha, H-Neurons and random control."""
-    import os
-
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     c = results["constraints"]
     wanted = c["knowledge"] + [t for t in c["targets"] if t not in c["knowledge"]]
     panels = wanted + ["KL"]
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), dpi=100, squeeze=False)
+    plt, fig, axes = figure(4.2 * cols, 3.0 * rows, rows=rows, cols=cols, dpi=100)
     alphas = [p["alpha"] for p in results["points"]]
     chosen = results["chosen"]["alpha"]
     for ax, panel in zip(axes.flat, panels):
@@ -442,13 +441,7 @@ def plot_sweep(out: Path, results: Mapping[str, Any], name: str = SWEEP_PLOT) ->
     axes.flat[0].legend(fontsize=7, loc="best")
     title = f"alpha sweep ({'chosen alpha ' + format(chosen, 'g') if chosen is not None else 'no alpha chosen'})"
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = out / name
-    tmp = path.with_name(".hneurons-tmp-" + name)
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return name
+    return save_png(plt, fig, out / name)
 
 
 def _metric_panel(ax, spec: str, results: Mapping[str, Any], constraints: Mapping[str, Any]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,12 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..formats import EVAL_PLOT
-
-
-def _fmt(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
+from ..plots import figure, save_png
+from ..text import fmt
 
 
 def render_table(results: Mapping[str, Any]) -> str:
@@ -31,12 +26,12 @@ def render_table(results: Mapping[str, Any]) -> str:
         if ctrl and row["base"] is not None:
             sd = f" ({ctrl['std']:.3f})" if ctrl.get("std") is not None else ""
             ctrl_text = f"{ctrl['mean'] - row['base']:+.3f}{sd}"
-        edit_ctrl = _fmt(row.get("edited_minus_control"), signed=True)
+        edit_ctrl = fmt(row.get("edited_minus_control"), signed=True, missing="-")
         if row.get("edited_minus_control_significant"):
             edit_ctrl += "*"
         lines.append([row["task"], row["metric"] + ("" if row["filter"] == "none" else f" [{row['filter']}]"),
-                      direction, str(row["n"] if row["n"] is not None else "-"), _fmt(row["base"]),
-                      _fmt(row["edited"]), _fmt(row["delta"], signed=True),
+                      direction, str(row["n"] if row["n"] is not None else "-"), fmt(row["base"], missing="-"),
+                      fmt(row["edited"], missing="-"), fmt(row["delta"], signed=True, missing="-"),
                       f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "-",
                       {True: "yes", False: "no", None: "-"}[row["significant"]], ctrl_text, edit_ctrl])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -61,13 +56,7 @@ def plot_deltas(out: Path, rows: Sequence[Mapping[str, Any]], name: str = EVAL_P
     rows = [r for r in rows if r["delta"] is not None]
     if not rows:
         return None
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4), dpi=110)
+    plt, fig, ax = figure(7.5, 0.45 * len(rows) + 1.4)
     ys = np.arange(len(rows))[::-1]
     deltas = [r["delta"] for r in rows]
     errs = np.array([[r["delta"] - r["delta_ci95"][0], r["delta_ci95"][1] - r["delta"]] if r["delta_ci95"]
@@ -85,10 +74,4 @@ def plot_deltas(out: Path, rows: Sequence[Mapping[str, Any]], name: str = EVAL_P
                        for r in rows], fontsize=8)
     ax.set_xlabel("delta (95% CI, paired bootstrap; red = significant)")
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path = out / name
-    tmp = path.with_name(".hneurons-tmp-" + name)
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return name
+    return save_png(plt, fig, out / name)

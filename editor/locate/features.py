@@ -29,10 +29,20 @@ from typing import Iterator, Sequence
 import torch
 from safetensors import safe_open
 
-from ..artifacts import atomic_write_json, clean_stale_temporaries, provenance, sha256_json
+from ..artifacts import (
+    atomic_write_json,
+    clean_stale_temporaries,
+    provenance,
+    sha256_json,
+)
 from ..errors import InputError, NumericalError, OutputExistsError
 from ..formats import FEATURES_FORMAT, FEATURES_MANIFEST
-from ..model.hooks import column_norms, down_proj_modules, down_weight, hooks_removed_on_exit
+from ..model.hooks import (
+    column_norms,
+    down_proj_modules,
+    down_weight,
+    hooks_removed_on_exit,
+)
 from ..model.loading import LoadedModel
 from .settings import LocateSettings
 

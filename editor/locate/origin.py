@@ -83,7 +83,14 @@ from ..artifacts import (
     sha256_json,
 )
 from ..errors import InputError, ModelLoadError, ModelMismatchError
-from ..formats import DRIFT, DRIFT_FORMAT, FEATURES_MANIFEST, LOCATE_REPORT, ORIGIN_FORMAT, ORIGIN_REPORT
+from ..formats import (
+    DRIFT,
+    DRIFT_FORMAT,
+    FEATURES_MANIFEST,
+    LOCATE_REPORT,
+    ORIGIN_FORMAT,
+    ORIGIN_REPORT,
+)
 from ..model.checkpoint import (
     Checkpoint,
     checkpoint_fingerprint,
@@ -96,7 +103,14 @@ from ..model.loading import LoadedModel, LoadOptions
 from ..model.registry import ArchSpec, architecture_hash
 from .features import FeatureSettings, FeatureStore, extract_features
 from .settings import OriginSettings
-from .stage import FittedProbe, load_probe, random_columns, refit_on, splits_of, training_rows
+from .stage import (
+    FittedProbe,
+    load_probe,
+    random_columns,
+    refit_on,
+    splits_of,
+    training_rows,
+)
 
 HIST_PLOT = "origin_drift_hist.png"
 LAYER_PLOT = "origin_drift_per_layer.png"

@@ -49,7 +49,15 @@ from ..artifacts import (
 )
 from ..collect.stage import load_responses
 from ..errors import InputError, ModelMismatchError
-from ..formats import LOCATE_FORMAT, LOCATE_REPORT, NEURONS, NEURONS_FORMAT, PREDICTIONS, PROBE, PROBE_FORMAT
+from ..formats import (
+    LOCATE_FORMAT,
+    LOCATE_REPORT,
+    NEURONS,
+    NEURONS_FORMAT,
+    PREDICTIONS,
+    PROBE,
+    PROBE_FORMAT,
+)
 from ..model.loading import LoadedModel
 from . import probe as probe_lib
 from .features import FeatureSettings, FeatureStore, extract_features

@@ -16,7 +16,14 @@ import torch
 from ..artifacts import read_json
 from ..errors import ModelLoadError
 from ..formats import SAFETENSORS_INDEX, SINGLE_SAFETENSORS
-from .loading import LoadedModel, ModelSource, converted_gguf_folder, parse_dtype, resolve_source, weights_fingerprint
+from .loading import (
+    LoadedModel,
+    ModelSource,
+    converted_gguf_folder,
+    parse_dtype,
+    resolve_source,
+    weights_fingerprint,
+)
 from .registry import ArchSpec, architecture_hash, get_arch
 
 

@@ -33,7 +33,12 @@ import torch
 from pydantic import BeforeValidator, Field
 from safetensors import SafetensorError
 
-from ..artifacts import remove_orphaned_temporaries, reported_write_errors, sha256_file, temporary_dir
+from ..artifacts import (
+    remove_orphaned_temporaries,
+    reported_write_errors,
+    sha256_file,
+    temporary_dir,
+)
 from ..errors import InputError, ModelLoadError, UnsupportedArchitectureError
 from ..formats import GGUF_SOURCE, SAFETENSORS_INDEX
 from ..options import Settings

@@ -31,7 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..artifacts import atomic_write_json, atomic_write_text, provenance, read_json, sha256_json
+from ..artifacts import (
+    atomic_write_json,
+    atomic_write_text,
+    provenance,
+    read_json,
+    sha256_json,
+)
 from ..errors import InputError
 from ..formats import (
     COLLECT_MANIFEST,
@@ -45,6 +51,7 @@ from ..formats import (
     RUN_STATE,
     SWEEP_REPORT,
 )
+from ..text import fmt
 from .recipe import Recipe, load_recipe, output_dir
 
 STAGES = ("collect", "locate", "sweep", "edit", "eval", "card", "push")
@@ -393,10 +400,6 @@ def _read(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _fmt(x, digits=3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
 def render_summary(summary: dict) -> str:
     lines = ["", "=" * 72, "hneurons run: summary", "=" * 72]
     for o in summary["stages"]:
@@ -409,14 +412,14 @@ def render_summary(summary: dict) -> str:
         d = summary["detection"]
         lo, hi = d["probe_auroc_ci95"]
         lines.append(f"detection (test): probe AUROC {d['probe_auroc']:.3f} [{lo:.3f}, {hi:.3f}] vs random neurons "
-                     f"{_fmt(d['random_auroc_mean'])}")
+                     f"{fmt(d['random_auroc_mean'], missing='-')}")
     if "alpha" in summary:
         lines.append(f"edit: alpha {summary['alpha']}")
     for name, row in summary.get("eval", {}).items():
         ci = row.get("delta_ci95") or [None, None]
-        lines.append(f"  {name:<48} {_fmt(row['base'])} -> {_fmt(row['edited'])} "
-                     f"(delta {_fmt(row['delta'], 3)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
-                     f"{', significant' if row.get('significant') else ''}; random control {_fmt(row['control_mean'])})")
+        lines.append(f"  {name:<48} {fmt(row['base'], missing='-')} -> {fmt(row['edited'], missing='-')} "
+                     f"(delta {fmt(row['delta'], 3, missing='-')} [{fmt(ci[0], missing='-')}, {fmt(ci[1], missing='-')}]"
+                     f"{', significant' if row.get('significant') else ''}; random control {fmt(row['control_mean'], missing='-')})")
     if "kl_mean" in summary:
         lines.append(f"  retention: mean KL(base || edited) on neutral prompts {summary['kl_mean']:.4f} nats")
     for mode, path in summary.get("fixed_model", {}).items():

@@ -53,7 +53,7 @@ from typing import Annotated, Any, Iterable, Sequence
 
 from pydantic import Field
 
-from ..artifacts import read_json, safe_join
+from ..artifacts import read_json, safe_join, sha256_file
 from ..errors import InputError, PublishError
 from ..formats import EDIT_MANIFEST, PUBLISH_MANIFEST
 from ..options import Cli, Settings
@@ -220,7 +220,7 @@ def collect_upload_files(folder: str | os.PathLike, manifest_names: Sequence[str
                                f"stage; manifests are uploaded as they are and must not be listed")
 
     files = [_verified(root, path, digest, source) for path, (digest, source) in _with_progress(root, listed)]
-    files += [UploadFile(name, (root / name).stat().st_size, _sha256_file(root / name), None) for name in manifests]
+    files += [UploadFile(name, (root / name).stat().st_size, sha256_file(root / name), None) for name in manifests]
     files.sort(key=lambda f: f.path)
     uploaded = {f.path for f in files}
     left_out = sorted(
@@ -266,19 +266,11 @@ def _verified(root: Path, path: str, digest: str, source: str) -> UploadFile:
         what = "a symbolic link" if target.is_symlink() else "missing"
         raise PublishError(f"{source} lists {path}, but {target} is {what}: the folder is incomplete; "
                            f"re-run the stage that writes it")
-    actual = _sha256_file(target)
+    actual = sha256_file(target)
     if actual != digest:
         raise PublishError(f"{path} does not match {source}: sha256 {actual[:16]}... on disk, {digest[:16]}... "
                            f"recorded; the file changed after it was written; re-run the stage that writes it")
     return UploadFile(path, target.stat().st_size, digest, source)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def git_blob_sha1(path: str | os.PathLike) -> str:

@@ -25,7 +25,7 @@ Inputs (each optional except the edit folder; read, never modified)
   ``lm_eval_commands``, ``files.plot``, ``provenance``.
 * ``sweep``: ``sweep.json`` (:mod:`editor.evaluate.sweep`): ``model``, ``neurons``, ``grid``, ``splits``,
   ``constraints``, ``chosen``, ``settings``, ``files.plot``.
-* ``origin``: ``origin.json`` (format ``hneurons.origin/1``, :mod:`editor.locate.origin`, method.md section 7). Keys
+* ``origin``: ``origin.json`` (format ``hneurons.origin/1``, :mod:`editor.locate.origin`, docs/METHOD.md section 7). Keys
   read (either block may be absent, not both; values may be null): ``model`` (the probe's model),
   ``probe`` {``sha256``, ``h_neurons``}, ``backward_transfer`` {``auroc``, ``auroc_ci95`` [lo, hi],
   ``random_auroc_mean`` (required), ``base_model``, ``n``, ``n_hallucinated``, ``h_neurons_only_auroc``,
@@ -79,12 +79,22 @@ the copied plots (``plots/*.png``) and reports (``eval_results.json``, ``locate.
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 from ...formats import CARD, PUBLISH_MANIFEST
 from .commands import stage_commands
-from .constants import BASE_MODEL_RELATIONS, BUNDLED_TASKS, HUB_URL, LIBRARY, PAPER_PER_MILLE, PAPER_URL, PLOTS_DIR
-from .constants import RELATION, REPORT_NAMES, REQUIRED_METADATA, SMALL_SAMPLE, TAGS
+from .constants import (
+    BASE_MODEL_RELATIONS,
+    BUNDLED_TASKS,
+    HUB_URL,
+    LIBRARY,
+    PAPER_PER_MILLE,
+    PAPER_URL,
+    PLOTS_DIR,
+    RELATION,
+    REPORT_NAMES,
+    REQUIRED_METADATA,
+    SMALL_SAMPLE,
+    TAGS,
+)
 from .inputs import CardInputs, Report, load_inputs, metric_label
 from .metadata import card_metadata, eval_results_for_index
 from .render import CardPlan, build_card, plan_card, template_values, write_card

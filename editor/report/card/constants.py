@@ -17,7 +17,7 @@ PLOTS_DIR = "plots"
 # Where the copied reports live in the edit folder (and on the Hub).
 REPORT_NAMES = {"eval": EVAL_RESULTS, "locate": LOCATE_REPORT, "sweep": SWEEP_REPORT,
                 "origin": ORIGIN_REPORT, "recipe": "recipe.yaml"}
-PAPER_PER_MILLE = (0.01, 0.35)  # H-Neuron counts in the paper (Llama-3.3-70B ... Mistral-7B), method.md 4
+PAPER_PER_MILLE = (0.01, 0.35)  # H-Neuron counts in the paper (Llama-3.3-70B ... Mistral-7B), docs/METHOD.md section 10
 SMALL_SAMPLE = 100  # items per task below which the card warns about wide intervals
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")

@@ -179,7 +179,7 @@ def _kl(kl: Mapping[str, Any] | None) -> dict | None:
 
 # ---------------------------------------------------------------------------------------------- origin
 def origin(inputs: CardInputs, plots: Plots) -> dict | None:
-    """Backward transfer and parameter drift (method.md section 7); None without an origin report."""
+    """Backward transfer and parameter drift (docs/METHOD.md section 7); None without an origin report."""
     if inputs.origin is None:
         return None
     doc = inputs.origin.doc

@@ -13,8 +13,19 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ...artifacts import read_json
 from ...errors import InputError, ModelMismatchError
-from ...formats import COLLECT_MANIFEST, EDIT_FORMAT, EDIT_MANIFEST, EVAL_FORMAT, EVAL_RESULTS, LOCATE_REPORT
-from ...formats import NEURONS, ORIGIN_FORMAT, ORIGIN_REPORT, PROBE, SWEEP_REPORT
+from ...formats import (
+    COLLECT_MANIFEST,
+    EDIT_FORMAT,
+    EDIT_MANIFEST,
+    EVAL_FORMAT,
+    EVAL_RESULTS,
+    LOCATE_REPORT,
+    NEURONS,
+    ORIGIN_FORMAT,
+    ORIGIN_REPORT,
+    PROBE,
+    SWEEP_REPORT,
+)
 from .constants import LIBRARY, REPORT_NAMES
 from .sources import source_name
 from .text import finite, md_text

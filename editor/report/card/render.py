@@ -8,11 +8,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ...artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, check_no_outside_links
-from ...artifacts import provenance, safe_join, sha256_file
+from ...artifacts import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_no_outside_links,
+    provenance,
+    safe_join,
+    sha256_file,
+)
 from ...errors import PublishError
-from ...formats import ADAPTER_CONFIG, CARD, EDIT_MANIFEST, EVAL_RESULTS, LOCATE_REPORT, PUBLISH_FORMAT
-from ...formats import PUBLISH_MANIFEST
+from ...formats import (
+    ADAPTER_CONFIG,
+    CARD,
+    EDIT_MANIFEST,
+    EVAL_RESULTS,
+    LOCATE_REPORT,
+    PUBLISH_FORMAT,
+    PUBLISH_MANIFEST,
+)
 from . import evidence, sections
 from .constants import PAPER_URL, REPORT_NAMES
 from .figures import Plots

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ...artifacts import sha256_file
-from ...formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS, NEURONS, PER_LAYER_PLOT, PROBE, SAFETENSORS_INDEX
+from ...formats import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    NEURONS,
+    PER_LAYER_PLOT,
+    PROBE,
+    SAFETENSORS_INDEX,
+)
 from .commands import stage_commands
 from .constants import HUB_URL, PAPER_PER_MILLE, PLOTS_DIR, REPORT_NAMES
 from .figures import Plots, image, plot_per_layer

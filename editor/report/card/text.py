@@ -6,10 +6,11 @@ Every string that comes from an artifact reaches the card through :func:`md_text
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
+
+from ...text import finite, fmt  # noqa: F401 (re-exported for the card's modules)
 
 _LINE_BREAKS = re.compile(r"\r\n|[\r\n\v\f\x85\u2028\u2029]")
 _YAML_UNSAFE = re.compile(r"[\x85\ud800-\udfff]")  # NEL (YAML folds it) and lone surrogates (not UTF-8)
@@ -37,16 +38,6 @@ def yaml_text(value: str) -> str:
     """A metadata string that YAML round-trips exactly: every character but NEL (which YAML folds into a space)
     and lone surrogates (which UTF-8 cannot hold) is kept; those two become spaces."""
     return _YAML_UNSAFE.sub(" ", str(value))
-
-
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def fmt(value: Any, digits: int = 3, signed: bool = False) -> str:
-    if not finite(value):
-        return "n/a"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
 def ci(interval: Any, digits: int = 3, signed: bool = False) -> str:

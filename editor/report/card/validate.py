@@ -12,7 +12,14 @@ from typing import Any, Mapping
 from ...artifacts import read_json
 from ...errors import PublishError
 from ...formats import CARD, PUBLISH_MANIFEST
-from .constants import BASE_MODEL_RELATIONS, HUB_ID, LIBRARY, LICENSE_ID, REPORT_NAMES, REQUIRED_METADATA
+from .constants import (
+    BASE_MODEL_RELATIONS,
+    HUB_ID,
+    LIBRARY,
+    LICENSE_ID,
+    REPORT_NAMES,
+    REQUIRED_METADATA,
+)
 from .inputs import metric_label
 from .text import finite, yaml_text
 
