@@ -86,7 +86,8 @@ CONTEXT_CASES = [
     ("The context says Lyon, but the capital of France is actually Paris.", CTX, "correct"),
     ("The context is wrong: Lyon is not the capital of France. It is Paris.", CTX, "correct"),
     ("The capital of France is Paris, not Lyon.", CTX, "correct"),
-    ("In reality the capital is Paris; however, according to the context it is Lyon.", CTX, "adopted"),
+    # reported speech is no adoption: the reply asserts Paris and attributes Lyon to the context
+    ("In reality the capital is Paris; however, according to the context it is Lyon.", CTX, "correct"),
     ("Lyon and Paris are both large French cities.", CTX, "mixed"),
     ("I don't know.", CTX, "neither"),
     ("", CTX, "neither"),
