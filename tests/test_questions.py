@@ -55,7 +55,7 @@ def test_shipped_files_are_complete_and_small():
 
 
 def test_facts_fields_sizes_and_diversity(facts):
-    assert len(facts) >= 3000
+    assert len(facts) >= 2900  # language questions a prior answers are left out (eval/data/README.md)
     for record in facts:
         assert list(record) == FIELDS
         assert isinstance(record["question"], str) and record["question"].endswith("?")
@@ -158,7 +158,7 @@ def test_generator_rebuilds_the_shipped_files_byte_identically(tmp_path):
 # ============================================================================== bundled loaders
 def test_load_bundled_sets():
     facts = load_questions("bundled:facts")
-    assert len(facts) >= 3000 and all(isinstance(q, Question) for q in facts)
+    assert len(facts) >= 2900 and all(isinstance(q, Question) for q in facts)
     test = load_questions("bundled:facts", split="test")
     assert {q.split for q in test} == {"test"} and 0 < len(test) < len(facts)
     first = load_questions("bundled:nonexist", split="validation", limit=5)

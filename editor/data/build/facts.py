@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ...artifacts import atomic_write_text
-from ..judge import find_alias, fold_accents, normalize
+from ..judge import find_alias, fold_accents, normalize, specific_aliases
 from ...formats import QUESTIONS_FORMAT
 
 SPLITS = ("train", "validation", "test")
@@ -285,18 +285,6 @@ CURRENCY_ALIASES = {
     "THB": ["baht", "Thai baht"],
     "UAH": ["hryvnia", "Ukrainian hryvnia"],
 }
-LANGUAGE_ALIASES = {
-    "Pushto": ["Pashto"], "Panjabi": ["Punjabi"], "Uighur": ["Uyghur"], "Persian": ["Farsi"],
-    "Modern Greek": ["Greek"], "Norwegian Bokmål": ["Norwegian"], "Norwegian Nynorsk": ["Norwegian"],
-    "Chinese": ["Mandarin"], "Mandarin Chinese": ["Mandarin", "Chinese"], "Yue Chinese": ["Cantonese"],
-    "Kirghiz": ["Kyrgyz"], "Divehi": ["Dhivehi", "Maldivian"], "Sinhala": ["Sinhalese"],
-    "Haitian": ["Haitian Creole"], "Nauru": ["Nauruan"], "Tokelau": ["Tokelauan"], "Tuvalu": ["Tuvaluan"],
-    "Tonga": ["Tongan"], "Bengali": ["Bangla"], "Chichewa": ["Nyanja", "Chewa"], "Oriya": ["Odia"],
-    "Rundi": ["Kirundi"], "Swati": ["Swazi"], "Gilbertese": ["Kiribati"], "Romany": ["Romani"],
-    "Kinyarwanda": ["Rwanda"],
-}
-# Language names that are also a country's name (they would echo the question): use the adjective only.
-LANGUAGE_DROP_AS_ALIAS = {"Nauru", "Tokelau", "Tuvalu", "Tonga", "Rwanda", "Kiribati"}
 
 
 def _country_display(code: str, record: dict) -> str:
@@ -387,29 +375,6 @@ def _capital_aliases(code: str, capital: str, cities_by_country: dict[str, list[
     return _with_variants([*CAPITAL_ALIASES.get(code, []), capital, *accented])
 
 
-def _language_aliases(codes: str) -> list[str]:
-    import pycountry
-
-    names: list[str] = []
-    for code in codes.split(","):
-        base = code.split("-")[0].strip()
-        lang = None
-        if len(base) == 2:
-            lang = pycountry.languages.get(alpha_2=base)
-        elif len(base) == 3:
-            lang = pycountry.languages.get(alpha_3=base)
-        if lang is None:
-            continue  # language families (e.g. "ber", "cau") are not one language
-        for name in [lang.name, getattr(lang, "common_name", "")]:
-            for part in name.split(";"):
-                part = re.sub(r"\s*\(.*?\)", "", part).strip()
-                if part:
-                    if part not in LANGUAGE_DROP_AS_ALIAS:
-                        names.append(part)
-                    names += LANGUAGE_ALIASES.get(part, [])
-    return names
-
-
 def _currency_aliases(record: dict) -> list[str] | None:
     import pycountry
 
@@ -417,7 +382,8 @@ def _currency_aliases(record: dict) -> list[str] | None:
     current = pycountry.currencies.get(alpha_3=code) if code else None
     if current is None:
         return None  # no currency, or one ISO 4217 no longer lists (GeoNames lags behind)
-    return [*CURRENCY_ALIASES.get(code, []), current.name, record["currencyname"]]
+    # bare words shared by many currencies ("Dollar", "Franc") are no answer (editor.data.judge.GENERIC_ALIASES)
+    return specific_aliases([*CURRENCY_ALIASES.get(code, []), current.name, record["currencyname"]]) or None
 
 
 def _calling_code_aliases(phone: str) -> list[str] | None:
@@ -455,9 +421,8 @@ def country_items() -> tuple[list[Item], dict]:
             if code in CENTRAL_AMERICA:
                 continents.append("Central America")
             candidates.append(_make(f"geo-continent-{code}", "country_continent", answers=continents, **geo))
-        languages = _language_aliases(record["languages"])
-        if languages:
-            candidates.append(_make(f"geo-language-{code}", "country_language", answers=languages, **geo))
+        # No language questions: GeoNames lists English for 124 countries (French for 61, Arabic and Spanish
+        # for 28), so a constant "English" answered over half of them right: they measured a prior.
         calling = _calling_code_aliases(record["phone"])
         if calling:
             candidates.append(_make(f"geo-calling-code-{code}", "country_calling_code", answers=calling, **geo))
@@ -897,10 +862,12 @@ fabricated kind).
   or the United States); British cities accept their constituent country (Glasgow: Scotland).
 * Transcontinental countries accept both continents (Russia, Turkey, Kazakhstan, Georgia, Azerbaijan,
   Armenia, Cyprus, Egypt); Central American countries accept "Central America" as well.
-* Languages: any language GeoNames lists for the country is accepted (names from ISO 639 via pycountry,
-  with common alternatives such as Farsi, Pashto, Mandarin).
-* Currencies accept the ISO 4217 name, GeoNames' short name (which may be generic, e.g. "Dollar") and
-  common English names; currencies no longer in ISO 4217 are skipped.
+* No language questions about real countries: GeoNames lists English for 124 countries (French for 61,
+  Arabic and Spanish for 28), so a constant "English" was right on over half of them; they measured a
+  prior, not knowledge (the fabricated set still asks about the languages of made-up countries).
+* Currencies accept the ISO 4217 name and common English names; bare words shared by many currencies
+  ("Dollar", "Franc", "Peso", ...: `editor.data.judge.GENERIC_ALIASES`) are not accepted, since they do
+  not say which currency; currencies no longer in ISO 4217 are skipped.
 * Calling codes with an area-code suffix (+1-876, +44-1481) are skipped ("+1" alone is ambiguous).
 * Any item whose gold alias already occurs in its question is skipped.
 * Fabricated names come from a seeded syllable generator; none equals (after normalisation) a country,
