@@ -58,9 +58,11 @@ PUBLISH_FORMAT = "hneurons.publish/1"
 RUN_STATE = "run_state.json"
 RUN_REPORT = "report.md"
 # The folder of each edit mode inside a recipe's output folder.
-EDIT_FOLDERS = {"weights": "model", "ia3": "adapter-ia3", "lora": "adapter-lora"}
+EDIT_FOLDERS = {"weights": "model", "ia3": "adapter-ia3", "lora": "adapter-lora", "gguf": "gguf"}
 
 # -------------------------------------------------------------------------------- bundled data files
 QUESTIONS_FORMAT = "hneurons.questions/1"
 EVALDATA_FORMAT = "hneurons.evaldata/1"
 PER_LAYER_PLOT = "h_neurons_per_layer.png"  # locate and the model card draw it
+KNOWN_FACTS = "known_facts.json"  # which facts the base model answers right (eval and sweep folders)
+KNOWN_FACTS_FORMAT = "hneurons.known_facts/1"

@@ -1,15 +1,16 @@
-"""`hneurons edit`: write the fixed model as a patched checkpoint or an exact PEFT suppression adapter."""
+"""`hneurons edit`: write the fixed model as a patched checkpoint, an exact PEFT suppression adapter or a GGUF file."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..edit.settings import EditSettings
+from ..edit.settings import MODES, EditSettings
 from ..errors import InputError
 from ..formats import EDIT_FOLDERS, EDIT_MANIFEST, NEURONS, PROBE
-from ..options import add_arguments, given
+from ..options import add_arguments, dest_of, given
 from .common import (
     HELP_FORMATTER,
     add_model_args,
@@ -33,6 +34,11 @@ exactly scaling column j of its layer's down-projection weight, so the edit can 
   ia3      a PEFT IA3 adapter: ones except alpha at the neurons (about one float per FFN neuron of
            the layers that hold neurons), for PeftModel.from_pretrained or lm-eval's peft=
   lora     a PEFT LoRA adapter of rank k per layer (k = neurons in that layer), exact as well
+  gguf     one GGUF file for llama.cpp, Ollama and LM Studio (--format gguf says the same). From a
+           GGUF source (an embedded alias, a .gguf file) the file is patched: metadata and untouched
+           tensors copied byte for byte, only the affected ffn_down tensors rewritten, stored as
+           --gguf-type (auto: the most compact type that keeps the edit within tolerance). From a
+           safetensors source through llama.cpp's converter (convert_hf_to_gguf.py, --gguf-converter)
 
 The neuron file is locate's neurons.json or a hand-written {"neurons": [{"layer": L, "index": J}, ...]};
 a neuron's own "alpha" in the file wins over --layer-alpha, which wins over --alpha. The set is checked
@@ -40,7 +46,9 @@ against the model (ranges, duplicates, and the architecture hash / weights finge
 
 Every edit is verified before the output appears: the written files are reloaded and their logits on
 fixed prompts compared (in float32) with the source model under run-time activation scaling; the
-differences are recorded in DIR/hneurons_edit.json with the sha256 of every written file. The output
+differences are recorded in DIR/hneurons_edit.json with the sha256 of every written file (a GGUF is
+also read back with gguf and with transformers' GGUF loader, and its quantization error is shown next
+to the edit's own effect). The output
 is written to a temporary sibling folder and renamed when complete; an existing DIR is an error unless
 --overwrite.
 
@@ -53,6 +61,7 @@ examples:
   hneurons edit --model ./my-llama --neurons neurons.json --alpha 0.5 --mode ia3 --out ia3-adapter
   hneurons edit --model meta-llama/Llama-3.1-8B-Instruct --neurons neurons.json --out fixed --out-of-core
   hneurons edit --neurons neurons.json --mode lora --layer-alpha 12=0 --layer-alpha 20=0.5 --out lora
+  hneurons edit --model smollm2-135m-instruct --neurons neurons.json --format gguf --out fixed-gguf
 """
 
 
@@ -65,7 +74,7 @@ def register(subparsers) -> None:
                        help="neuron file: locate's neurons.json or {\"neurons\": [{\"layer\": L, \"index\": J}, ...]}")
     group.add_argument("--out", metavar="DIR",
                        help="output folder (must not exist unless --overwrite); with several --mode, the parent of "
-                            "model/, adapter-ia3/, adapter-lora/")
+                            "model/, adapter-ia3/, adapter-lora/, gguf/")
     group.add_argument("--overwrite", action="store_true",
                        help="replace DIR if it exists (only once the new one is complete)")
     group.add_argument("--force", action="store_true",
@@ -76,6 +85,8 @@ def register(subparsers) -> None:
                             "file, if any)")
     group.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
     add_arguments(parser, EditSettings, title="how to edit")
+    parser.add_argument("--format", dest=dest_of(EditSettings, "modes"), action="append", choices=MODES,
+                        default=argparse.SUPPRESS, metavar="MODE", help="the same as --mode (--format gguf)")
     add_recipe_option(parser)
     parser.set_defaults(func=run)
 
@@ -118,7 +129,14 @@ def _report(result, as_json: bool) -> None:
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in ver.get("max_abs_diff", {}).items()) or ver.get("logits", "")
     print(f"wrote {result.mode} edit of {len(result.manifest['neurons']['per_layer'])} layer(s), "
           f"{result.manifest['neurons']['count']} neurons to {result.out}")
-    if "tolerance" in ver:
+    if result.mode == "gguf":
+        written = result.manifest["written"]
+        print(f"GGUF: {written['gguf_file']}, rewritten tensors stored as {ver['stored_dtype']} (--gguf-type "
+              f"{ver['gguf_type']}), {written['size_bytes'] / 1e6:.1f} MB"
+              + (f" (source {written['source_gguf']['size_bytes'] / 1e6:.1f} MB)" if written.get("source_gguf") else ""))
+        print(f"verified: quantization error {ver['quantization_error_max_abs']:.3g} (max abs logit: {diffs}) vs the "
+              f"edit's own effect {ver['edit_effect_max_abs']:.3g}; tolerance {ver['tolerance']:.3g}")
+    elif "tolerance" in ver:
         print(f"verified: max abs logit difference {diffs} (tolerance {ver['tolerance']:.2e}; "
               f"edit effect {ver['edit_effect_max_abs']:.3g})")
     else:

@@ -11,7 +11,10 @@ from pydantic import Field, field_validator
 
 from ..options import Cli, Settings
 
-MODES = ("weights", "ia3", "lora")
+MODES = ("weights", "ia3", "lora", "gguf")
+# How the rewritten down-projections of a GGUF edit are stored (editor/edit/gguf.py): auto picks the most
+# compact that passes verification; "source" keeps each tensor's own type.
+GGUF_TYPES = ("auto", "source", "Q8_0", "F16", "F32")
 # A fixed, varied set of short texts: enough positions to exercise every layer, quick on any model.
 VERIFY_PROMPTS = (
     "The capital of France is",
@@ -19,7 +22,7 @@ VERIFY_PROMPTS = (
     "I don't know the answer, but I think it might be",
     "Once upon a time, in a small village by the sea, there lived",
 )
-Mode = Literal["weights", "ia3", "lora"]
+Mode = Literal["weights", "ia3", "lora", "gguf"]
 
 
 def parse_layer_alphas(items: Any) -> dict[int, float]:
@@ -55,8 +58,8 @@ class EditSettings(Settings):
         {}, description="alpha for the neurons of layer L (repeatable; per-neuron alphas in the file win)")
     modes: Annotated[list[Mode], Cli(flag="--mode", many="repeat", metavar="MODE")] = Field(
         ["weights"], description="what to write (repeatable): weights (patched checkpoint), ia3 or lora (exact PEFT "
-                                 "adapters); with several, --out is a parent folder holding model/, adapter-ia3/, "
-                                 "adapter-lora/")
+                                 "adapters), gguf (one GGUF file for llama.cpp / Ollama / LM Studio); with several, "
+                                 "--out is a parent folder holding model/, adapter-ia3/, adapter-lora/, gguf/")
     out_of_core: bool = Field(
         False, description="weights mode: stream the safetensors shards instead of loading the model")
     verify_logits: Annotated[bool, Cli(flag="--skip-logit-check", negate=True)] = Field(
@@ -64,6 +67,13 @@ class EditSettings(Settings):
                           "still runs)")
     max_shard_size: str = Field(
         "5GB", description="largest safetensors shard written by the in-memory weights mode")
+    gguf_type: Annotated[str, Cli(metavar="TYPE")] = Field(
+        "auto", description="gguf mode: how the rewritten down-projections are stored: source (each keeps its type; "
+                            "F32, F16, BF16, Q8_0, Q5_0, Q5_1, Q4_0, Q4_1), Q8_0, F16 or F32; auto: the most compact of "
+                            "these that keeps the edit within tolerance, never below the source's precision")
+    gguf_converter: Annotated[str | None, Cli(metavar="PATH")] = Field(
+        None, description="gguf mode, safetensors sources: llama.cpp's convert_hf_to_gguf.py or a command running it "
+                          "(default: llama-convert-hf-to-gguf or convert_hf_to_gguf.py on PATH)")
     verify_prompts: Annotated[list[str], Cli(flag="--verify-prompt", many="repeat", metavar="TEXT")] = Field(
         list(VERIFY_PROMPTS), min_length=1,
         description="prompts the written edit is verified on (repeatable; default: four short varied texts)")
@@ -83,6 +93,18 @@ class EditSettings(Settings):
                 raise ValueError(f"alpha of layer {layer} must be >= 0 and finite, got {alpha}")
         return value
 
+    @field_validator("gguf_type", mode="before")
+    @classmethod
+    def _gguf_type(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        name = value.lower() if value.lower() in ("auto", "source") else value.upper()
+        if name not in GGUF_TYPES:
+            raise ValueError(f"cannot write GGUF type {value!r}: expected one of {', '.join(GGUF_TYPES)} (K-quants "
+                             f"such as Q4_K and Q6_K are read, but the gguf package cannot quantize them; a source "
+                             f"stored in Q4_0/Q4_1/Q5_0/Q5_1/BF16 keeps its type with 'source')")
+        return name
+
     @field_validator("modes", mode="before")
     @classmethod
     def _known_modes(cls, value: Any) -> Any:
@@ -95,5 +117,5 @@ class EditSettings(Settings):
     @classmethod
     def _modes(cls, value: list[str]) -> list[str]:
         if not value or len(set(value)) != len(value):
-            raise ValueError("modes must list weights / ia3 / lora, each at most once")
+            raise ValueError("modes must list weights / ia3 / lora / gguf, each at most once")
         return value

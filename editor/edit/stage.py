@@ -16,6 +16,12 @@ W_down (row j of GPT-2's Conv1D weight), so the edit can be written three ways (
 * ``lora``: a PEFT LoRA with rank k_l = number of H-Neurons in layer l (``rank_pattern``), lora_alpha =
   rank (scaling 1), A = one-hot rows of the neurons, B = W_down[:, J] diag(alpha - 1): W + BA scales the
   chosen columns by alpha and nothing else. Only layers with H-Neurons are targeted.
+* ``gguf``: one GGUF file for llama.cpp, Ollama and LM Studio (:mod:`editor.edit.gguf`). A GGUF source is
+  patched, streamed: its metadata and every untouched tensor are copied byte for byte, only the affected
+  ``blk.L.ffn_down.weight`` tensors are rewritten, in the type ``gguf_type`` names (default: the most
+  compact that passes verification). A safetensors source goes through llama.cpp's converter first. The
+  file is read back with gguf (metadata, tensor bytes, rewritten values) and with transformers' GGUF
+  loader (logits, within a tolerance stated per type relative to the edit's own effect).
 
 Adapters use explicit full module names (``registry.ArchSpec.down_proj_path``), which keeps GPT-2's
 ``attn.c_proj`` out. Adapter weights are stored in float32 whatever the model dtype (PEFT upcasts adapter
@@ -96,6 +102,16 @@ from ..model.loading import (
 from ..model.neuron_set import NeuronSet, as_neuron_set
 from ..options import split_fields
 from .adapters import make_ia3_adapter, make_lora_adapter
+from .gguf import (
+    GGUFFile,
+    base_keys,
+    candidate_types,
+    converter_or_error,
+    edit_from_checkpoint,
+    edit_from_gguf,
+    open_gguf,
+    source_types,
+)
 from .settings import EditSettings
 from .verify import (
     Reference,
@@ -208,6 +224,8 @@ class _Job:
     lm: LoadedModel | None = None
     ckpt: Checkpoint | None = None
     probe: Path | None = None
+    converter: list[str] | None = None  # gguf mode, safetensors source: llama.cpp's converter
+    source_gguf: GGUFFile | None = None  # gguf mode, GGUF source: the file, opened
 
 
 def edit_model(
@@ -268,7 +286,7 @@ def _prepare(model, neurons, out, settings: EditSettings, load: LoadOptions, *, 
         raise InputError("alpha 'auto' is the alpha a sweep chose: run `hneurons sweep` (or a recipe) first and give "
                          "the number")
     alpha, layer_alpha = float(settings.alpha), settings.layer_alpha
-    if settings.out_of_core and mode != "weights":
+    if settings.out_of_core and mode not in ("weights", "gguf"):  # gguf: always streamed, out_of_core or not
         raise InputError(f"out-of-core editing writes checkpoints (mode 'weights'); mode {mode!r} adapters are "
                          f"small and are made from the loaded model")
     if out is None:
@@ -280,7 +298,7 @@ def _prepare(model, neurons, out, settings: EditSettings, load: LoadOptions, *, 
     scales = nset.scales(alpha, layer_alpha)
     probe_path = _probe_file(probe, nset)
     summary = _alpha_summary(alpha, layer_alpha, nset, alphas)
-    if settings.out_of_core:
+    if settings.out_of_core and mode == "weights":
         ckpt = local_checkpoint(model, dtype=load.dtype, revision=load.revision,
                                 trust_remote_code=load.trust_remote_code)
         _check_out_of_core_dtype(ckpt, load.dtype)
@@ -290,10 +308,36 @@ def _prepare(model, neurons, out, settings: EditSettings, load: LoadOptions, *, 
         lm = model if isinstance(model, LoadedModel) else None
         return _Job(mode, out, nset, scales, summary, checkpoint_identity(ckpt, fingerprint), ckpt.source,
                     settings, load, lm=lm, ckpt=ckpt, probe=probe_path)
+    converter, source_gguf = _gguf_inputs(model, settings, load, scales) if mode == "gguf" else (None, None)
     lm = _loaded(model, load)
     nset.validate(lm, force=force)
     _check_not_source(out, lm.folder)
-    return _Job(mode, out, nset, scales, summary, lm.identity(), lm.source, settings, load, lm=lm, probe=probe_path)
+    if mode == "gguf":
+        _check_gguf_dtype(lm)
+    return _Job(mode, out, nset, scales, summary, lm.identity(), lm.source, settings, load, lm=lm, probe=probe_path,
+                converter=converter, source_gguf=source_gguf)
+
+
+def _gguf_inputs(model, settings: EditSettings, load: LoadOptions,
+                 scales: dict[int, LayerScale]) -> tuple[list[str] | None, GGUFFile | None]:
+    """Before the model loads: a GGUF source opened (damaged files, types that cannot be written and missing
+    tensors are refused here), or llama.cpp's converter for a safetensors source."""
+    from ..model.loading import resolve_source
+
+    source = model.source if isinstance(model, LoadedModel) else resolve_source(str(model), load.revision)
+    if source.kind not in ("alias", "gguf"):
+        return converter_or_error(settings.gguf_converter, source.spec), None
+    src = open_gguf(source.path, "GGUF file")
+    candidate_types(source_types(src, sorted(scales)), settings.gguf_type, src.path)
+    return None, src
+
+
+def _check_gguf_dtype(lm: LoadedModel) -> None:
+    """A GGUF source is verified against its float32 dequantisation (what every rewritten value derives from)."""
+    if lm.source.kind in ("alias", "gguf") and lm.model.dtype != torch.float32:
+        raise InputError(f"mode gguf patches the GGUF file {Path(lm.source.path).name} itself and verifies it against "
+                         f"its float32 dequantisation; the model is loaded in {lm.model.dtype}: drop --dtype (GGUF "
+                         f"sources load as float32)")
 
 
 def _loaded(model, load: LoadOptions) -> LoadedModel:
@@ -323,6 +367,8 @@ def _check_out_of_core_dtype(ckpt: Checkpoint, dtype: Any) -> None:
 def _write_and_verify(job: _Job, tmp: Path, prompts: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     if job.mode == "weights":
         return _weights(job, tmp, prompts)
+    if job.mode == "gguf":
+        return _gguf(job, tmp, prompts)
     base_name = _base_model_name(job.source, job.lm.folder if job.lm is not None else None)
     revision = job.source.revision if job.source.kind == "hub" else None
     lm = job.lm
@@ -358,6 +404,22 @@ def _weights(job: _Job, tmp: Path, prompts: list[str]) -> tuple[dict[str, Any], 
     written = {"changed_tensors": {str(k): v for k, v in changed.items()}, "dtype": str(dtype).removeprefix("torch."),
                "out_of_core": job.ckpt is not None}
     return written, verification
+
+
+def _gguf(job: _Job, tmp: Path, prompts: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from .. import __version__
+
+    lm = job.lm
+    assert lm is not None
+    keys = base_keys(__version__, job.nset.sha256, len(job.nset), job.alpha, job.source.gguf_sha256)
+    requested = job.settings.gguf_type
+    if job.converter is None:
+        reference = Reference.compute(lm, job.scales, prompts)
+        return edit_from_gguf(lm.model, lm.arch, lm.d_ff, reference, job.source_gguf, job.scales, requested, tmp,
+                              keys)
+    folder = local_checkpoint(lm).folder
+    name = Path(job.source.spec.rstrip("/")).name
+    return edit_from_checkpoint(lm, folder, job.scales, requested, tmp, prompts, job.converter, keys, name)
 
 
 def _in_memory_tensor_check(lm: LoadedModel, scales, changed, tmp: Path) -> dict[str, Any] | str:
