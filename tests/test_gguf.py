@@ -328,3 +328,25 @@ def test_recipe_lists_gguf_as_an_edit_mode(tmp_path):
                       "gguf_type: q8_0}\n")
     loaded = load_recipe(recipe)
     assert loaded.edit.modes == ["weights", "ia3", "gguf"] and loaded.edit.gguf_type == "Q8_0"
+
+
+# ============================================================================================ card, push
+def test_card_says_how_to_run_the_gguf_and_push_uploads_it(edits):
+    import shutil
+
+    import yaml
+
+    from editor.report.card import write_card
+    from editor.report.publish import collect_upload_files
+
+    folder = edits["auto"].out.parent / "card-gguf"
+    shutil.copytree(edits["auto"].out, folder)
+    name = edits["auto"].manifest["written"]["gguf_file"]
+    card = write_card(folder, repo_id="someone/tiny-llama-hneurons-gguf").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "gguf" and "gguf" in meta["tags"] and "peft" not in meta["tags"]
+    assert f"llama-cli -m {name}" in card and f"FROM ./{name}" in card and "ollama create" in card
+    assert "ollama run hf.co/someone/tiny-llama-hneurons-gguf" in card and "--mode gguf" in card
+    assert "byte-identical to the source GGUF" in card and "quantization keeps the edit" in card
+    files, _ = collect_upload_files(folder)
+    assert name in {f.path for f in files}

@@ -27,6 +27,8 @@ def _edit_command(inputs: CardInputs) -> str:
     written = edit.get("written") or {}
     layer_alpha = " ".join(f"--layer-alpha {_q(f'{k}={v:g}')}" for k, v in (alpha.get("per_layer") or {}).items())
     dtype = f"--dtype {_q(written['dtype'])}" if inputs.mode == "weights" and written.get("dtype") else ""
+    if inputs.mode == "gguf" and written.get("gguf_type"):
+        dtype = f"--gguf-type {_q(written['gguf_type'])}"
     return _command(f"hneurons edit --model {_q(spec)}", "--neurons neurons.json",
                     f"--alpha {alpha.get('default', 0.0):g}", layer_alpha, f"--mode {inputs.mode}", dtype,
                     "--out-of-core" if written.get("out_of_core") else "", f"--out {_q(inputs.folder.resolve().name)}")

@@ -10,8 +10,9 @@ PAPER_URL = "https://arxiv.org/abs/2512.01797"
 HUB_URL = "https://huggingface.co"
 TAGS = ("hneurons", "h-neurons", "hallucination", "model-editing")
 BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
-LIBRARY = {"weights": "transformers", "ia3": "peft", "lora": "peft"}
-RELATION = {"weights": "finetune", "ia3": "adapter", "lora": "adapter"}
+LIBRARY = {"weights": "transformers", "ia3": "peft", "lora": "peft", "gguf": "gguf"}
+# A GGUF edit is a modified copy, like a patched checkpoint (its untouched tensors are the source GGUF's own).
+RELATION = {"weights": "finetune", "ia3": "adapter", "lora": "adapter", "gguf": "finetune"}
 REQUIRED_METADATA = ("library_name", "pipeline_tag", "tags")
 PLOTS_DIR = "plots"
 # Where the copied reports live in the edit folder (and on the Hub).

@@ -60,7 +60,7 @@ def card_metadata(inputs: CardInputs):
 
     mode = inputs.mode
     base = base_model_id(inputs.identity)
-    tags = list(TAGS) + (["peft", mode] if mode != "weights" else [])
+    tags = list(TAGS) + {"weights": [], "gguf": ["gguf"]}.get(mode, ["peft", mode])
     extra: dict[str, Any] = {}
     if base:
         extra["base_model_relation"] = RELATION[mode]

@@ -29,7 +29,9 @@ from .text import code_block, finite, fmt, md_text, plural, sci, short_path
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")  # a digest shown as is; anything else is escaped
 _SHIPPED_AS = {"weights": "a patched checkpoint (only down-projection columns differ from the source)",
-               "ia3": "a PEFT IA3 adapter", "lora": "a PEFT LoRA adapter"}
+               "ia3": "a PEFT IA3 adapter", "lora": "a PEFT LoRA adapter",
+               "gguf": "one GGUF file for llama.cpp, Ollama and LM Studio (only down-projection tensors differ from "
+                       "the source GGUF)"}
 _FILES = {NEURONS: "the H-Neuron set (layer, index), as located",
           PROBE: "the detection probe (weights in standardised CETT space, mean and std)",
           ADAPTER_CONFIG: "PEFT adapter configuration", ADAPTER_WEIGHTS: "adapter weights",
@@ -165,6 +167,8 @@ def _split_overlap(inputs: CardInputs, splits: Iterable[str]) -> str:
 
 def _written(inputs: CardInputs) -> str:
     written = inputs.edit.get("written") or {}
+    if inputs.mode == "gguf":
+        return _written_gguf(inputs.edit)
     if inputs.mode == "weights":
         changed = written.get("changed_tensors") or {}
         return (f"a {md_text(written.get('dtype', ''))} safetensors checkpoint; only the down-projection weights of "
@@ -174,6 +178,26 @@ def _written(inputs: CardInputs) -> str:
     kind = ("IA3 (ones, alpha at the H-Neurons, on the down-projection input)" if inputs.mode == "ia3"
             else "LoRA of rank k per layer (k = H-Neurons in the layer; A = one-hot rows, B = W[:, J](alpha - 1))")
     return f"a PEFT {kind} adapter on {plural(len(targets), 'down-projection module')}; it is exact, not trained."
+
+
+def _written_gguf(edit: Mapping[str, Any]) -> str:
+    written, ver = edit.get("written") or {}, edit.get("verification") or {}
+    types = sorted(set((written.get("stored_types") or {}).values()))
+    source = written.get("source_gguf") or {}
+    size = f"{(written.get('size_bytes') or 0) / 1e6:.1f} MB"
+    if source.get("size_bytes"):
+        size += f"; the source GGUF {md_text(source.get('file', ''))}: {source['size_bytes'] / 1e6:.1f} MB"
+    origin = ("every other tensor and every metadata key (architecture, tokenizer, chat template) is byte-identical "
+              "to the source GGUF" if source else f"made from the checkpoint with llama.cpp's converter "
+              f"(--outtype {md_text(written.get('converter_outtype', ''))})")
+    ratio = ver.get("error_over_edit_effect")
+    kept = (f" Storage moves the logits by at most {sci(ver.get('quantization_error_max_abs'))}, "
+            f"{100 * ratio:.1f}% of the edit's own largest change ({fmt(ver.get('edit_effect_max_abs'))}), so "
+            f"quantization keeps the edit." if finite(ratio) else "")
+    return (f"a GGUF file, {md_text(written.get('gguf_file', ''))} ({size}); only the down-projection tensors of "
+            f"{plural(len(written.get('changed_tensors') or {}), 'layer')} were rewritten (the H-Neurons' columns "
+            f"times alpha, stored as {md_text(', '.join(types))}; --gguf-type {md_text(written.get('gguf_type', ''))}), "
+            f"{origin}.{kept}")
 
 
 def _verification(ver: Mapping[str, Any]) -> str:
@@ -192,6 +216,8 @@ def _verification(ver: Mapping[str, Any]) -> str:
 def load(inputs: CardInputs) -> dict:
     """The load snippet; for adapters also why the base is named explicitly and what a GGUF source means."""
     base_ref = base_model_id(inputs.identity) or (inputs.identity.get("source") or {}).get("spec") or "BASE_MODEL"
+    if inputs.mode == "gguf":
+        return _run_gguf(inputs)
     if inputs.mode == "weights":
         return {"adapter": False, "code": code_block(_load_code(inputs, None), "python")}
     recorded = (inputs.edit.get("written") or {}).get("base_model_name_or_path")
@@ -199,6 +225,34 @@ def load(inputs: CardInputs) -> dict:
             "recorded_base": (md_text(Path(str(recorded)).name)
                               if recorded is not None and recorded != base_ref else None),
             "gguf": (inputs.identity.get("source") or {}).get("kind") in ("alias", "gguf")}
+
+
+def _run_gguf(inputs: CardInputs) -> dict:
+    """How to run the GGUF file: llama.cpp, Ollama, LM Studio, and Python (llama-cpp-python, transformers)."""
+    import shlex
+
+    name = str((inputs.edit.get("written") or {}).get("gguf_file") or "model.gguf")
+    repo = inputs.repo_id
+    tag = re.sub(r"[^a-z0-9._-]+", "-", (repo or inputs.folder.resolve().name).split("/")[-1].lower()).strip("-.")
+    tag = tag or "hneurons"
+    q = shlex.quote(name)
+    shell = (f"hf download {repo} {q} --local-dir .\n" if repo else "# in this folder\n") + (
+        f"llama-cli -m {q} -p 'The capital of France is' -n 32   # plain completion\n"
+        f"llama-cli -m {q} -cnv   # chat, with the chat template stored in the file\n"
+        f"llama-server -m {q} --port 8080   # OpenAI-compatible server\n")
+    if repo:
+        shell += f"llama-cli -hf {repo} -cnv   # straight from the Hub\n"
+    ollama = (f"ollama create {tag} -f Modelfile\nollama run {tag}\n"
+              + (f"# or straight from the Hub: ollama run hf.co/{repo}\n" if repo else ""))
+    python = (f"from llama_cpp import Llama  # pip install llama-cpp-python\n\n"
+              f"llm = Llama(model_path={name!r})\n"
+              f"print(llm('The capital of France is', max_tokens=16)['choices'][0]['text'])\n\n"
+              f"# or dequantized by transformers (pip install gguf)\n"
+              f"from transformers import AutoModelForCausalLM\n"
+              f"model = AutoModelForCausalLM.from_pretrained({(repo or '.')!r}, gguf_file={name!r})\n")
+    return {"adapter": False, "gguf_file": md_text(name), "code": code_block(shell, "bash"),
+            "modelfile": code_block(f"FROM ./{name}\n", "text"), "ollama": code_block(ollama, "bash"),
+            "python": code_block(python, "python")}
 
 
 def _load_code(inputs: CardInputs, base_ref: str | None) -> str:
@@ -274,6 +328,8 @@ def files(inputs: CardInputs, copied: Iterable[str]) -> dict:
     edit_files = []
     for name in sorted(inputs.edit["files"]):
         what = _FILES.get(name) or ("model weights" if name.endswith(".safetensors") else
+                                    "the model as one GGUF file (llama.cpp, Ollama, LM Studio)" if name.endswith(".gguf")
+                                    else
                                     "tokenizer" if "token" in name or name.endswith(".jinja") else "")
         edit_files.append({"file": md_text(name), "what": what})
     roles = {v: k for k, v in REPORT_NAMES.items()}

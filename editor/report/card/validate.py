@@ -68,7 +68,8 @@ def validate_card_metadata(card: Any) -> None:
     if missing:
         raise PublishError(f"model card metadata lacks {missing[0]!r}")
     if data["library_name"] not in set(LIBRARY.values()):
-        raise PublishError(f"model card library_name {data['library_name']!r} is not one of transformers, peft")
+        raise PublishError(f"model card library_name {data['library_name']!r} is not one of "
+                           f"{', '.join(sorted(set(LIBRARY.values())))}")
     if not isinstance(data["pipeline_tag"], str):
         raise PublishError("model card pipeline_tag must be a string")
     if not isinstance(data["tags"], list) or not all(isinstance(t, str) and t for t in data["tags"]):
