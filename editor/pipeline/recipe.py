@@ -7,7 +7,7 @@ A recipe names the model, the output folder and the settings of every stage::
     collect: {data: [bundled:facts, bundled:nonexist], limit: {train: 600, validation: 200, test: 200}, samples: 4}
     locate: {labels: 3v1}
     sweep: {alphas: [0, 0.5, 1], limit: 100}      # used when edit.alpha is auto
-    edit: {alpha: auto, modes: [weights, ia3]}
+    edit: {alpha: auto, modes: [weights, ia3, gguf]}   # gguf: also gguf_type (auto, source, Q8_0, F16, F32)
     eval: {tasks: [hneurons], limit: 100, controls: 2}
     publish: {repo: null}
 

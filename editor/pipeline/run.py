@@ -14,6 +14,7 @@ Output folder::
     OUT/sweep/        sweep.json, sweep.png                      (alpha: auto)
     OUT/model/        the fixed checkpoint (edit mode "weights") + model card README.md
     OUT/adapter-ia3/  the IA3 adapter (mode "ia3") + card;  OUT/adapter-lora/ likewise
+    OUT/gguf/         one GGUF file for llama.cpp / Ollama / LM Studio (mode "gguf") + card
     OUT/eval/         eval_results.json, lm-eval logs, eval_deltas.png
     OUT/report.md     every stage's tables and plots (relative image paths)
     OUT/run_state.json
@@ -101,7 +102,9 @@ def stage_settings(recipe: Recipe, stage: str) -> dict[str, Any]:
             del collect["backend"]
         return {"model": r.model.model_dump(mode="json"), "collect": collect}
     if stage == "edit":  # alpha enters as the resolved number (a sweep's choice is part of the sweep's key)
-        return {"edit": r.edit.model_dump(mode="json", exclude={"alpha"}), "alpha": r.edit.alpha}
+        # The gguf settings matter only when a GGUF is written: kept out otherwise, so older run folders resume.
+        unused = set() if "gguf" in r.edit.modes else {"gguf_type", "gguf_converter"}
+        return {"edit": r.edit.model_dump(mode="json", exclude={"alpha", *unused}), "alpha": r.edit.alpha}
     if stage == "card":
         return {"repo": r.publish.repo}
     section = {"push": "publish"}.get(stage, stage)
