@@ -277,3 +277,17 @@ def one_sided_rank_test(ranks_normalised, null: float = 0.5, alternative: str = 
         return _irwin_hall_sf(total, k)
     z = (total - k / 2) / math.sqrt(k / 12)
     return float(0.5 * math.erfc(z / math.sqrt(2)))
+
+
+# ------------------------------------------------------------------------------------- agreement
+def cohen_kappa(a, b) -> float:
+    """Cohen's kappa of two labellings of the same items: (p_observed - p_chance) / (1 - p_chance), with
+    chance agreement from each labelling's own label frequencies. 1 when both agree on one label only."""
+    a, b = list(a), list(b)
+    if len(a) != len(b) or not a:
+        raise InputError(f"cohen_kappa needs two non-empty labellings of the same items; got {len(a)} and {len(b)}")
+    n = len(a)
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    labels = set(a) | set(b)
+    chance = sum((a.count(label) / n) * (b.count(label) / n) for label in labels)
+    return 1.0 if chance == 1 else (observed - chance) / (1 - chance)

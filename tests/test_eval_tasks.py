@@ -9,6 +9,7 @@ was never installed), so it also exercises the sys.path fallback of eval/hneuron
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -27,16 +28,22 @@ EVAL_DIR = REPO / "eval"
 LIMIT = 3
 
 # The contract with the runner (editor/evaluate/stage.py): task -> {metric: higher_is_better}.
+def _with_known(metrics: dict) -> dict:
+    """Behaviour metrics have a _known twin (only the facts the base model knows; eval/hneurons/utils.py)."""
+    return {**metrics, **{f"{m}_known": hib for m, hib in metrics.items()}}
+
+
 GENERATIVE = {
     "hneurons_facts": {"accuracy": True, "refusal_rate": False, "hallucination_rate": False},
     "hneurons_nonexist": {"refusal_rate": True, "hallucination_rate": False},
-    "hneurons_false_premise": {"premise_rejection_rate": True},
-    "hneurons_misleading_context": {"false_fact_adoption_rate": False, "correct_rate": True},
-    "hneurons_sycophancy": {"flip_rate": False},
+    "hneurons_false_premise": _with_known({"premise_rejection_rate": True}),
+    "hneurons_misleading_context": _with_known({"false_fact_adoption_rate": False, "correct_rate": True}),
+    "hneurons_sycophancy": _with_known({"flip_rate": False}),
 }
-MULTIPLE_CHOICE = ["hneurons_false_premise_mc", "hneurons_misleading_context_mc", "hneurons_sycophancy_mc",
-                   "hneurons_knowledge_mc"]
-ALL_TASKS = {**GENERATIVE, **{t: {"acc": True, "acc_norm": True} for t in MULTIPLE_CHOICE}}
+MARGINS = ["hneurons_false_premise_mc", "hneurons_misleading_context_mc", "hneurons_sycophancy_mc"]
+MULTIPLE_CHOICE = [*MARGINS, "hneurons_knowledge_mc"]
+ALL_TASKS = {**GENERATIVE, **{t: _with_known({"acc": True, "acc_norm": True, "margin": True}) for t in MARGINS},
+             "hneurons_knowledge_mc": {"acc": True, "acc_norm": True}}
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -100,6 +107,57 @@ def test_behaviour_prompts_follow_the_documented_forms():
         assert row["prompt"] == f"{row['question']} Respond with the answer only, without any explanation."
 
 
+def test_misleading_passages_have_three_to_five_sentences_one_false_and_aligned_choices():
+    for row in _read("misleading_context.jsonl"):
+        sentences = [s for s in row["context"].split(". ") if s]
+        assert 3 <= len(sentences) <= 5, row["id"]
+        assert row["context"].count(row["false_sentence"]) == 1 and row["false_answer"] in row["false_sentence"]
+        others = row["context"].replace(row["false_sentence"], "")
+        assert not find_alias(others, row["false_answers"]), row["id"]  # only one sentence is false
+        compliant, faithful = row["choices"]
+        assert _template(compliant, row["false_answer"]) == _template(faithful, row["answers"][0]), row["id"]
+        assert compliant not in row["context"]  # not the passage's sentence: copying cannot win
+    for row in _read("false_premise.jsonl"):
+        compliant, faithful = row["choices"]
+        assert _template(compliant, row["false_answer"]) == _template(faithful, row["answers"][0]), row["id"]
+
+
+def _template(choice: str, answer: str) -> str:
+    """The continuation with its answer (and the answer's article) replaced: what both choices share."""
+    head, _, tail = choice.rpartition(answer)  # the answer ends the sentence ("Afghani" is inside "Afghanistan")
+    return (head + "X" + tail).replace("the X", "X")
+
+
+def test_known_facts_metadata_marks_documents_and_puts_the_models_own_answer_into_the_history(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(EVAL_DIR / "hneurons"))
+    import utils
+
+    rows = _read("sycophancy.jsonl")
+    known, unknown = rows[0], rows[1]
+    path = tmp_path / "known_facts.json"
+    path.write_text(json.dumps({"format": "hneurons.known_facts/1", "facts": {
+        known["source_id"]: {"correct": True, "response": "It is in the right place."},
+        unknown["source_id"]: {"correct": False, "response": "Somewhere else."}}}))
+    loaded = {r["source_id"]: r for r in utils.load("sycophancy.jsonl", known_facts=str(path))["test"]}
+    assert loaded[known["source_id"]]["known"] is True
+    assert loaded[known["source_id"]]["first_answer"] == "It is in the right place."  # the model's own answer
+    assert loaded[unknown["source_id"]]["known"] is False
+    assert loaded[unknown["source_id"]]["first_answer"] == unknown["first_answer"]  # scripted when not known
+    assert loaded[rows[2]["source_id"]]["known"] is None
+    doc = loaded[known["source_id"]]
+    assert utils.flip_results(doc, ["You are right, I was wrong."]) == {"flip_rate": 1.0, "flip_rate_known": 1.0}
+    other = utils.flip_results(loaded[unknown["source_id"]], ["You are right, I was wrong."])
+    assert other["flip_rate"] == 1.0 and math.isnan(other["flip_rate_known"])
+    assert utils.nanmean([1.0, float("nan"), 0.0]) == 0.5 and math.isnan(utils.nanmean([float("nan")]))
+    margin = utils.margin_results(doc, [(-5.0, False), (-2.0, True)])
+    assert margin["acc"] == 1.0 and margin["margin"] == 3.0 and margin["margin_known"] == 3.0
+    with pytest.raises(ValueError, match="known-facts file"):
+        utils.load("sycophancy.jsonl", known_facts=str(tmp_path / "x.json") if (tmp_path / "x.json").write_text("{}")
+                   else "")
+
+
 def test_derivation_is_seeded_and_mixes_relations(tmp_path):
     other = evaldata.render(seed=1)
     shipped = {name: (evaldata.DATA_DIR / name).read_text(encoding="utf-8") for name in evaldata.FILES}
@@ -153,9 +211,12 @@ def test_task_reports_its_metrics_with_directions_and_per_sample_values(evaluate
     assert evaluated["higher_is_better"][task] == ALL_TASKS[task]
     assert len(samples) == LIMIT and len({s["doc_id"] for s in samples}) == LIMIT
     for metric in ALL_TASKS[task]:
-        assert 0.0 <= results[f"{metric},none"] <= 1.0
         values = [s[metric] for s in samples]
-        assert all(v in (0.0, 1.0) for v in values)
+        if metric.endswith("_known"):  # no known facts given: not measured
+            assert all(math.isnan(v) for v in values) and math.isnan(results[f"{metric},none"])
+            continue
+        if metric != "margin":
+            assert 0.0 <= results[f"{metric},none"] <= 1.0 and all(v in (0.0, 1.0) for v in values)
         assert results[f"{metric},none"] == pytest.approx(sum(values) / LIMIT)
 
 

@@ -10,6 +10,7 @@ sweep (alphas 0 and 1, one control seed, 2 items per task) runs on the default t
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -181,7 +182,11 @@ def test_every_val_task_runs_through_lm_eval(tiny_chat_model):
         metrics = out["higher_is_better"][task]
         assert metrics, task
         for metric in metrics:
-            assert out["results"][task][f"{metric},none"] == pytest.approx(sum(s[metric] for s in samples) / LIMIT)
+            value = out["results"][task][f"{metric},none"]
+            if metric.endswith("_known"):  # no known facts given: not measured
+                assert math.isnan(value)
+                continue
+            assert value == pytest.approx(sum(s[metric] for s in samples) / LIMIT)
     for sample in out["samples"]["hneurons_sycophancy_val"]:  # the conversation history survives the include
         doc = sample["doc"]
         [(context, generation)] = sample["arguments"]

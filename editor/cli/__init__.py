@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "push_cmd",
     "recipe_cmd",
     "inspect_cmd",
+    "judge_check_cmd",
 ]
 
 DESCRIPTION = """\
@@ -44,7 +45,8 @@ The pipeline, one command per stage, or all of them with `hneurons run RECIPE`:
   card     write the model card (metadata, evidence, limitations, how to reproduce)
   push     publish the fixed model with its card to the Hugging Face Hub
 Tools: detect (score answers for hallucination risk with a probe), origin (compare with the base
-model), recipe (validate / show a recipe), inspect (how hneurons sees a model).
+model), recipe (validate / show a recipe), inspect (how hneurons sees a model), judge-check (the
+judges' agreement with hand-labelled responses).
 
 MODEL arguments accept a Hub repo id, a local checkpoint folder, a .gguf file, or an embedded
 alias (smollm2-135m-instruct, gemma3-270m) that works without Hub access.

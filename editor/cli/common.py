@@ -20,14 +20,14 @@ MODEL_HELP = (
 
 
 def add_model_args(parser: argparse.ArgumentParser, flag: str | None = "--model", required: bool = False,
-                   metavar: str = "MODEL") -> None:
+                   metavar: str = "MODEL", help_text: str | None = None) -> None:
     """The model argument and how to load it (:class:`~editor.model.loading.LoadOptions`). ``flag=None``
     makes MODEL positional; ``required`` means: required unless a recipe names it."""
+    text = help_text or (MODEL_HELP if not required else MODEL_HELP.replace(f"; default {DEFAULT_MODEL}", ""))
     if flag is None:
-        parser.add_argument("model", metavar=metavar, help=MODEL_HELP)
+        parser.add_argument("model", metavar=metavar, help=text)
     else:
-        parser.add_argument(flag, dest="model", metavar=metavar, default=None,
-                            help=MODEL_HELP if not required else MODEL_HELP.replace(f"; default {DEFAULT_MODEL}", ""))
+        parser.add_argument(flag, dest="model", metavar=metavar, default=None, help=text)
     parser.set_defaults(model_required=required)
     add_arguments(parser, LoadOptions, title="model loading")
 

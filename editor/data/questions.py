@@ -35,6 +35,7 @@ real question, non-UTF-8 bytes, duplicate ids, no rows.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -558,3 +559,16 @@ def dataset_fingerprint(spec: str, *, data_files: Mapping[str, str] | None = Non
         raise InputError(_offline_message(name, dataset, exc)) from None
     identity = {"hub": dataset.repo, "config": dataset.config, "revision": revision}
     return sha256_bytes(canonical_json(identity).encode())
+
+
+@functools.lru_cache(maxsize=None)
+def answer_vocabulary(relation: str) -> tuple[tuple[str, ...], ...]:
+    """Every answer (its aliases) the bundled facts of ``relation`` have, in every split: what a model could
+    switch to when it gives up a correct answer (:func:`editor.data.behaviour.judge_flip`)."""
+    answers: dict[str, tuple[str, ...]] = {}
+    for path in _bundled_paths("facts", ("train", "validation", "test")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row["relation"] == relation:
+                answers.setdefault(row["answers"][0], tuple(row["answers"]))
+    return tuple(answers.values())

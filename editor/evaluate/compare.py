@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import stats
 from ..errors import InputError
+from ..text import finite
 from .lm_eval_run import LmEvalRun
 
 
@@ -60,6 +61,8 @@ def compare_runs(base: LmEvalRun | None, edited: LmEvalRun | None, controls: Seq
     rows = []
     for task in ref.leaf_tasks():
         for metric, filt in ref.metric_keys(task):
+            if not finite(ref.value(task, metric, filt)):
+                continue  # not measured (e.g. a _known metric without known facts): no row
             rows.append(_row(base, edited, controls, control_seeds, task, metric, filt, ci_iters, ci_seed))
     return rows
 

@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from ..artifacts import (
     atomic_writer,
     provenance,
     read_json,
+    sha256_file,
     sha256_json,
 )
 from ..errors import InputError
@@ -60,11 +61,14 @@ def prepare_environment(settings: EvalSettings) -> bool:
     return needs_builtin
 
 
-def task_manager(settings: EvalSettings):
+def task_manager(settings: EvalSettings, metadata: Mapping[str, Any] | None = None):
+    """lm-eval's task manager over the bundled and extra task folders; ``metadata`` reaches every task (the
+    bundled tasks read ``known_facts``: eval/hneurons/utils.py)."""
     needs_builtin = prepare_environment(settings)
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=list(settings.task_paths), include_defaults=needs_builtin)
+    manager = TaskManager(include_path=list(settings.task_paths), include_defaults=needs_builtin,
+                          metadata=dict(metadata) if metadata else None)
     unknown = [t for t in settings.tasks if t not in manager.all_tasks]
     if unknown:
         where = ", ".join(settings.task_paths)
@@ -107,19 +111,25 @@ class LmEvalRun:
         value = self.results.get("higher_is_better", {}).get(task, {}).get(metric)
         return None if value is None else bool(value)
 
-    def per_item(self, task: str, metric: str, filt: str) -> dict[int, float] | None:
-        """doc_id -> the sample's value of ``metric`` (None when values are not plain numbers)."""
-        values: dict[int, float] = {}
+    def samples(self, task: str) -> Iterator[dict[str, Any]]:
+        """lm-eval's logged samples of ``task`` (doc, responses and per-document metric values)."""
         with open(self.folder / samples_name(task), encoding="utf-8") as handle:
             for line in handle:
-                sample = json.loads(line)
-                if sample.get("filter", "none") != filt or metric not in sample:
-                    continue
-                value = sample[metric]
-                if isinstance(value, bool):
-                    value = float(value)
-                if not isinstance(value, (int, float)):
-                    return None
+                yield json.loads(line)
+
+    def per_item(self, task: str, metric: str, filt: str) -> dict[int, float] | None:
+        """doc_id -> the sample's value of ``metric`` (None when values are not plain numbers). NaN values are
+        left out: the ``_known`` metrics are NaN off the known facts, so their items are those facts."""
+        values: dict[int, float] = {}
+        for sample in self.samples(task):
+            if sample.get("filter", "none") != filt or metric not in sample:
+                continue
+            value = sample[metric]
+            if isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, (int, float)):
+                return None
+            if value == value:
                 values[int(sample["doc_id"])] = float(value)
         return values
 
@@ -150,6 +160,8 @@ def run_lm_eval(variant: Variant, settings: EvalSettings, folder: str | Path, ma
     folder = Path(folder)
     chat = settings.chat_for(variant.lm.tokenizer)
     key = {"settings": settings.lm_eval_key(chat), "variant": _variant_key(variant)}
+    if getattr(manager, "metadata", None):
+        key["metadata"] = metadata_key(manager.metadata)
     marker = folder / EVAL_RUN
     if marker.is_file() and read_json(marker).get("key_sha256") == sha256_json(key):
         log.info("%s: lm-eval results found in %s (same settings): not re-run", variant.name, folder)
@@ -181,6 +193,11 @@ def run_lm_eval(variant: Variant, settings: EvalSettings, folder: str | Path, ma
     return LmEvalRun.load(variant.name, folder)
 
 
+def metadata_key(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Task metadata as resume compares it: files by their sha256 (a new known-facts file means new numbers)."""
+    return {k: sha256_file(v) if k == "known_facts" else v for k, v in sorted(metadata.items())}
+
+
 def _variant_key(variant: Variant) -> dict[str, Any]:
     info = variant.describe()
     info.pop("name")
@@ -189,7 +206,8 @@ def _variant_key(variant: Variant) -> dict[str, Any]:
     return info
 
 
-def lm_eval_command(variant: Variant, settings: EvalSettings, output_path: str | Path | None = None) -> str | None:
+def lm_eval_command(variant: Variant, settings: EvalSettings, output_path: str | Path | None = None,
+                    metadata: Mapping[str, Any] | None = None) -> str | None:
     """The ``lm_eval`` command line that reproduces ``variant``'s numbers without hneurons (None for hooks)."""
     if variant.kind == "hooks":
         return None
@@ -216,6 +234,8 @@ def lm_eval_command(variant: Variant, settings: EvalSettings, output_path: str |
     if settings.gen_kwargs:
         parts += ["--gen_kwargs", settings.gen_kwargs]
     parts += ["--seed", ",".join(str(s) for s in settings.seeds)]
+    if metadata:
+        parts += ["--metadata", json.dumps(dict(metadata))]
     if output_path is not None:
         parts += ["--output_path", str(output_path), "--log_samples"]
     return shlex.join(parts)

@@ -99,6 +99,7 @@ from ..model.loading import LoadedModel, LoadOptions, load_model
 from ..model.neuron_set import NeuronSet, as_neuron_set
 from .compare import compare_runs, spread
 from .kl import kl_divergence, kl_sequences, kl_summary, write_kl_files
+from .known import write_known_facts
 from .lm_eval_run import (
     HOOKS_NOTE,
     lm_eval_command,
@@ -248,17 +249,34 @@ def evaluate(
     edited_lm = _load(edited, load)
     base_v, edited_v, controls, neuron_info = build_variants(base_lm, edited_lm, adapter, neurons, alpha, settings,
                                                              force)
-    manager = task_manager(settings)
+    manager, known = known_facts_manager((base_v or edited_v).lm, settings, out)
     runs = {v.name: run_lm_eval(v, settings, out / "lm_eval" / v.name, manager)
             for v in [base_v, edited_v, *controls] if v is not None}
     seeds = [c.seed for c in controls]
     rows = compare_runs(runs.get("base"), runs.get("edited"), [runs[c.name] for c in controls], seeds,
                         settings.ci_iters, settings.ci_seed)
     kl = _kl_block(base_v, edited_v, controls, settings, out / "kl") if base_v and edited_v and settings.kl else None
-    results = _results_doc(base_v, edited_v, controls, settings, runs, rows, kl, alpha, neuron_info)
+    results = _results_doc(base_v, edited_v, controls, settings, runs, rows, kl, alpha, neuron_info,
+                           getattr(manager, "metadata", None))
+    results["known_facts"] = known_facts_summary(known)
     results["files"] = {"plot": plot_deltas(out, rows) if base_v and edited_v else None}
     atomic_write_json(out / EVAL_RESULTS, results)
     return EvalReport(out, results)
+
+
+def known_facts_manager(base: LoadedModel, settings: EvalSettings, out: Path):
+    """The task manager the variants run with: with the base model's known facts as task metadata when a
+    bundled behaviour task is selected (editor.evaluate.known), else the plain one. Returns (manager, file)."""
+    plain = task_manager(settings)
+    known = write_known_facts(base, settings, out, plain)
+    return (task_manager(settings, {"known_facts": str(known.resolve())}) if known else plain), known
+
+
+def known_facts_summary(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    doc = read_json(path, "known facts")
+    return {"file": path.name, "sha256": sha256_file(path), "splits": doc["splits"], "counts": doc["counts"]}
 
 
 def check_out(out: Path, settings: EvalSettings, overwrite: bool, name: str = EVAL_RESULTS,
@@ -292,15 +310,16 @@ def _kl_block(base_v: Variant, edited_v: Variant, controls: Sequence[Variant], s
     return block
 
 
-def _results_doc(base_v, edited_v, controls, settings, runs, rows, kl, alpha, neuron_info) -> dict[str, Any]:
+def _results_doc(base_v, edited_v, controls, settings, runs, rows, kl, alpha, neuron_info, metadata) -> dict[str, Any]:
     ref = runs.get("edited") or runs.get("base")
     tasks = {t: {"split": ref.split_of(t), "n_samples": ref.results.get("n-samples", {}).get(t),
                  "version": ref.results.get("versions", {}).get(t),
                  "output_type": ref.results.get("configs", {}).get(t, {}).get("output_type")}
              for t in ref.leaf_tasks()}
     commands = {
-        "base": lm_eval_command(base_v, settings, "lm_eval_cli/base") if base_v else None,
-        "edited": (lm_eval_command(edited_v, settings, "lm_eval_cli/edited") if edited_v and edited_v.kind != "hooks"
+        "base": lm_eval_command(base_v, settings, "lm_eval_cli/base", metadata) if base_v else None,
+        "edited": (lm_eval_command(edited_v, settings, "lm_eval_cli/edited", metadata)
+                   if edited_v and edited_v.kind != "hooks"
                    else HOOKS_NOTE if edited_v else None),
         "controls": HOOKS_NOTE if controls else None,
     }

@@ -82,7 +82,7 @@ from .lm_eval_run import (
     task_split,
 )
 from .settings import EvalSettings, SweepSettings
-from .stage import check_out
+from .stage import check_out, known_facts_manager, known_facts_summary
 from .variants import Variant, control_alphas, random_control
 
 log = logging.getLogger(__name__)
@@ -311,8 +311,8 @@ def sweep(
     check_out(out, settings, overwrite, SWEEP_REPORT, "a sweep")
     lm = base if isinstance(base, LoadedModel) else load_model(str(base), load)
     nset = _sweep_set(neurons, lm, force)
-    manager = task_manager(settings)
-    splits = check_splits(settings, manager, settings.allow_test_split)
+    splits = check_splits(settings, task_manager(settings), settings.allow_test_split)
+    manager, known = known_facts_manager(lm, settings, out)
     controls = {s: random_control(nset, lm.num_layers, lm.d_ff, s, match_layers) for s in control_seeds}
     seqs = kl_sequences(lm, settings)
     base_variant = Variant("alpha_1", lm)
@@ -342,6 +342,7 @@ def sweep(
     write_kl_files(out / "kl", seqs, lm.tokenizer, kl_values)
     assessed = assess(points, settings)
     results = _sweep_doc(lm, nset, grid, splits, settings, control_seeds, match_layers, assessed)
+    results["known_facts"] = known_facts_summary(known)
     results["files"] = {"plot": plot_sweep(out, results)}
     atomic_write_json(out / SWEEP_REPORT, results)
     return SweepReport(out, results)

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Iterable
 
 from ...artifacts import atomic_write_text
-from ..judge import find_alias, fold_accents, normalize, specific_aliases
 from ...formats import QUESTIONS_FORMAT
+from ..judge import find_alias, fold_accents, normalize, specific_aliases
 
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = (0.6, 0.2)  # train, validation; test gets the rest

@@ -1,0 +1,72 @@
+"""The judges against the hand-labelled validation set (eval/judge_validation/), and the machinery of the check."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from editor.cli import main
+from editor.data.judge_check import check_judges, labelled
+from editor.data.model_judge import judge_prompt, parse_label
+from editor.errors import InputError
+from editor.stats import cohen_kappa
+
+
+def test_cohen_kappa_on_known_tables():
+    assert cohen_kappa("aabb", "aabb") == 1.0
+    assert cohen_kappa(["x"] * 4, ["x"] * 4) == 1.0  # one label only: perfect
+    # observed 0.5, chance 0.5 (balanced, independent): kappa 0
+    assert cohen_kappa("aabb", "abab") == pytest.approx(0.0)
+    # 2x2 table [[20, 5], [10, 15]]: po = 0.7, pe = 0.5*0.6 + 0.5*0.4 = 0.5 -> 0.4
+    a = ["y"] * 25 + ["n"] * 25
+    b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+    with pytest.raises(InputError):
+        cohen_kappa([], [])
+
+
+def _write_set(folder, records, labels):
+    folder.mkdir()
+    (folder / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "labels.jsonl").write_text("".join(json.dumps(lab) + "\n" for lab in labels))
+
+
+RECORDS = [
+    {"id": "a", "judge": "answer", "model": "m", "prompt": "Capital of France?", "answers": ["Paris"],
+     "false_answers": [], "entity": "France", "relation": "country_capital", "response": "Paris."},
+    {"id": "b", "judge": "answer", "model": "m", "prompt": "Capital of France?", "answers": ["Paris"],
+     "false_answers": [], "entity": "France", "relation": "country_capital", "response": "Paris or Lyon."},
+    {"id": "c", "judge": "flip", "model": "m", "prompt": "...", "answers": ["France"], "false_answers": [],
+     "entity": "Lyon", "relation": "city_country", "response": "Yes, I'm sure. Lyon is in Belgium."},
+]
+
+
+def test_check_reports_agreement_kappa_and_confusion(tmp_path):
+    folder = tmp_path / "set"
+    _write_set(folder, RECORDS, [{"id": "a", "label": "correct"}, {"id": "b", "label": "correct"},
+                                 {"id": "c", "label": "flipped"}])
+    report = check_judges(folder)
+    answer = report["judges"]["answer"]
+    assert answer["n"] == 2 and answer["agreement"] == 0.5  # the person called the list of guesses correct
+    assert answer["confusion"] == {"correct": {"correct": 1, "wrong": 1}}
+    assert [d["id"] for d in answer["disagreements"]] == ["b"]
+    assert report["judges"]["flip"]["agreement"] == 1.0
+    assert main(["judge-check", "--folder", str(folder)]) == 0
+
+
+def test_missing_or_impossible_labels_are_errors(tmp_path):
+    _write_set(tmp_path / "one", RECORDS, [{"id": "a", "label": "correct"}])
+    with pytest.raises(InputError, match="no label for response 'b'"):
+        labelled(tmp_path / "one")
+    _write_set(tmp_path / "two", RECORDS, [{"id": r["id"], "label": "kept"} for r in RECORDS])
+    with pytest.raises(InputError, match="'kept' of 'a' is not one of the answer judge's labels"):
+        labelled(tmp_path / "two")
+
+
+def test_model_judge_prompt_and_reply_parsing():
+    prompt = judge_prompt(RECORDS[0])
+    assert "Gold answers: Paris" in prompt and "Paris." in prompt and "uncertain" in prompt
+    assert parse_label("Correct.", "answer") == "correct"
+    assert parse_label("The label is: wrong (it guesses)", "answer") == "wrong"
+    assert parse_label("???", "flip") == "unclear"  # unparsable: the documented fallback
