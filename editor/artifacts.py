@@ -122,33 +122,76 @@ def write_failure_reason(exc: BaseException) -> str | None:
     return next((reason for code, reason in _WRITE_FAILURES.items() if f"(os error {code})" in text), None)
 
 
+def human_bytes(n: int | float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _space_note(target: Path, exc: BaseException, progress: dict[str, Any]) -> str:
+    """How much space the write needed and how much there is (for a full disk, quota or file size limit)."""
+    needed, written = progress.get("needed"), progress.get("written")
+    parts = []
+    if needed:
+        parts.append(f"it needs {human_bytes(needed)}")
+    if written:
+        parts.append(f"{human_bytes(written)} had been written when it failed")
+    code = exc.errno if isinstance(exc, OSError) else next(
+        (c for c in _WRITE_FAILURES if f"(os error {c})" in str(exc)), None)
+    if code == errno.EFBIG:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            parts.append(f"one file may hold at most {human_bytes(limit)} here (ulimit -f)")
+    elif code in (errno.ENOSPC, errno.EDQUOT):
+        probe = target
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        with contextlib.suppress(OSError):
+            parts.append(f"{human_bytes(shutil.disk_usage(probe).free)} free on the device of {probe}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 @contextlib.contextmanager
-def reported_write_errors(target: str | os.PathLike) -> Iterator[None]:
-    """Turn a full disk, size limit or read-only file system while writing ``target`` into one clear error."""
+def reported_write_errors(target: str | os.PathLike, needed: int | None = None) -> Iterator[dict[str, Any]]:
+    """Turn a full disk, size limit or read-only file system while writing ``target`` into one clear error that
+    says how much space was needed. The block may record ``written`` (bytes written when it failed) in the
+    dict it is given; ``needed`` is what the whole write takes, when known."""
+    progress: dict[str, Any] = {"needed": needed, "written": None}
     try:
-        yield
+        yield progress
     except OutputWriteError:
         raise
     except Exception as exc:
         reason = write_failure_reason(exc)
         if reason is None:
             raise
-        raise OutputWriteError(f"cannot write {target}: {reason}; nothing was written under that name. Free some "
-                               f"space or choose another output location") from exc
+        raise OutputWriteError(f"cannot write {target}: {reason}{_space_note(Path(target), exc, progress)}; nothing "
+                               f"was written under that name. Free some space or choose another output "
+                               f"location") from exc
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary sibling, fsync it, then rename it over ``path``."""
-    with atomic_writer(path, "wb") as handle:
+    with atomic_writer(path, "wb", needed=len(data)) as handle:
         handle.write(data)
     return Path(path)
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+def atomic_writer(path: str | os.PathLike, mode: str = "w", needed: int | None = None) -> Iterator[Any]:
     """Stream into a temporary sibling; it becomes ``path`` only when the block completes."""
     target = Path(path)
-    with reported_write_errors(target):
+    with reported_write_errors(target, needed) as progress:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
         try:
@@ -158,6 +201,8 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
         except BaseException:
+            with contextlib.suppress(OSError):
+                progress["written"] = os.path.getsize(tmp)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
@@ -203,16 +248,16 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(final: str | os.PathLike, overwrite: bool = False, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it is renamed to ``final`` in one step.
 
     On any exception the temporary folder is removed and ``final`` is left as it was. An existing
     ``final`` is an :class:`OutputExistsError` unless ``overwrite`` is set; then it is replaced only
-    once the new folder is complete.
+    once the new folder is complete. ``needed`` (bytes, when known) is quoted if the disk fills up.
     """
     target = Path(final)
     check_output_target(target, overwrite)
-    with reported_write_errors(target):
+    with reported_write_errors(target, needed) as progress:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_orphaned_temporaries(target.parent, target.name)
         tmp = temporary_dir(target.parent, target.name)
@@ -228,6 +273,8 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
                 os.replace(tmp, target)
             _fsync_dir(target.parent)
         except BaseException:
+            with contextlib.suppress(OSError):
+                progress["written"] = _size(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 

@@ -53,5 +53,20 @@ class PublishError(HNeuronsError):
     """The model card or the push to the Hub cannot be done as asked."""
 
 
-class BackendUnavailableError(HNeuronsError):
+class UnavailableError(HNeuronsError):
+    """Something a run needs is not available on this machine: a model or dataset that is not in the cache in
+    offline mode (or the Hub cannot be reached), a CUDA device, an optional package. Raised before any model
+    loads; the message names the thing, why it is unavailable and what to do."""
+
+
+class ModelUnavailableError(ModelLoadError, UnavailableError):
+    """A Hub model is not in the local cache and cannot be downloaded (offline mode, the Hub unreachable,
+    no such repository, or no access to it)."""
+
+
+class BackendUnavailableError(UnavailableError):
     """An optional backend (vLLM) was asked for but its package or the hardware it needs is missing."""
+
+
+class OutputInUseError(HNeuronsError):
+    """Another process is writing the same output folder (it holds the folder's lock)."""

@@ -66,3 +66,9 @@ EVALDATA_FORMAT = "hneurons.evaldata/1"
 PER_LAYER_PLOT = "h_neurons_per_layer.png"  # locate and the model card draw it
 KNOWN_FACTS = "known_facts.json"  # which facts the base model answers right (eval and sweep folders)
 KNOWN_FACTS_FORMAT = "hneurons.known_facts/1"
+
+# ------------------------------------------------------------------------------------------- locks
+# Next to an output folder NAME while one process writes it: flock-ed, holds that process's pid, removed on
+# release (editor/locking.py). A folder whose parent is not writable holds it inside, as IN_FOLDER_LOCK.
+LOCK_FILE = ".{name}.hneurons-lock"
+IN_FOLDER_LOCK = ".hneurons-lock"

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "editor"
 # covers every module inside it.
 LAYERS = [
     ["editor.errors", "editor.formats", "editor.paths"],
-    ["editor.artifacts", "editor.stats", "editor.plots", "editor.options", "editor.text"],
+    ["editor.artifacts", "editor.stats", "editor.plots", "editor.options", "editor.text", "editor.locking"],
     ["editor.model"],
     ["editor.data"],
     ["editor.collect"],

@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     except HNeuronsError as exc:
         if args.verbose:
             raise
-        print(f"hneurons {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # one line, always
+        print(f"hneurons {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hneurons {args.command}: interrupted; finished work is kept and a re-run resumes", file=sys.stderr)

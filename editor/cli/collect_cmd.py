@@ -13,6 +13,7 @@ from .common import (
     add_recipe_option,
     in_recipe_output,
     load_from_args,
+    load_options,
     model_spec,
     required,
     stage_settings,
@@ -73,6 +74,8 @@ def resolve(args) -> SimpleNamespace:
 
 def run(args) -> int:
     from ..collect.stage import collect, format_summary, questions_for
+    from ..locking import output_lock
+    from ..model.loading import check_model
 
     plan = resolve(args)  # bad values are refused before any loading
     settings, out = plan.settings, plan.out
@@ -80,10 +83,12 @@ def run(args) -> int:
         from ..collect.vllm_backend import require_vllm
 
         require_vllm()
+    check_model(plan.model, load_options(args))  # a model or device that is not there: before the questions
     questions, data_record = questions_for(settings)
-    lm = load_from_args(args, plan.model)
-    result = collect(lm, questions, out, settings, data=data_record, overwrite=args.overwrite,
-                     progress=not args.no_progress)
+    with output_lock(out):  # a second process on this folder is refused before its model loads
+        lm = load_from_args(args, plan.model)
+        result = collect(lm, questions, out, settings, data=data_record, overwrite=args.overwrite,
+                         progress=not args.no_progress)
     print(format_summary(result.manifest))
     print(f"\nwrote {result.responses_path} and {result.out_dir / COLLECT_MANIFEST}")
     return 0

@@ -59,10 +59,12 @@ def resolve(args) -> SimpleNamespace:
 
 def run(args) -> int:
     from ..locate.stage import format_report, locate
+    from ..locking import output_lock
 
     plan = resolve(args)
-    lm = load_from_args(args, plan.model)
-    result = locate(lm, plan.responses, plan.out, plan.settings, progress=not args.no_progress, force=args.force)
+    with output_lock(plan.out):  # a second process on this folder is refused before its model loads
+        lm = load_from_args(args, plan.model)
+        result = locate(lm, plan.responses, plan.out, plan.settings, progress=not args.no_progress, force=args.force)
     print(format_report(result.report))
     print(f"\nwrote {result.neurons_path}, {result.probe_path} and {result.out_dir / LOCATE_REPORT}")
     return 0

@@ -80,6 +80,15 @@ class CollectSettings(Settings):
                 raise ValueError(f"{spec!r} is not a bundled set, {', '.join(HUB_DATASETS)} or a data file")
         return value
 
+    @field_validator("limit")
+    @classmethod
+    def _positive_limit(cls, value: Any) -> Any:
+        counts = value.items() if isinstance(value, dict) else [(None, value)] if value is not None else []
+        for _, count in counts:
+            if count < 1:
+                raise ValueError("question counts must be >= 1 (to leave a split out, leave it out of --split)")
+        return value
+
     @field_validator("splits")
     @classmethod
     def _some_split(cls, value: list[str]) -> list[str]:

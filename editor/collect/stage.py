@@ -50,6 +50,7 @@ from ..formats import (
     COLLECT_SETTINGS,
     RESPONSES,
 )
+from ..locking import locked
 from ..model.loading import LoadedModel
 from .generation import (
     Generation,
@@ -361,6 +362,7 @@ def _prepare_out_dir(out: Path, settings_record: dict, overwrite: bool) -> None:
     atomic_write_json(path, settings_record)
 
 
+@locked("out_dir")
 def collect(
     lm: LoadedModel,
     questions: Sequence[Question],
@@ -386,8 +388,7 @@ def collect(
         from .vllm_backend import require_vllm
 
         require_vllm()
-    if not questions:
-        raise InputError("no questions to collect (the dataset, split or limit selected 0 rows)")
+    check_questions(questions)
     out = Path(out_dir)
     auto_batch = settings.batch_size == "auto"
     settings = settings.model_copy(update={"batch_size": resolved_batch_size(lm, questions, settings, style, out)})
@@ -541,6 +542,16 @@ def format_summary(manifest: dict) -> str:
 
 
 def questions_for(settings: CollectSettings) -> tuple[list[Question], dict]:
-    """The questions a collect run with ``settings`` asks (its data sources, splits and limit)."""
-    return gather_questions(settings.data, settings.splits, settings.limit, seed=settings.seed,
-                            question_column=settings.question_column, answers_column=settings.answers_column)
+    """The questions a collect run with ``settings`` asks (its data sources, splits and limit); none is an error
+    (before any model loads)."""
+    questions, data = gather_questions(settings.data, settings.splits, settings.limit, seed=settings.seed,
+                                       question_column=settings.question_column,
+                                       answers_column=settings.answers_column)
+    check_questions(questions, f"data {', '.join(settings.data)}, splits {', '.join(settings.splits)}, limit "
+                               f"{settings.limit}")
+    return questions, data
+
+
+def check_questions(questions: Sequence[Question], selected: str = "the dataset, split or limit") -> None:
+    if not questions:
+        raise InputError(f"no questions to collect: {selected} selected 0 rows")

@@ -62,6 +62,7 @@ The output folder is written atomically (temporary sibling, renamed at the end) 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import shutil
@@ -82,6 +83,7 @@ from ..artifacts import (
 )
 from ..errors import InputError
 from ..formats import EDIT_FORMAT, EDIT_MANIFEST, NEURONS, PROBE
+from ..locking import output_lock
 from ..model.checkpoint import (
     Checkpoint,
     checkpoint_fingerprint,
@@ -226,6 +228,7 @@ class _Job:
     probe: Path | None = None
     converter: list[str] | None = None  # gguf mode, safetensors source: llama.cpp's converter
     source_gguf: GGUFFile | None = None  # gguf mode, GGUF source: the file, opened
+    force: dict[str, Any] | None = None  # --force and the model mismatch it accepted (recorded in the manifest)
 
 
 def edit_model(
@@ -260,15 +263,28 @@ def edit_model(
         edit_fields["modes"] = [mode]
     settings = EditSettings.of(settings, **edit_fields)
     load = LoadOptions.of(load, **load_fields)
-    job = _prepare(model, neurons, out, settings, load, overwrite=overwrite, force=force, probe=probe)
-    prompts = list(settings.verify_prompts)
-    with atomic_dir(job.out, overwrite=overwrite) as tmp:
-        written, verification = _write_and_verify(job, tmp, prompts)
-        evidence = _write_evidence(tmp, job.nset, job.probe)
-        manifest = _manifest(job, written, verification, evidence, tmp)
-        atomic_write_json(tmp / EDIT_MANIFEST, manifest)
+    if out is not None:
+        check_output_target(Path(out), overwrite)  # a folder that cannot be written is refused before its lock
+    with output_lock(out) if out is not None else contextlib.nullcontext():
+        job = _prepare(model, neurons, out, settings, load, overwrite=overwrite, force=force, probe=probe)
+        prompts = list(settings.verify_prompts)
+        with atomic_dir(job.out, overwrite=overwrite, needed=_expected_bytes(job)) as tmp:
+            written, verification = _write_and_verify(job, tmp, prompts)
+            evidence = _write_evidence(tmp, job.nset, job.probe)
+            manifest = _manifest(job, written, verification, evidence, tmp)
+            atomic_write_json(tmp / EDIT_MANIFEST, manifest)
     log.info("edit written to %s (mode %s, %d neurons)", job.out, job.mode, len(job.nset))
     return EditResult(job.out, job.mode, manifest)
+
+
+def _expected_bytes(job: _Job) -> int | None:
+    """About how many bytes a weights-mode edit writes (quoted if the disk fills up); None for other modes."""
+    if job.mode != "weights":
+        return None
+    if job.ckpt is not None:
+        return sum(p.stat().st_size for p in Path(job.ckpt.folder).glob("*.safetensors"))
+    assert job.lm is not None
+    return sum(p.numel() * p.element_size() for p in job.lm.model.parameters())
 
 
 def _one_mode(settings: EditSettings) -> str:
@@ -303,19 +319,19 @@ def _prepare(model, neurons, out, settings: EditSettings, load: LoadOptions, *, 
                                 trust_remote_code=load.trust_remote_code)
         _check_out_of_core_dtype(ckpt, load.dtype)
         fingerprint = checkpoint_fingerprint(ckpt)
-        nset.validate(ckpt.config, fingerprint=fingerprint, force=force)
+        accepted = nset.validate(ckpt.config, fingerprint=fingerprint, force=force)
         _check_not_source(out, ckpt.folder)
         lm = model if isinstance(model, LoadedModel) else None
         return _Job(mode, out, nset, scales, summary, checkpoint_identity(ckpt, fingerprint), ckpt.source,
-                    settings, load, lm=lm, ckpt=ckpt, probe=probe_path)
+                    settings, load, lm=lm, ckpt=ckpt, probe=probe_path, force={"given": force, "accepted": accepted})
     converter, source_gguf = _gguf_inputs(model, settings, load, scales) if mode == "gguf" else (None, None)
     lm = _loaded(model, load)
-    nset.validate(lm, force=force)
+    accepted = nset.validate(lm, force=force)
     _check_not_source(out, lm.folder)
     if mode == "gguf":
         _check_gguf_dtype(lm)
     return _Job(mode, out, nset, scales, summary, lm.identity(), lm.source, settings, load, lm=lm, probe=probe_path,
-                converter=converter, source_gguf=source_gguf)
+                converter=converter, source_gguf=source_gguf, force={"given": force, "accepted": accepted})
 
 
 def _gguf_inputs(model, settings: EditSettings, load: LoadOptions,
@@ -459,6 +475,7 @@ def _manifest(job: _Job, written: dict[str, Any], verification: dict[str, Any], 
         "written": written,
         "evidence": evidence,
         "verification": verification,
+        "force": job.force,
         "files": files_sha256(folder),
         "provenance": provenance(),
     }

@@ -95,8 +95,9 @@ from ..artifacts import (
 )
 from ..errors import InputError, ModelMismatchError, OutputExistsError
 from ..formats import EDIT_MANIFEST, EVAL_FORMAT, EVAL_RESULTS
-from ..model.loading import LoadedModel, LoadOptions, load_model
-from ..model.neuron_set import NeuronSet, as_neuron_set
+from ..locking import output_lock
+from ..model.loading import LoadedModel, LoadOptions, check_model, load_model
+from ..model.neuron_set import NeuronSet, as_neuron_set, check_alpha
 from .compare import compare_runs, spread
 from .kl import kl_divergence, kl_sequences, kl_summary, write_kl_files
 from .known import write_known_facts
@@ -107,6 +108,7 @@ from .lm_eval_run import (
     run_lm_eval,
     task_manager,
 )
+from .preflight import check_task_data
 from .settings import EvalSettings
 from .table import plot_deltas, render_table
 from .variants import Pair, Variant, control_variants, edit_folder_neurons
@@ -243,8 +245,26 @@ def evaluate(
     settings = EvalSettings.of(settings, **fields)
     prepare_environment(settings)
     out = Path(out)
-    check_out(out, settings, overwrite)
     check_combination(base, edited, adapter, neurons, alpha)
+    preflight(settings, [base, edited], load, alpha)
+    with output_lock(out):
+        return _evaluate(base, edited, adapter, neurons, alpha, settings, out, overwrite, force, load)
+
+
+def preflight(settings: EvalSettings, models: Sequence[Any], load: LoadOptions | None,
+              alpha: float | None = None) -> None:
+    """What can fail before any model loads: alpha, the tasks' datasets, every model spec and the device."""
+    if alpha is not None:
+        check_alpha(alpha, "alpha")
+    check_task_data(settings.tasks, settings.task_paths)
+    for spec in models:
+        if spec is not None:
+            check_model(spec, load)
+
+
+def _evaluate(base, edited, adapter, neurons, alpha, settings: EvalSettings, out: Path, overwrite: bool, force: bool,
+              load: LoadOptions | None) -> EvalReport:
+    check_out(out, settings, overwrite)
     base_lm = _load(base, load)
     edited_lm = _load(edited, load)
     base_v, edited_v, controls, neuron_info = build_variants(base_lm, edited_lm, adapter, neurons, alpha, settings,
@@ -259,6 +279,7 @@ def evaluate(
     results = _results_doc(base_v, edited_v, controls, settings, runs, rows, kl, alpha, neuron_info,
                            getattr(manager, "metadata", None))
     results["known_facts"] = known_facts_summary(known)
+    results["force"] = {"given": force}  # --force: a neuron set or edit of other weights was accepted
     results["files"] = {"plot": plot_deltas(out, rows) if base_v and edited_v else None}
     atomic_write_json(out / EVAL_RESULTS, results)
     return EvalReport(out, results)

@@ -69,6 +69,7 @@ import numpy as np
 from ..artifacts import atomic_write_json, provenance, sha256_file
 from ..errors import InputError
 from ..formats import SWEEP_FORMAT, SWEEP_PLOT, SWEEP_REPORT
+from ..locking import output_lock
 from ..model.loading import LoadedModel, LoadOptions, load_model
 from ..model.neuron_set import NeuronSet, as_neuron_set
 from ..plots import figure, save_png
@@ -82,7 +83,7 @@ from .lm_eval_run import (
     task_split,
 )
 from .settings import EvalSettings, SweepSettings
-from .stage import check_out, known_facts_manager, known_facts_summary
+from .stage import check_out, known_facts_manager, known_facts_summary, preflight
 from .variants import Variant, control_alphas, random_control
 
 log = logging.getLogger(__name__)
@@ -304,10 +305,17 @@ def sweep(
     of other tasks / limit / seeds is an error unless ``overwrite``.
     """
     settings = SweepSettings.of(settings, **fields)
-    match_layers, control_seeds = settings.match_layers, settings.control_seeds
     grid = _grid(settings.alphas)
     prepare_environment(settings)
     out = Path(out)
+    preflight(settings, [base], load)
+    with output_lock(out):
+        return _sweep(base, neurons, settings, grid, out, force, overwrite, load)
+
+
+def _sweep(base, neurons, settings: SweepSettings, grid: list[float], out: Path, force: bool, overwrite: bool,
+           load: LoadOptions | None) -> SweepReport:
+    match_layers, control_seeds = settings.match_layers, settings.control_seeds
     check_out(out, settings, overwrite, SWEEP_REPORT, "a sweep")
     lm = base if isinstance(base, LoadedModel) else load_model(str(base), load)
     nset = _sweep_set(neurons, lm, force)
@@ -343,6 +351,7 @@ def sweep(
     assessed = assess(points, settings)
     results = _sweep_doc(lm, nset, grid, splits, settings, control_seeds, match_layers, assessed)
     results["known_facts"] = known_facts_summary(known)
+    results["force"] = {"given": force}  # --force: a neuron set of other weights was accepted
     results["files"] = {"plot": plot_sweep(out, results)}
     atomic_write_json(out / SWEEP_REPORT, results)
     return SweepReport(out, results)

@@ -58,6 +58,7 @@ from ..formats import (
     PROBE,
     PROBE_FORMAT,
 )
+from ..locking import locked
 from ..model.loading import LoadedModel
 from . import probe as probe_lib
 from .features import FeatureSettings, FeatureStore, extract_features
@@ -256,19 +257,26 @@ class LocateResult:
         return self.out_dir / PROBE
 
 
-def check_same_model(recorded: dict, lm: LoadedModel, what: str, force: bool = False) -> None:
-    """An artifact made with another model is an error (architecture always; weights unless forced)."""
+def check_same_model(recorded: dict, lm: LoadedModel, what: str, force: bool = False) -> dict | None:
+    """An artifact made with another model is an error (architecture always; weights unless forced). Returns what
+    ``force`` accepted (both identities, for the output's manifest), else None."""
+    spec = (recorded.get("source") or {}).get("spec", "?")
     if recorded.get("architecture_hash") and recorded["architecture_hash"] != lm.architecture_hash:
         raise ModelMismatchError(
-            f"{what} was made with a model of another architecture ({recorded.get('model_type')}, "
+            f"{what} was made with {spec!r}, a model of another architecture ({recorded.get('model_type')}, "
             f"{recorded.get('num_layers')} layers x {recorded.get('d_ff')}) than {lm.source.spec!r} "
             f"({lm.arch.model_type}, {lm.num_layers} x {lm.d_ff})")
-    if not force and recorded.get("weights_fingerprint") and recorded["weights_fingerprint"] != lm.fingerprint:
+    if not recorded.get("weights_fingerprint") or recorded["weights_fingerprint"] == lm.fingerprint:
+        return None
+    if not force:
         raise ModelMismatchError(
-            f"{what} was made with other weights (fingerprint {recorded['weights_fingerprint']}) than "
+            f"{what} was made with other weights ({spec!r}, fingerprint {recorded['weights_fingerprint']}) than "
             f"{lm.source.spec!r} (fingerprint {lm.fingerprint}); pass --force to use it anyway")
+    return {"artifact": what, "recorded": {"spec": spec, "weights_fingerprint": recorded["weights_fingerprint"]},
+            "model": {"spec": lm.source.spec, "weights_fingerprint": lm.fingerprint}}
 
 
+@locked("out_dir")
 def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
            settings: LocateSettings | None = None, *, progress: bool = True, force: bool = False,
            **fields: Any) -> LocateResult:
@@ -277,7 +285,7 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
     settings = LocateSettings.of(settings, **fields)
     started = time.time()
     records, manifest = load_responses(responses_dir)
-    check_same_model(manifest["model"], lm, f"collect output {responses_dir}", force)
+    accepted = check_same_model(manifest["model"], lm, f"collect output {responses_dir}", force)
     facts, fabricated = splits_of(records, False), splits_of(records, True)
     _check_classes(facts, f"collect output {responses_dir}")
     out = Path(out_dir)
@@ -317,6 +325,7 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
         "chosen": {"index": chosen, "C": point.C, "rule": settings.rule, "tol": settings.tol,
                    "val_auroc": val_auroc[chosen], "threshold": float(threshold)},
         "h_neurons": {"count": neurons["count"], "per_mille": neurons["per_mille"]},
+        "force": {"given": force, "accepted": accepted},
     }
     report["test"] = _test_report(probe, h_cols, x_train, y_train, x_val, x_test, facts, threshold, store, settings)
     report["cross_relation"] = _cross_relation(store, facts, settings)

@@ -42,6 +42,7 @@ from ..artifacts import (
 from ..errors import InputError, ModelLoadError, UnsupportedArchitectureError
 from ..formats import GGUF_SOURCE, SAFETENSORS_INDEX
 from ..options import Settings
+from .preflight import check_device, check_hub_model
 from .registry import ArchSpec, architecture_hash, get_arch
 
 
@@ -349,6 +350,8 @@ def _check_safetensors_files(folder: Path) -> None:
 def load_config(spec: str, revision: str | None = None, trust_remote_code: bool = False) -> tuple[Any, ModelSource]:
     """The model's config (no weights), for inspection and validation."""
     source = resolve_source(spec, revision)
+    if source.kind == "hub":
+        check_hub_model(source.path, revision, weights=False)
     from transformers import AutoConfig
 
     try:
@@ -360,7 +363,7 @@ def load_config(spec: str, revision: str | None = None, trust_remote_code: bool 
     except ValueError as exc:
         raise _wrap_load_error(spec, exc) from None
     except OSError as exc:
-        raise ModelLoadError(f"cannot read the config of model {spec!r}: {exc}") from None
+        raise ModelLoadError(f"cannot read the config of model {spec!r}: {str(exc).splitlines()[0]}") from None
     return config, source
 
 
@@ -419,7 +422,7 @@ def load_model(spec: str, options: LoadOptions | None = None, /, **fields: Any) 
     opts = LoadOptions.of(options, **fields)
     dtype, device, revision = opts.dtype, opts.device, opts.revision
     trust_remote_code, allow_pickle = opts.trust_remote_code, opts.allow_pickle
-    source = resolve_source(spec, revision)
+    source = check_model(spec, opts)
     torch_dtype = parse_dtype(dtype)
     folder: Path | None = None
     if source.kind in ("alias", "gguf"):
@@ -463,6 +466,20 @@ def load_model(spec: str, options: LoadOptions | None = None, /, **fields: Any) 
     if source.kind == "hub" and source.revision is None:
         source.revision = getattr(config, "_commit_hash", None)
     return LoadedModel(model, tokenizer, source, arch, folder=str(folder) if folder else None)
+
+
+def check_model(spec: str | LoadedModel, options: LoadOptions | None = None) -> ModelSource:
+    """What :func:`load_model` checks before loading anything (editor.model.preflight): the spec names a model
+    that exists here (a Hub id: cached, or reachable), and the device is there. Stages call it for every model
+    they will load, before loading the first."""
+    opts = options or LoadOptions()
+    check_device(opts.device)
+    if isinstance(spec, LoadedModel):
+        return spec.source
+    source = resolve_source(str(spec), opts.revision)
+    if source.kind == "hub":
+        check_hub_model(source.path, opts.revision, allow_pickle=opts.allow_pickle)
+    return source
 
 
 @contextlib.contextmanager

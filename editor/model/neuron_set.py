@@ -153,14 +153,15 @@ class NeuronSet:
         return doc
 
     # ------------------------------------------------------------------------------------- validation
-    def validate(self, target: Any, *, fingerprint: str | None = None, force: bool = False) -> None:
+    def validate(self, target: Any, *, fingerprint: str | None = None, force: bool = False) -> dict[str, Any] | None:
         """Check the set against a model: ranges, architecture hash, weights fingerprint.
 
         ``target`` is a :class:`editor.model.loading.LoadedModel` or a transformers config. The fingerprint is
         taken from a LoadedModel, or passed in (``fingerprint=``) by callers that hash the checkpoint
         themselves; with neither, it is not checked. A different architecture hash is always an error (the
         indices mean other neurons); a different fingerprint (same layout, other weights, e.g. the base model
-        of the instruct model the set was located in) is an error unless ``force``.
+        of the instruct model the set was located in) is an error unless ``force``; returns what ``force``
+        accepted then (the two identities, for the manifest), else None.
         """
         config = getattr(target, "config", target)
         arch = get_arch(config)
@@ -175,7 +176,7 @@ class NeuronSet:
                                  f"FFN width d_ff is {d_ff} (0..{d_ff - 1})")
         self._check_flat_indices(d_ff, where)
         if not self.model:
-            return
+            return None
         recorded = self.model.get("architecture_hash")
         actual = architecture_hash(config)
         if recorded is not None and recorded != actual:
@@ -188,13 +189,19 @@ class NeuronSet:
         recorded_fp = self.model.get("weights_fingerprint")
         if fingerprint is None and hasattr(target, "fingerprint"):
             fingerprint = target.fingerprint
-        if recorded_fp and fingerprint and recorded_fp != fingerprint and not force:
+        if not (recorded_fp and fingerprint and recorded_fp != fingerprint):
+            return None
+        source = self.model.get("source") or {}
+        given = getattr(getattr(target, "source", None), "spec", None)
+        if not force:
             raise ModelMismatchError(
-                f"{where} was located in other weights (fingerprint {recorded_fp}; source "
-                f"{self.model.get('source', {}).get('spec', '?')}) than the model given (fingerprint {fingerprint}). "
-                f"The layout matches, so the indices are meaningful (e.g. base vs instruct model); pass --force "
-                f"(force=True) to apply the set anyway"
+                f"{where} was located in other weights ({source.get('spec', '?')}, fingerprint {recorded_fp}) than "
+                f"the model given ({given or 'its config'}, fingerprint {fingerprint}). The layout matches, so the "
+                f"indices are meaningful (e.g. base vs instruct model); pass --force (force=True) to apply the set "
+                f"anyway"
             )
+        return {"artifact": where, "recorded": {"spec": source.get("spec"), "weights_fingerprint": recorded_fp},
+                "model": {"spec": given, "weights_fingerprint": fingerprint}}
 
     def _check_flat_indices(self, d_ff: int, where: str) -> None:
         """The extended format repeats each neuron as flat_index = layer * d_ff + index: they must agree."""

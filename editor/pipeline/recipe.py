@@ -256,3 +256,33 @@ def unknown_tasks(tasks: list[str]) -> list[str]:
 
     known = set(TaskManager().all_tasks)
     return [t for t in rest if t not in known]
+
+
+def check_environment(recipe: Recipe, stages: list[str] | None = None) -> list[str]:
+    """What the recipe's ``stages`` (default: all it has) need from this machine, checked before anything loads:
+    the model (a Hub id cached, or reachable), the device, the datasets of built-in lm-eval tasks, vLLM for the
+    vllm backend, llama.cpp's converter for a GGUF edit of a safetensors model. Returns notes; raises the first
+    problem (:class:`~editor.errors.UnavailableError` and friends, one line naming the thing and what to do)."""
+    from ..evaluate.preflight import check_task_data
+    from ..model.loading import check_model
+
+    if stages is None:
+        stages = ["collect", "locate", "edit", "eval", "card"] + (["sweep"] if recipe.edit.alpha == "auto" else [])
+    source = check_model(recipe.model.id, recipe.model.load_options())
+    notes = [f"model {recipe.model.id}: available ({source.kind}); device {recipe.model.device or 'default'}: "
+             f"available"]
+    if "collect" in stages and recipe.collect.backend == "vllm":
+        from ..collect.vllm_backend import require_vllm
+
+        require_vllm()
+        notes.append("vLLM and a CUDA GPU: available")
+    for section in [s for s in ("sweep", "eval") if s in stages]:
+        settings = getattr(recipe, section)
+        check_task_data(settings.tasks, settings.task_paths, f"{section}.tasks: lm-eval task")
+        notes.append(f"{section} task data: available")
+    if "edit" in stages and "gguf" in recipe.edit.modes and source.kind not in ("alias", "gguf"):
+        from ..edit.gguf import converter_or_error
+
+        converter_or_error(recipe.edit.gguf_converter, recipe.model.id)
+        notes.append("llama.cpp's GGUF converter: available")
+    return notes

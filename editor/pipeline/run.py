@@ -52,8 +52,9 @@ from ..formats import (
     RUN_STATE,
     SWEEP_REPORT,
 )
+from ..locking import output_lock
 from ..text import fmt
-from .recipe import Recipe, load_recipe, output_dir
+from .recipe import Recipe, check_environment, load_recipe, output_dir
 
 STAGES = ("collect", "locate", "sweep", "edit", "eval", "card", "push")
 
@@ -285,10 +286,17 @@ def run_recipe(recipe_path: str | Path, *, from_stage: str | None = None, to_sta
     for name, value in (("--from", from_stage), ("--to", to_stage)):
         if value is not None and value not in stages:
             raise InputError(f"{name} {value!r} is not a stage of this recipe; its stages: {', '.join(stages)}")
-    from ..model.loading import resolve_source
-
-    resolve_source(recipe.model.id, recipe.model.revision)  # a missing model fails before anything is created
+    start = stages.index(from_stage) if from_stage else 0
+    stop = stages.index(to_stage) if to_stage else len(stages) - 1
+    # a missing model, device, dataset or optional package fails before anything is created
+    check_environment(recipe, stages[start:stop + 1])
     out = output_dir(recipe)
+    with output_lock(out, "recipe output folder"):
+        return _run(recipe, recipe_path, stages, out, from_stage, to_stage, progress)
+
+
+def _run(recipe: Recipe, recipe_path: Path, stages: list[str], out: Path, from_stage: str | None,
+         to_stage: str | None, progress: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(recipe, recipe_path, out, progress=progress)
     state_path = out / RUN_STATE
