@@ -453,11 +453,17 @@ def load_responses(folder: str | Path) -> tuple[list[dict], dict]:
     if not path.is_file():
         raise InputError(f"{root} has no {RESPONSES}: run `hneurons collect` into it first")
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    offset = 0
+    for number, raw in enumerate(path.read_bytes().splitlines(keepends=True), 1):
         try:
-            records.append(json.loads(line))
+            records.append(json.loads(raw.decode("utf-8")))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path} line {number} is not UTF-8 (byte 0x{raw[exc.start]:02x} at byte offset "
+                             f"{offset + exc.start} of the file)") from None
         except json.JSONDecodeError as exc:
-            raise InputError(f"{path} line {number} is not valid JSON: {exc.msg}") from None
+            raise InputError(f"{path} line {number} is not valid JSON: {exc.msg} (byte offset "
+                             f"{offset + exc.pos} of the file)") from None
+        offset += len(raw)
     return records, manifest
 
 

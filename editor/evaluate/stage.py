@@ -111,7 +111,13 @@ from .lm_eval_run import (
 from .preflight import check_task_data
 from .settings import EvalSettings
 from .table import plot_deltas, render_table
-from .variants import Pair, Variant, control_variants, edit_folder_neurons
+from .variants import (
+    Pair,
+    Variant,
+    check_adapter,
+    control_variants,
+    edit_folder_neurons,
+)
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +253,8 @@ def evaluate(
     out = Path(out)
     check_combination(base, edited, adapter, neurons, alpha)
     preflight(settings, [base, edited], load, alpha)
+    if adapter is not None:
+        check_adapter(adapter)
     with output_lock(out):
         return _evaluate(base, edited, adapter, neurons, alpha, settings, out, overwrite, force, load)
 

@@ -16,7 +16,7 @@ from ..artifacts import files_sha256, read_json
 from ..errors import InputError, ModelLoadError
 from ..formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS, EDIT_MANIFEST, NEURONS
 from ..model.hooks import LayerScale, group_by_layer, scaled_neurons
-from ..model.loading import LoadedModel
+from ..model.loading import LoadedModel, check_safetensors_file
 from ..model.neuron_set import NeuronSet
 
 Pair = tuple[int, int]
@@ -80,20 +80,29 @@ def describe_adapter(folder: Path) -> dict[str, Any]:
     return info
 
 
-@contextlib.contextmanager
-def peft_applied(model: torch.nn.Module, adapter: Path) -> Iterator[torch.nn.Module]:
-    """Wrap ``model`` with the adapter in place; on exit remove the adapter layers again (no merge)."""
-    from peft import PeftModel
-
-    folder = Path(adapter).resolve()  # a relative path would be taken for a Hub id
+def check_adapter(adapter: str | Path) -> Path:
+    """A PEFT adapter folder hneurons can apply (config JSON, complete safetensors weights; no pickle), checked
+    before any model loads; returns it as an absolute path (a relative one would be taken for a Hub id)."""
+    folder = Path(adapter).resolve()
     if not (folder / ADAPTER_CONFIG).is_file():
         raise InputError(f"adapter folder {adapter} has no adapter_config.json; expected a PEFT adapter written by "
                          f"`hneurons edit --mode ia3|lora`")
+    read_json(folder / ADAPTER_CONFIG, "adapter config")
     if not (folder / ADAPTER_WEIGHTS).is_file():
         pickled = sorted(p.name for p in folder.glob("*.bin"))
         what = f"only the pickled {pickled[0]}: unpickling can run arbitrary code, so hneurons refuses it; convert " \
                f"it to safetensors" if pickled else "no weights"
         raise ModelLoadError(f"adapter folder {adapter} has no adapter_model.safetensors ({what})")
+    check_safetensors_file(folder / ADAPTER_WEIGHTS, "adapter weights", "write the adapter again (`hneurons edit`)")
+    return folder
+
+
+@contextlib.contextmanager
+def peft_applied(model: torch.nn.Module, adapter: Path) -> Iterator[torch.nn.Module]:
+    """Wrap ``model`` with the adapter in place; on exit remove the adapter layers again (no merge)."""
+    from peft import PeftModel
+
+    folder = check_adapter(adapter)
     wrapped = PeftModel.from_pretrained(model, str(folder))
     wrapped.eval()
     try:

@@ -140,6 +140,7 @@ def resolve_source(spec: str, revision: str | None = None) -> ModelSource:
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {spec}")
+        check_gguf_file(path)
         return ModelSource(spec, "gguf", str(path.resolve()))
     if path.exists():
         if not path.is_dir():
@@ -327,24 +328,53 @@ def _check_safetensors_files(folder: Path) -> None:
     (safetensors' own error on such a file does not say which file it is.) Only headers are read.
     """
     for path in sorted(folder.glob("*.safetensors")):
-        size = path.stat().st_size
-        try:
-            with open(path, "rb") as handle:
-                head = handle.read(8)
-                if len(head) < 8:
-                    raise ValueError(f"it has {size} bytes, fewer than the 8-byte header length")
-                length = int.from_bytes(head, "little")
-                if length > size - 8:
-                    raise ValueError(f"its header claims {length} bytes but the file has {size}")
-                header = json.loads(handle.read(length))
-            end = max((int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"),
-                      default=0)
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-            raise ModelLoadError(f"weights file {path} is damaged ({exc}); re-download or re-save the checkpoint") \
-                from None
-        if 8 + length + end > size:
-            raise ModelLoadError(f"weights file {path} is truncated: its tensors need {8 + length + end} bytes but "
-                                 f"the file has {size}; re-download or re-save the checkpoint")
+        check_safetensors_file(path)
+
+
+def check_safetensors_file(path: Path, what: str = "weights file", fix: str = "re-download or re-save the "
+                                                                                "checkpoint") -> None:
+    """A file named ``.safetensors`` is one, complete (header and tensor data): else a ModelLoadError naming it and
+    the byte count or offset that is wrong."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise ValueError(f"it has {size} bytes, fewer than the 8-byte header length")
+            length = int.from_bytes(head, "little")
+            if length > size - 8:
+                raise ValueError(f"it is not a safetensors file: its first 8 bytes give a header of {length} bytes "
+                                 f"but the file has {size}")
+            header = json.loads(handle.read(length))
+        end = max((int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"),
+                  default=0)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ModelLoadError(f"{what} {path} is damaged ({exc}); {fix}") from None
+    if 8 + length + end > size:
+        raise ModelLoadError(f"{what} {path} is truncated: its tensors need {8 + length + end} bytes but the file has "
+                             f"{size}; {fix}")
+
+
+def check_gguf_file(path: Path) -> None:
+    """A ``.gguf`` file is one, complete (its header parses and every tensor's data is inside the file)."""
+    from gguf import GGUFReader
+
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"GGUF file {path} is not a GGUF file: it starts with {magic!r} at byte 0, not b'GGUF'")
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:  # noqa: BLE001 - gguf raises struct, numpy and value errors on damaged files
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"GGUF file {path} is damaged or truncated: it ends at byte {size}, and gguf cannot read "
+                             f"its header and tensor table ({first}); re-download it") from None
+    for tensor in reader.tensors:
+        end = int(tensor.data_offset) + int(tensor.n_bytes)
+        if end > size:
+            raise ModelLoadError(f"GGUF file {path} is truncated: tensor {tensor.name} ends at byte {end} but the "
+                                 f"file has {size}; re-download it")
 
 
 def load_config(spec: str, revision: str | None = None, trust_remote_code: bool = False) -> tuple[Any, ModelSource]:
