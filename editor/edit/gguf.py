@@ -109,7 +109,7 @@ KEY_PREFIX = "hneurons."
 CONVERTER_COMMAND = "llama-convert-hf-to-gguf"
 CONVERTER_SCRIPT = "convert_hf_to_gguf.py"
 CONVERTER_OUTTYPE = {"F32": "f32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0"}
-_COPY_CHUNK = 1 << 24
+_COPY_CHUNK = 1 << 22  # plain reads of 4 MiB: the copy never holds more
 _FLOAT_NAME = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 
@@ -781,6 +781,7 @@ def edit_from_checkpoint(lm: LoadedModel, folder: Path, scales: Mapping[int, Lay
         out_path = out_folder / output_name(f"{name}-{stored}")
         trial, edits, trials = patch_and_verify(converted.model, converted.arch, converted.d_ff, reference, src,
                                                 scales, "source", out_path, keys)
+        trial.choice = requested  # what the user asked for: the converter wrote that type
         del converted
         gc.collect()
         loader_diff = loader_check(out_path, reference, device, trial.tolerance)
