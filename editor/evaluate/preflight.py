@@ -186,6 +186,12 @@ def _resolve(name: str, root: Path, seen: set[str], depth: int = 0) -> list[Task
     return found
 
 
+def is_builtin_task(name: str) -> bool:
+    """Whether lm-eval's task YAMLs define ``name`` (a task, group or tag), found by the same text scan."""
+    root = lm_eval_tasks_dir()
+    return root is not None and _resolve(name, root, set()) is not None
+
+
 def builtin_task_data(tasks: Iterable[str], local: set[str] | None = None) -> list[TaskData]:
     """The Hub datasets lm-eval's built-in ``tasks`` read (local task names and unresolvable names left out)."""
     root = lm_eval_tasks_dir()

@@ -246,10 +246,11 @@ def check_recipe(recipe: Recipe, resolve_model: bool = False) -> list[str]:
 def unknown_tasks(tasks: list[str]) -> list[str]:
     """Task names that are neither in the bundled eval/ folder nor in lm-eval's task index."""
     from ..evaluate.lm_eval_run import local_task_names
+    from ..evaluate.preflight import is_builtin_task
     from ..paths import EVAL_DIR
 
     local = local_task_names([EVAL_DIR])
-    rest = [t for t in tasks if t not in local]
+    rest = [t for t in tasks if t not in local and not is_builtin_task(t)]  # a YAML scan; lm-eval's index is slow
     if not rest:
         return []
     from lm_eval.tasks import TaskManager
