@@ -350,3 +350,22 @@ def test_card_says_how_to_run_the_gguf_and_push_uploads_it(edits):
     assert "byte-identical to the source GGUF" in card and "quantization keeps the edit" in card
     files, _ = collect_upload_files(folder)
     assert name in {f.path for f in files}
+
+
+def test_an_edited_gguf_can_be_edited_again_its_hneurons_keys_replaced(work, edits, neurons):
+    first = gguf_file(edits["F16"])
+    again = edit_model(str(first), neurons, mode="gguf", out=work / "again", gguf_type="source")
+    reader = gguf.GGUFReader(str(gguf_file(again)))  # duplicate keys would make gguf's reader refuse the file
+    assert [k for k in reader.fields if k == "hneurons.version"] == ["hneurons.version"]
+    assert reader.fields["hneurons.source.sha256"].contents() == again.manifest["model"]["source"]["gguf_sha256"]
+    assert again.verification["stored_dtype"] == "F16"
+
+
+def test_gguf_settings_enter_the_edit_stage_key_only_when_a_gguf_is_written(tmp_path):
+    from editor.pipeline.run import stage_settings
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {id: smollm2-135m-instruct}\noutput: out\nedit: {modes: [weights, ia3]}\n")
+    assert "gguf_type" not in stage_settings(load_recipe(recipe), "edit")["edit"]
+    recipe.write_text("model: {id: smollm2-135m-instruct}\noutput: out\nedit: {modes: [weights, gguf]}\n")
+    assert stage_settings(load_recipe(recipe), "edit")["edit"]["gguf_type"] == "auto"
