@@ -651,13 +651,13 @@ def find_converter(given: str | None) -> list[str] | None:
 def converter_or_error(given: str | None, source: str) -> list[str]:
     command = find_converter(given)
     if command is None:
-        what = f"--gguf-converter {given} is not a convert_hf_to_gguf.py file nor a command; " if given else ""
+        what = (f"--gguf-converter {given}: no such convert_hf_to_gguf.py file or command. " if given else "")
         raise InputError(
-            f"{what}writing a GGUF from the safetensors model {source} needs llama.cpp's converter, "
-            f"convert_hf_to_gguf.py (the {CONVERTER_COMMAND} command of llama.cpp's llama-cpp-scripts package), "
-            f"which is not installed: `pip install` a llama.cpp checkout (or the vendor/llama.cpp folder of the "
-            f"llama-cpp-python source distribution), or pass --gguf-converter PATH/convert_hf_to_gguf.py; "
-            f"hneurons does not convert architectures itself")
+            f"{what}Writing a GGUF from the safetensors model {source} needs llama.cpp's converter, "
+            f"convert_hf_to_gguf.py (the {CONVERTER_COMMAND} command of llama.cpp's llama-cpp-scripts package)"
+            f"{'' if given else ', and none is installed'}: `pip install` a llama.cpp checkout (or the "
+            f"vendor/llama.cpp folder of the llama-cpp-python source distribution), or pass --gguf-converter "
+            f"PATH/convert_hf_to_gguf.py; hneurons does not convert architectures itself")
     return command
 
 
