@@ -151,7 +151,7 @@ def _space_note(target: Path, exc: BaseException, progress: dict[str, Any]) -> s
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
         with contextlib.suppress(OSError):
-            parts.append(f"{human_bytes(shutil.disk_usage(probe).free)} free on the device of {probe}")
+            parts.append(f"{human_bytes(shutil.disk_usage(probe).free)} free now on the device of {probe}")
     return f" ({'; '.join(parts)})" if parts else ""
 
 

@@ -380,7 +380,7 @@ def _write_shard(lm: LoadedModel, records: Sequence[dict], path: Path, settings:
     dtype = _STORE_DTYPES[settings.store_dtype]
     tmp = path.with_name(".hneurons-tmp-" + path.name)
     metadata = {"ids": json.dumps([str(r["id"]) for r in records])}
-    with reported_write_errors(path):
+    with reported_write_errors(path, needed=2 * len(records) * lm.num_layers * lm.d_ff * dtype.itemsize):
         writer = _ShardWriter(tmp, len(records), lm.num_layers * lm.d_ff, dtype, metadata)
         try:
             row = 0
