@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -134,6 +135,9 @@ def edits(sources, workdir):
         }
         results[case]["ooc"] = edit_model(str(folder), neurons, 0.0, "weights", workdir / f"out-{case}-ooc",
                                            layer_alpha=LAYER_ALPHA, out_of_core=True)
+        for mode in ("ia3", "lora"):  # adapters made from the checkpoint's files, no model loaded to make them
+            results[case][f"ooc_{mode}"] = edit_model(str(folder), neurons, 0.0, mode, workdir / f"out-{case}-ooc-{mode}",
+                                                      layer_alpha=LAYER_ALPHA, out_of_core=True)
         assert folder_hashes(folder) == before, "the source checkpoint must never be modified"
     return results
 
@@ -155,7 +159,7 @@ FRESH_PROCESS = textwrap.dedent("""
                 AutoModelForCausalLM.from_pretrained(job["weights"]).dtype)}
             streamed = AutoModelForCausalLM.from_pretrained(job["ooc"], dtype=torch.float32)
             res["out_of_core"] = streamed(input_ids=ids).logits[0]
-            for mode in ("ia3", "lora"):
+            for mode in ("ia3", "lora", "ooc_ia3", "ooc_lora"):
                 # base_model_name_or_path inside the adapter must lead back to the local source
                 model = AutoPeftModelForCausalLM.from_pretrained(job[mode], dtype=torch.float32)
                 res[mode] = model(input_ids=ids).logits[0]
@@ -173,7 +177,8 @@ def test_four_way_equivalence_in_a_fresh_process_with_plain_transformers_and_pef
         refs[case] = (base, scaled)
         jobs.append({"case": case, "ids": ids[0].tolist(), "weights": str(edits[case]["weights"].out),
                      "ooc": str(edits[case]["ooc"].out), "ia3": str(edits[case]["ia3"].out),
-                     "lora": str(edits[case]["lora"].out)})
+                     "lora": str(edits[case]["lora"].out), "ooc_ia3": str(edits[case]["ooc_ia3"].out),
+                     "ooc_lora": str(edits[case]["ooc_lora"].out)})
     result_file = workdir / "fresh.pt"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, json.dumps(jobs), str(result_file)],
@@ -182,7 +187,8 @@ def test_four_way_equivalence_in_a_fresh_process_with_plain_transformers_and_pef
     fresh = torch.load(result_file)
     for case, (base, scaled) in refs.items():
         assert float((scaled - base).abs().max()) > 0.05, f"{case}: the edit must change the logits"
-        for name in ("checkpoint", "out_of_core", "ia3", "ia3_merged", "lora", "lora_merged"):
+        for name in ("checkpoint", "out_of_core", "ia3", "ia3_merged", "lora", "lora_merged", "ooc_ia3",
+                     "ooc_ia3_merged", "ooc_lora", "ooc_lora_merged"):
             diff = float((fresh[case][name] - scaled).abs().max())
             assert diff < 1e-4, f"{case} {name}: max abs logit diff {diff}"
         assert fresh[case]["ckpt_dtype"] == str(CASES[case][1]), "the checkpoint keeps the source dtype"
@@ -193,6 +199,11 @@ def test_verification_is_recorded_and_passes(edits):
         for mode, result in by_mode.items():
             ver = result.verification
             assert ver["passed"] is True
+            assert ver["form"] == "loaded"  # tiny models fit in memory: the logit check ran
+            if mode.startswith("ooc_"):
+                assert ver["adapter_tensors"]["passed"] and ver["adapter_tensors"]["problems"] == []
+                # IA3 needs no weights; LoRA reads the two targeted layers' down-projections
+                assert ver["adapter_tensors"]["source_tensors_read"] == (0 if mode == "ooc_ia3" else 2)
             expected = {"checkpoint"} if mode in ("weights", "ooc") else {"adapter", "adapter_merged"}
             assert set(ver["max_abs_diff"]) == expected
             assert all(d <= ver["tolerance"] for d in ver["max_abs_diff"].values())
@@ -280,6 +291,134 @@ def test_tensor_names_are_mapped_whatever_the_checkpoint_prefix():
     assert down_proj_tensor_names(both, llama, 2) == {0: both[0], 1: both[1]}
     with pytest.raises(ModelLoadError, match=r"layers.<N>.mlp.down_proj.weight"):
         down_proj_tensor_names(["model.layers.0.mlp.down_proj.weight"], llama, 2)
+
+
+# ------------------------------------------------------------------------------- streamed verification
+def _tensor_range(folder: Path, name: str) -> tuple[Path, int, int, str]:
+    """(shard, absolute byte offset, byte length, dtype) of one tensor, read from the headers directly."""
+    weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    shard = folder / weight_map[name]
+    with open(shard, "rb") as handle:
+        n = int.from_bytes(handle.read(8), "little")
+        info = json.loads(handle.read(n))[name]
+    begin, end = info["data_offsets"]
+    return shard, 8 + n + begin, end - begin, info["dtype"]
+
+
+def _offset(j: int, row: int, d_model: int, conv1d: bool, item: int) -> int:
+    """Byte offset of element (row, neuron j) in a tiny model's down-projection (d_ff 48)."""
+    return (j * d_model + row if conv1d else row * 48 + j) * item
+
+
+def _poke(shard: Path, offset: int, data: bytes) -> None:
+    with open(shard, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(data)
+
+
+def test_streamed_check_names_a_wrong_byte_and_a_wrong_column(sources, edits, tmp_path):
+    from editor.edit.verify import check_checkpoint
+    from editor.errors import VerificationError
+
+    for case in ("llama", "gpt2", "llama-bf16"):  # Linear and Conv1D layouts, fp32 and bf16
+        folder, lm, neurons = sources[case]
+        scales = NeuronSet.load(neurons).scales(0.0, LAYER_ALPHA)  # (0, 40) -> 2.0
+        changed = {layer: DOWN_TENSOR[case].format(layer) for layer in (0, 1)}
+        good = edits[case]["ooc"].out
+        report, hashes = check_checkpoint(folder, good, scales, changed, lm.arch, require_same_names=True)
+        assert report["differing"] == [] and report["index"]["consistent"] and report["method"] == "streamed"
+        assert hashes == {name: hashlib.sha256((good / name).read_bytes()).hexdigest() for name in hashes}
+        untouched = next(n for n in raw_tensors(good) if n not in changed.values() and "norm" not in n)
+        conv1d = lm.arch.conv1d
+        d_model = raw_tensors(good)[changed[0]][1][1 if conv1d else 0]
+        item = 2 if CASES[case][1] == torch.bfloat16 else 4
+
+        plants = [  # (tensor, byte offset in it, what is written there)
+            (untouched, len(raw_tensors(good)[untouched][2]) // (2 * item) * item, "flip"),
+            # neuron (0, 40) must be 2 x source: one element put back to the source's value
+            (changed[0], _offset(40, 0, d_model, conv1d, item), "source"),
+            # neuron (0, 10) is not in the set: one element of its column changed
+            (changed[0], _offset(10, 1, d_model, conv1d, item), "flip"),
+        ]
+        for k, (name, at, what) in enumerate(plants):
+            bad = tmp_path / f"{case}-{k}"
+            shutil.copytree(good, bad)
+            shard, begin, _, _ = _tensor_range(bad, name)
+            current = shard.read_bytes()[begin + at:begin + at + item]
+            if what == "source":
+                src_shard, src_begin, _, _ = _tensor_range(folder, name)
+                data = src_shard.read_bytes()[src_begin + at:src_begin + at + item]
+            else:  # flip the lowest bit of the element's most significant byte (little-endian: its last)
+                data = current[:-1] + bytes([current[-1] ^ 0x01])
+            assert data != current
+            _poke(shard, begin + at, data)
+            with pytest.raises(VerificationError, match=re.escape(name)) as caught:
+                check_checkpoint(folder, bad, scales, changed, lm.arch, require_same_names=True)
+            others = (set(changed.values()) | {untouched}) - {name}
+            assert not any(f"'{n}'" in str(caught.value) for n in others), f"{case}: only {name} is named"
+    # an index that maps a tensor to the wrong shard is named too
+    folder, lm, neurons = sources["llama"]
+    bad = tmp_path / "index"
+    shutil.copytree(edits["llama"]["ooc"].out, bad)
+    index = json.loads((bad / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    name = next(n for n, s in index["weight_map"].items() if s != shards[0])
+    index["weight_map"][name] = shards[0]
+    (bad / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(VerificationError, match=re.escape(name)):
+        check_checkpoint(folder, bad, NeuronSet.load(neurons).scales(0.0, LAYER_ALPHA),
+                         {layer: DOWN_TENSOR["llama"].format(layer) for layer in (0, 1)}, lm.arch,
+                         require_same_names=True)
+
+
+def test_out_of_core_without_the_logit_check_says_it_verified_streamed(sources, workdir):
+    folder, _, neurons = sources["llama-bf16"]
+    for mode in ("weights", "ia3", "lora"):
+        result = edit_model(str(folder), neurons, 0.0, mode, workdir / f"streamed-{mode}", layer_alpha=LAYER_ALPHA,
+                            out_of_core=True, verify_logits=False)
+        ver = result.verification
+        assert ver["form"] == "streamed" and ver["passed"] is True and "skipped" in ver["logits"]
+        if mode == "weights":
+            assert ver["tensors"]["method"] == "streamed" and ver["tensors"]["index"]["identical_to_source"] is True
+            assert ver["tensors"]["tensors_compared"] == len(raw_tensors(folder))
+        else:
+            assert ver["adapter_tensors"]["passed"] is True
+        manifest = json.loads((result.out / EDIT_MANIFEST).read_text())
+        assert manifest["verification"]["form"] == "streamed"
+        on_disk = {p.relative_to(result.out).as_posix() for p in result.out.rglob("*") if p.is_file()}
+        assert set(manifest["files"]) == on_disk - {EDIT_MANIFEST}  # every written file hashed
+        assert all(hashlib.sha256((result.out / n).read_bytes()).hexdigest() == h for n, h in manifest["files"].items())
+
+
+def test_a_70b_header_only_checkpoint_is_inspected_and_checked_without_weights(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import make_big_checkpoint
+    finally:
+        sys.path.pop(0)
+    from editor.model.checkpoint import index_report, local_checkpoint, tensor_entries
+    from editor.model.info import inspect_model
+
+    folder = tmp_path / "llama-70b-headers"
+    summary = make_big_checkpoint.write_checkpoint(folder, "70b", header_only=True)
+    assert summary["shards"] == 30 and summary["tensor_bytes"] == 2 * 70_553_706_496
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 200_000  # headers only
+    info = inspect_model(str(folder))
+    assert (info.num_layers, info.d_ff, info.parameters, info.dtype) == (80, 28672, 70_553_706_496, "bfloat16")
+    assert cli_main(["inspect", str(folder)]) in (0, None)
+    ckpt = local_checkpoint(str(folder))
+    entries = tensor_entries(ckpt.folder)
+    downs = down_proj_tensor_names(entries, ckpt.arch, 80, str(folder))
+    assert len(entries) == 723 and entries[downs[79]].shape == (8192, 28672)
+    assert NeuronSet.from_pairs([(0, 0), (79, 28671)]).validate(ckpt.config) is None
+    with pytest.raises(InputError, match=r"layer 80, index 3.*80 layers"):
+        NeuronSet.from_pairs([(80, 3)]).validate(ckpt.config)
+    # the headers describe 141 GB the files do not hold: reported per shard, and an edit names the shard
+    report = index_report(folder)
+    assert not report["consistent"] and "model-00001-of-00030.safetensors: the file is" in report["problems"][0]
+    with pytest.raises(ModelLoadError, match=r"model-00001-of-00030\.safetensors is truncated"):
+        edit_model(str(folder), [(79, 5)], 0.0, "weights", tmp_path / "out", out_of_core=True)
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------------------------- adapters
@@ -421,8 +560,6 @@ def test_output_overlapping_the_source_and_bad_mode_are_refused(sources, tmp_pat
         edit_model(lm, neurons, 0.0, "weights", folder / "inside")
     with pytest.raises(InputError, match="unknown edit mode"):
         edit_model(lm, neurons, 0.0, "prune", tmp_path / "out")
-    with pytest.raises(InputError, match="out-of-core"):
-        edit_model(str(folder), neurons, 0.0, "lora", tmp_path / "out", out_of_core=True)
     with pytest.raises(InputError, match="per-layer alpha names layer 1"):
         edit_model(lm, [(0, 1)], 0.0, "ia3", tmp_path / "out", layer_alpha={1: 0.5})
     _no_output(tmp_path, "out")

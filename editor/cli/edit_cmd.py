@@ -52,9 +52,13 @@ to the edit's own effect). The output
 is written to a temporary sibling folder and renamed when complete; an existing DIR is an error unless
 --overwrite.
 
---out-of-core (weights mode) never instantiates the model for the rewrite: it copies the safetensors
-shards and rewrites only the affected tensors, one at a time (for checkpoints larger than RAM; add
---skip-logit-check when the model cannot be loaded at all: the exact tensor check still runs).
+--out-of-core never instantiates the model: weights mode copies the safetensors shards and rewrites
+only the affected tensors, one at a time; ia3 is made from the config alone and lora from the targeted
+layers' down-projection tensors. The written files are then checked against the source's, streamed
+(no model in memory): every untouched tensor byte for byte, the rewritten columns exactly alpha x
+source, the index against the shard headers, an adapter's tensors against the down-projections. The
+logit check also runs when the model fits in memory in float32 (twice for adapters); otherwise, or with
+--skip-logit-check, it is skipped and the manifest says so ("form": "streamed").
 
 examples:
   hneurons edit --model smollm2-135m-instruct --neurons runs/locate/neurons.json --out fixed-model
@@ -141,4 +145,8 @@ def _report(result, as_json: bool) -> None:
               f"edit effect {ver['edit_effect_max_abs']:.3g})")
     else:
         print(f"verified: {diffs}")
+    if ver.get("form") == "streamed":
+        print("verification form: streamed (no model loaded): " + ", ".join(
+            f"{k} check {'passed' if ver[k].get('passed', True) else 'FAILED'}" for k in ("tensors", "adapter_tensors")
+            if isinstance(ver.get(k), dict)))
     print(f"manifest: {result.out / EDIT_MANIFEST}")

@@ -4,24 +4,18 @@ neurons, B = W_down[:, J] diag(alpha - 1)); docs/METHOD.md section 6."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..formats import ADAPTER_WEIGHTS
-from ..model.hooks import (
-    LayerScale,
-    down_columns,
-    down_proj_modules,
-    down_weight,
-    neuron_axis,
-)
+from ..model.hooks import LayerScale, down_columns, neuron_axis
 from ..model.registry import get_arch
 
 
-def _adapter_prefix(module_path: str) -> str:
+def adapter_prefix(module_path: str) -> str:
     # PEFT's saved state-dict keys: "base_model.model." + module path (adapter name removed).
     return f"base_model.model.{module_path}"
 
@@ -51,7 +45,7 @@ def make_ia3_adapter(config: Any, scales: Mapping[int, LayerScale], folder: str 
     for layer, scale in scales.items():
         vector = torch.ones(1, d_ff, dtype=torch.float32)
         vector[0, scale.index] = scale.alpha
-        tensors[f"{_adapter_prefix(arch.down_proj_path(layer))}.ia3_l"] = vector
+        tensors[f"{adapter_prefix(arch.down_proj_path(layer))}.ia3_l"] = vector
     peft_config = IA3Config(task_type="CAUSAL_LM", target_modules=modules, feedforward_modules=modules,
                             fan_in_fan_out=arch.conv1d, base_model_name_or_path=base_model_name_or_path,
                             revision=revision, inference_mode=True)
@@ -59,28 +53,30 @@ def make_ia3_adapter(config: Any, scales: Mapping[int, LayerScale], folder: str 
     return modules
 
 
-def make_lora_adapter(model: torch.nn.Module, scales: Mapping[int, LayerScale], folder: str | Path, *,
-                      base_model_name_or_path: str, revision: str | None = None) -> list[str]:
+def make_lora_adapter(config: Any, down_weight: Callable[[int], torch.Tensor], scales: Mapping[int, LayerScale],
+                      folder: str | Path, *, base_model_name_or_path: str, revision: str | None = None) -> list[str]:
     """Write an exact LoRA suppression adapter; returns the targeted module names.
 
-    Per targeted layer: rank k = its H-Neurons, A [k, d_ff] = one-hot rows, B [d_model, k] =
-    W_down[:, J] * (alpha - 1), lora_alpha = k so the scaling is 1 (float32).
+    ``down_weight(layer)`` gives a layer's down-projection weight (a loaded model's, or one tensor read from
+    the checkpoint: only the targeted layers are asked for). Per targeted layer: rank k = its H-Neurons,
+    A [k, d_ff] = one-hot rows, B [d_model, k] = W_down[:, J] * (alpha - 1), lora_alpha = k so the scaling
+    is 1 (float32).
     """
     from peft import LoraConfig
 
-    arch = get_arch(model.config)
-    modules = down_proj_modules(model, arch)
+    arch = get_arch(config)
     tensors, ranks = {}, {}
     for layer, scale in scales.items():
-        weight = down_weight(modules[layer])
+        weight = down_weight(layer)
         name = arch.down_proj_path(layer)
         rank = len(scale.index)
         d_ff = weight.shape[neuron_axis(arch)]
         a = torch.zeros(rank, d_ff, dtype=torch.float32)
         a[torch.arange(rank), scale.index] = 1.0
         b = down_columns(weight.detach(), arch, scale.index).float().cpu() * (scale.alpha - 1.0)[None, :]
-        tensors[f"{_adapter_prefix(name)}.lora_A.weight"] = a
-        tensors[f"{_adapter_prefix(name)}.lora_B.weight"] = b
+        del weight
+        tensors[f"{adapter_prefix(name)}.lora_A.weight"] = a
+        tensors[f"{adapter_prefix(name)}.lora_B.weight"] = b
         ranks[name] = rank
     top = max(ranks.values())
     peft_config = LoraConfig(task_type="CAUSAL_LM", r=top, lora_alpha=top, target_modules=list(ranks),

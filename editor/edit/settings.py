@@ -61,10 +61,11 @@ class EditSettings(Settings):
                                  "adapters), gguf (one GGUF file for llama.cpp / Ollama / LM Studio); with several, "
                                  "--out is a parent folder holding model/, adapter-ia3/, adapter-lora/, gguf/")
     out_of_core: bool = Field(
-        False, description="weights mode: stream the safetensors shards instead of loading the model")
+        False, description="weights, ia3, lora: read the safetensors shards instead of loading the model (the "
+                           "adapters read only the targeted down-projections); verified by streamed tensor checks")
     verify_logits: Annotated[bool, Cli(flag="--skip-logit-check", negate=True)] = Field(
         True, description="with --out-of-core: skip reloading the model to compare logits (the exact tensor check "
-                          "still runs)")
+                          "still runs; it is skipped anyway when the float32 model would not fit in memory)")
     max_shard_size: str = Field(
         "5GB", description="largest safetensors shard written by the in-memory weights mode")
     gguf_type: Annotated[str, Cli(metavar="TYPE")] = Field(

@@ -90,14 +90,15 @@ from ..model.checkpoint import (
     checkpoint_identity,
     down_proj_tensor_names,
     local_checkpoint,
-    open_tensors,
-    tensor_locations,
+    read_tensor,
+    tensor_entries,
 )
-from ..model.hooks import LayerScale
+from ..model.hooks import LayerScale, down_proj_modules, down_weight
 from ..model.loading import (
     LoadedModel,
     LoadOptions,
     ModelSource,
+    default_device,
     load_model,
     parse_dtype,
 )
@@ -116,12 +117,15 @@ from .gguf import (
 )
 from .settings import EditSettings
 from .verify import (
+    CheckpointCheck,
     Reference,
     adapter_candidates,
+    check_adapter,
+    check_checkpoint,
     checkpoint_candidate,
     verify_edit,
 )
-from .weights import check_tensors, rewrite_safetensors_out_of_core, write_checkpoint
+from .weights import rewrite_safetensors_out_of_core, write_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +233,7 @@ class _Job:
     converter: list[str] | None = None  # gguf mode, safetensors source: llama.cpp's converter
     source_gguf: GGUFFile | None = None  # gguf mode, GGUF source: the file, opened
     force: dict[str, Any] | None = None  # --force and the model mismatch it accepted (recorded in the manifest)
+    hashes: dict[str, str] | None = None  # sha256 of written files the verification already hashed
 
 
 def edit_model(
@@ -302,9 +307,6 @@ def _prepare(model, neurons, out, settings: EditSettings, load: LoadOptions, *, 
         raise InputError("alpha 'auto' is the alpha a sweep chose: run `hneurons sweep` (or a recipe) first and give "
                          "the number")
     alpha, layer_alpha = float(settings.alpha), settings.layer_alpha
-    if settings.out_of_core and mode not in ("weights", "gguf"):  # gguf: always streamed, out_of_core or not
-        raise InputError(f"out-of-core editing writes checkpoints (mode 'weights'); mode {mode!r} adapters are "
-                         f"small and are made from the loaded model")
     if out is None:
         raise InputError("no output folder given (out=...)")
     out = Path(out)
@@ -314,7 +316,7 @@ def _prepare(model, neurons, out, settings: EditSettings, load: LoadOptions, *, 
     scales = nset.scales(alpha, layer_alpha)
     probe_path = _probe_file(probe, nset)
     summary = _alpha_summary(alpha, layer_alpha, nset, alphas)
-    if settings.out_of_core and mode == "weights":
+    if settings.out_of_core and mode != "gguf":  # gguf: always streamed, out_of_core or not
         ckpt = local_checkpoint(model, dtype=load.dtype, revision=load.revision,
                                 trust_remote_code=load.trust_remote_code)
         _check_out_of_core_dtype(ckpt, load.dtype)
@@ -372,9 +374,9 @@ def _check_out_of_core_dtype(ckpt: Checkpoint, dtype: Any) -> None:
     if wanted == "auto" or ckpt.source.kind in ("alias", "gguf"):
         return
     arch = ckpt.arch
-    where = tensor_locations(ckpt.folder)
-    name = down_proj_tensor_names(where, arch, arch.num_layers(ckpt.config), str(ckpt.folder))[0]
-    stored = open_tensors(ckpt.folder)(where[name], name).dtype
+    entries = tensor_entries(ckpt.folder)
+    name = down_proj_tensor_names(entries, arch, arch.num_layers(ckpt.config), str(ckpt.folder))[0]
+    stored = entries[name].torch_dtype
     if stored != wanted:
         raise InputError(f"out-of-core editing keeps the checkpoint's dtype ({stored}); dtype {dtype} needs the "
                          f"in-memory path (drop --out-of-core) or no --dtype")
@@ -385,6 +387,8 @@ def _write_and_verify(job: _Job, tmp: Path, prompts: list[str]) -> tuple[dict[st
         return _weights(job, tmp, prompts)
     if job.mode == "gguf":
         return _gguf(job, tmp, prompts)
+    if job.ckpt is not None:
+        return _adapter_out_of_core(job, tmp, prompts)
     base_name = _base_model_name(job.source, job.lm.folder if job.lm is not None else None)
     revision = job.source.revision if job.source.kind == "hub" else None
     lm = job.lm
@@ -392,29 +396,68 @@ def _write_and_verify(job: _Job, tmp: Path, prompts: list[str]) -> tuple[dict[st
     if job.mode == "ia3":
         modules = make_ia3_adapter(lm.config, job.scales, tmp, base_model_name_or_path=base_name, revision=revision)
     else:
-        modules = make_lora_adapter(lm.model, job.scales, tmp, base_model_name_or_path=base_name, revision=revision)
+        downs = down_proj_modules(lm.model, lm.arch)
+        modules = make_lora_adapter(lm.config, lambda layer: down_weight(downs[layer]), job.scales, tmp,
+                                    base_model_name_or_path=base_name, revision=revision)
     reference = Reference.compute(lm, job.scales, prompts)
-    verification = verify_edit(reference, adapter_candidates(lm.model, tmp))
+    verification = {"form": "loaded", **verify_edit(reference, adapter_candidates(lm.model, tmp))}
     written = {"base_model_name_or_path": base_name, "target_modules": modules}
+    return written, verification
+
+
+def _adapter_out_of_core(job: _Job, tmp: Path, prompts: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An adapter made from the checkpoint's files: IA3 from the config alone, LoRA from the targeted layers'
+    down-projection tensors (one at a time); verified against the checkpoint's tensors (streamed), and by
+    logits when the model fits in memory twice (the source and the adapter on a float32 copy)."""
+    ckpt = job.ckpt
+    assert ckpt is not None
+    base_name = _base_model_name(job.source, str(ckpt.folder))
+    revision = job.source.revision if job.source.kind == "hub" else None
+    entries = tensor_entries(ckpt.folder)
+    names = down_proj_tensor_names(entries, ckpt.arch, ckpt.arch.num_layers(ckpt.config), str(ckpt.folder))
+    if job.mode == "ia3":
+        modules = make_ia3_adapter(ckpt.config, job.scales, tmp, base_model_name_or_path=base_name, revision=revision)
+        read = 0
+    else:
+        modules = make_lora_adapter(ckpt.config, lambda layer: read_tensor(ckpt.folder, entries[names[layer]]),
+                                    job.scales, tmp, base_model_name_or_path=base_name, revision=revision)
+        read = len(job.scales)
+    verification: dict[str, Any] = {"adapter_tensors": check_adapter(tmp, job.mode, ckpt.folder, ckpt.config,
+                                                                     job.scales)}
+    skipped = _logit_check_skipped(job, copies=2)
+    if skipped:
+        verification.update(form="streamed", logits=f"skipped ({skipped}); the adapter tensor check ran", passed=True)
+    else:
+        lm = job.lm or load_model(str(ckpt.folder), job.load, dtype="float32", revision=None)
+        # the tolerance of the source's dtype, as for an adapter made from the model loaded in it
+        reference = Reference.compute(lm, job.scales, prompts, stored_dtype=entries[names[0]].torch_dtype)
+        verification.update(form="loaded", **verify_edit(reference, adapter_candidates(lm.model, tmp)))
+    written = {"base_model_name_or_path": base_name, "target_modules": modules, "out_of_core": True,
+               "source_tensors_read": read}
     return written, verification
 
 
 def _weights(job: _Job, tmp: Path, prompts: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     if job.ckpt is not None:
-        src = job.ckpt.folder
-        changed = rewrite_safetensors_out_of_core(src, tmp, job.scales, job.ckpt.config)
-        tensors = check_tensors(src, tmp, job.scales, changed, job.ckpt.arch, require_same_names=True)
-        first = changed[min(changed)]
-        dtype = open_tensors(tmp)(tensor_locations(tmp)[first], first).dtype
-        verification = (_logits_out_of_core(job, tmp, prompts, dtype) if job.settings.verify_logits
-                        else {"logits": "skipped (verify_logits=False); the tensor check ran", "passed": True})
+        src, arch = job.ckpt.folder, job.ckpt.arch
+        entries = tensor_entries(src)
+        names = down_proj_tensor_names(entries, arch, arch.num_layers(job.ckpt.config), str(src))
+        check = CheckpointCheck(src, tmp, job.scales, {layer: names[layer] for layer in job.scales}, arch,
+                                require_same_names=True)
+        changed = rewrite_safetensors_out_of_core(src, tmp, job.scales, job.ckpt.config, after_shard=check.shard)
+        tensors = check.report()
+        job.hashes = check.file_sha256
+        dtype = entries[changed[min(changed)]].torch_dtype
+        skipped = _logit_check_skipped(job, copies=1)
+        verification = ({"form": "streamed", "logits": f"skipped ({skipped}); the tensor check ran", "passed": True}
+                        if skipped else {"form": "loaded", **_logits_out_of_core(job, tmp, prompts, dtype)})
     else:
         lm = job.lm
         assert lm is not None
         changed = write_checkpoint(lm, job.scales, tmp, max_shard_size=job.settings.max_shard_size)
-        tensors = _in_memory_tensor_check(lm, job.scales, changed, tmp)
+        tensors = _in_memory_tensor_check(job, lm, changed, tmp)
         reference = Reference.compute(lm, job.scales, prompts)
-        verification = verify_edit(reference, checkpoint_candidate(tmp, lm.model.device))
+        verification = {"form": "loaded", **verify_edit(reference, checkpoint_candidate(tmp, lm.model.device))}
         dtype = lm.model.dtype
     verification["tensors"] = tensors
     written = {"changed_tensors": {str(k): v for k, v in changed.items()}, "dtype": str(dtype).removeprefix("torch."),
@@ -438,15 +481,50 @@ def _gguf(job: _Job, tmp: Path, prompts: list[str]) -> tuple[dict[str, Any], dic
     return edit_from_checkpoint(lm, folder, job.scales, requested, tmp, prompts, job.converter, keys, name)
 
 
-def _in_memory_tensor_check(lm: LoadedModel, scales, changed, tmp: Path) -> dict[str, Any] | str:
+def _in_memory_tensor_check(job: _Job, lm: LoadedModel, changed, tmp: Path) -> dict[str, Any] | str:
     """Against the source files when there are any in the same dtype (a named dtype changes every tensor)."""
     if lm.folder is None:
         return "skipped (no local source checkpoint)"
-    src_names = tensor_locations(Path(lm.folder))
+    source = tensor_entries(Path(lm.folder))
     name = next(iter(changed.values()))
-    if name in src_names and open_tensors(Path(lm.folder))(src_names[name], name).dtype != lm.model.dtype:
+    if name in source and source[name].torch_dtype != lm.model.dtype:
         return f"skipped (source stored in another dtype than {lm.model.dtype})"
-    return check_tensors(lm.folder, tmp, scales, changed, lm.arch, require_same_names=False)
+    report, job.hashes = check_checkpoint(lm.folder, tmp, job.scales, changed, lm.arch, require_same_names=False)
+    return report
+
+
+def _available_bytes(device: str | None) -> int | None:
+    """Memory a model loaded on ``device`` can take: host MemAvailable (cpu), free GPU memory (cuda), both (auto)."""
+    host = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                host = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    device = device or default_device()
+    if device == "cpu" or not torch.cuda.is_available():
+        return host
+    free = [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+    return free[torch.cuda.current_device()] if device == "cuda" else sum(free) + (host or 0)
+
+
+def _logit_check_skipped(job: _Job, copies: int) -> str | None:
+    """Why an out-of-core edit's logit check does not run (None: it runs): turned off, or the model, loaded in
+    float32 ``copies`` times, would not fit in the memory available (the streamed tensor checks run anyway)."""
+    if not job.settings.verify_logits:
+        return "verify_logits=False"
+    if job.lm is not None:
+        return None
+    assert job.ckpt is not None
+    floats = [e for e in tensor_entries(job.ckpt.folder).values() if e.torch_dtype is not None
+              and e.torch_dtype.is_floating_point]
+    needed = copies * sum(4 * e.nbytes // e.torch_dtype.itemsize for e in floats)
+    available = _available_bytes(job.load.device)
+    if available is not None and needed > 0.8 * available:
+        return (f"the float32 model{' twice' if copies == 2 else ''} needs {needed / 1e9:.1f} GB, more than 80% of the "
+                f"{available / 1e9:.1f} GB available")
+    return None
 
 
 def _logits_out_of_core(job: _Job, tmp: Path, prompts: list[str], stored: torch.dtype) -> dict[str, Any]:
@@ -463,6 +541,13 @@ def _logits_out_of_core(job: _Job, tmp: Path, prompts: list[str], stored: torch.
     return verify_edit(reference, checkpoint_candidate(tmp, device))
 
 
+def _files_sha256(folder: Path, known: Mapping[str, str]) -> dict[str, str]:
+    """sha256 of every written file; the shards the verification hashed while comparing are not read again."""
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    hashes = files_sha256(folder, [n for n in names if n not in known])
+    return {n: known.get(n) or hashes[n] for n in names}
+
+
 def _manifest(job: _Job, written: dict[str, Any], verification: dict[str, Any], evidence: dict[str, Any],
               folder: Path) -> dict[str, Any]:
     return {
@@ -476,6 +561,6 @@ def _manifest(job: _Job, written: dict[str, Any], verification: dict[str, Any], 
         "evidence": evidence,
         "verification": verification,
         "force": job.force,
-        "files": files_sha256(folder),
+        "files": _files_sha256(folder, job.hashes or {}),
         "provenance": provenance(),
     }

@@ -1,22 +1,49 @@
-"""Verification of a written edit: its logits on fixed prompts, reloaded from disk, against the source model
-under run-time activation scaling, in float32, within a tolerance stated per stored dtype (see
-:mod:`editor.edit.stage`)."""
+"""Verification of a written edit.
+
+* Logits: the written files, reloaded, on fixed prompts against the source model under run-time activation
+  scaling, in float32, within a tolerance stated per stored dtype (see :mod:`editor.edit.stage`). Needs the
+  model in memory (twice for adapters).
+* Tensors, streamed (no model is loaded; memory stays at one down-projection pair and 16 MiB reads):
+  :class:`CheckpointCheck` compares a written checkpoint with its source tensor by tensor (untouched tensors
+  byte for byte, rewritten down-projections exactly alpha x source at the neurons and the source elsewhere),
+  checks the index against the shard headers, and hashes every written shard for the manifest;
+  :func:`check_adapter` checks an IA3 / LoRA adapter's tensors against the source checkpoint's
+  down-projections (the exact edit PEFT applies), reading only the targeted layers.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import gc
+import json
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from ..artifacts import sha256_file
 from ..errors import VerificationError
-from ..model.hooks import LayerScale, scaled_neurons
+from ..formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SAFETENSORS_INDEX
+from ..model.checkpoint import (
+    READ_CHUNK,
+    TensorEntry,
+    checkpoint_shards,
+    down_proj_tensor_names,
+    index_report,
+    iter_tensor_bytes,
+    read_tensor,
+    shard_entries,
+    tensor_entries,
+)
+from ..model.hooks import LayerScale, down_columns, neuron_axis, scaled_neurons
 from ..model.loading import LoadedModel
+from ..model.registry import ArchSpec, get_arch
+from .adapters import adapter_prefix
 
 FP32_TOLERANCE = 1e-4
 
@@ -152,3 +179,200 @@ def adapter_candidates(model: torch.nn.Module, folder: Path) -> Iterator[tuple[s
     peft_model.eval()
     yield "adapter", peft_model
     yield "adapter_merged", peft_model.merge_and_unload()
+
+
+# ====================================================================================== streamed tensor checks
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_tensor_view(a), _tensor_view(b))
+
+
+def _tensor_view(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().reshape(-1).view(torch.uint8)
+
+
+def _edit_is_exact(original: torch.Tensor, written: torch.Tensor, arch: ArchSpec, scale: LayerScale) -> bool:
+    """Written = original except the neurons' columns, which equal (alpha x original) in the stored dtype."""
+    if original.dtype != written.dtype or original.shape != written.shape:
+        return False
+    axis = neuron_axis(arch)
+    shape = [1, 1]
+    shape[axis] = len(scale.index)
+    expected = (original.index_select(axis, scale.index).float() * scale.alpha.view(shape)).to(original.dtype)
+    if not _same_bits(written.index_select(axis, scale.index), expected):
+        return False
+    restored = written.clone()
+    restored.index_copy_(axis, scale.index, original.index_select(axis, scale.index))
+    return _same_bits(restored, original)
+
+
+def _equal_bytes(x: memoryview, y: memoryview) -> bool:
+    kind = np.uint64 if x.nbytes % 8 == 0 else np.uint8  # 8 bytes at a time: memcmp speed
+    return x.nbytes == y.nbytes and bool(np.array_equal(np.frombuffer(x, kind), np.frombuffer(y, kind)))
+
+
+def _same_bytes(src: Path, a: TensorEntry, dst: Path, b: TensorEntry) -> bool:
+    """Byte-identical tensors, compared in READ_CHUNK reads of both files (two buffers in memory)."""
+    if (a.dtype, a.shape, a.nbytes) != (b.dtype, b.shape, b.nbytes):
+        return False
+    return all(_equal_bytes(x, y) for x, y in zip(iter_tensor_bytes(src, a), iter_tensor_bytes(dst, b)))
+
+
+class CheckpointCheck:
+    """The exact tensor check of a written checkpoint against its source, streamed shard by shard.
+
+    Call :meth:`shard` for each written shard as soon as it is complete (it is then still in the page
+    cache), then :meth:`report`, which checks any shard not checked yet. Untouched tensors must be
+    byte-identical to the source (compared in 16 MiB reads); rewritten down-projections (``changed``:
+    layer -> tensor name) are read whole, one pair at a time, and must hold exactly alpha x source at the
+    neurons and the source elsewhere. The index must agree with the shard headers
+    (:func:`editor.model.checkpoint.index_report`); ``require_same_names``: the same tensor names as the
+    source and, when the source has an index, the same index file. Each shard is hashed (sha256) in a
+    worker thread while it is compared: the hashes the manifest records (:attr:`file_sha256`).
+    """
+
+    def __init__(self, src: str | Path, dst: str | Path, scales: Mapping[int, LayerScale],
+                 changed: Mapping[int, str], arch: ArchSpec, *, require_same_names: bool):
+        self.src, self.dst, self.scales, self.arch = Path(src), Path(dst), scales, arch
+        self.require_same_names = require_same_names
+        self.source = tensor_entries(self.src)
+        self.layer_of = {name: layer for layer, name in changed.items()}
+        self.changed = sorted(changed.values())
+        self.written: dict[str, TensorEntry] = {}
+        self.differing: list[str] = []
+        self.bytes_compared = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hneurons-hash")
+        self._hashes: dict[str, Future] = {}
+
+    def shard(self, name: str) -> None:
+        """Check the tensors of the written shard ``name`` (and start hashing it)."""
+        path = self.dst / name
+        self._hashes[name] = self._pool.submit(sha256_file, path, READ_CHUNK)
+        entries = shard_entries(path)
+        self.written.update(entries)
+        for tensor, b in sorted(entries.items(), key=lambda item: item[1].begin):  # file order: sequential reads
+            a = self.source.get(tensor)
+            if a is None:
+                continue
+            if tensor in self.layer_of:
+                ok = _edit_is_exact(read_tensor(self.src, a), read_tensor(self.dst, b), self.arch,
+                                    self.scales[self.layer_of[tensor]])
+            else:
+                ok = _same_bytes(self.src, a, self.dst, b)
+            self.bytes_compared += a.nbytes
+            if not ok:
+                self.differing.append(tensor)
+
+    @property
+    def file_sha256(self) -> dict[str, str]:
+        return {name: future.result() for name, future in self._hashes.items()}
+
+    def report(self) -> dict[str, Any]:
+        """Finish the check; a VerificationError when anything differs outside the intended edit."""
+        for name in checkpoint_shards(self.dst):
+            if name not in self._hashes:
+                self.shard(name)
+        hashes = self.file_sha256
+        self._pool.shutdown()
+        only_src = sorted(set(self.source) - set(self.written))
+        only_dst = sorted(set(self.written) - set(self.source))
+        index, source_index = index_report(self.dst), index_report(self.src)
+        new_problems = [p for p in index["problems"] if p not in source_index["problems"]]
+        same_index = None
+        if self.require_same_names and (self.src / SAFETENSORS_INDEX).is_file():
+            same_index = (self.src / SAFETENSORS_INDEX).read_bytes() == (self.dst / SAFETENSORS_INDEX).read_bytes()
+        report = {"method": "streamed", "read_bytes": READ_CHUNK,
+                  "tensors_compared": len(set(self.source) & set(self.written)), "bytes_compared": self.bytes_compared,
+                  "tensors_changed": self.changed, "differing": sorted(self.differing), "only_in_source": only_src,
+                  "only_in_output": only_dst, "index": {**index, "new_problems": new_problems,
+                                                        "identical_to_source": same_index},
+                  "shards_hashed": len(hashes)}
+        names_differ = self.require_same_names and (only_src or only_dst)
+        if self.differing or names_differ or new_problems or same_index is False:
+            raise VerificationError(
+                f"written checkpoint {self.dst} does not match the source {self.src} outside the intended edit: "
+                f"differing tensors {sorted(self.differing)[:5]}, missing {only_src[:5]}, extra {only_dst[:5]}, "
+                f"index problems {new_problems[:3]}" + (", index file differs from the source's" if same_index is False
+                                                        else ""))
+        return report
+
+
+def check_checkpoint(src: str | Path, dst: str | Path, scales: Mapping[int, LayerScale], changed: Mapping[int, str],
+                     arch: ArchSpec, *, require_same_names: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """:class:`CheckpointCheck` over every shard of ``dst`` at once: (report, sha256 per shard file)."""
+    check = CheckpointCheck(src, dst, scales, changed, arch, require_same_names=require_same_names)
+    report = check.report()
+    return report, check.file_sha256
+
+
+def check_adapter(adapter: str | Path, mode: str, checkpoint: str | Path, config: Any,
+                  scales: Mapping[int, LayerScale]) -> dict[str, Any]:
+    """An IA3 / LoRA adapter's files against the edit it must make, from the source checkpoint's files.
+
+    What PEFT applies, checked exactly: IA3 (feed-forward) multiplies the down-projection's input by
+    ``ia3_l``, which must be ones except alpha at the neurons; LoRA adds scaling x B A with scaling =
+    lora_alpha / r = 1 per module (``rank_pattern``, ``alpha_pattern``), A must be the neurons' one-hot rows
+    and B exactly W_down[:, J] (alpha - 1) in float32, W_down read from the checkpoint (only the targeted
+    layers' tensors, one at a time; IA3 reads none). The targeted modules must be the down-projections of
+    exactly the layers with neurons, and the adapter must hold no other tensor.
+    """
+    adapter, checkpoint = Path(adapter), Path(checkpoint)
+    arch = get_arch(config)
+    d_ff = arch.d_ff(config)
+    peft_config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    stored = shard_entries(adapter / ADAPTER_WEIGHTS)
+    modules = {layer: arch.down_proj_path(layer) for layer in sorted(scales)}
+    problems: list[str] = []
+    if sorted(peft_config.get("target_modules") or []) != sorted(modules.values()):
+        problems.append(f"target_modules {peft_config.get('target_modules')} are not the down-projections of layers "
+                        f"{sorted(scales)}")
+    if bool(peft_config.get("fan_in_fan_out")) != arch.conv1d:
+        problems.append(f"fan_in_fan_out is {peft_config.get('fan_in_fan_out')} for a "
+                        f"{'Conv1D' if arch.conv1d else 'Linear'} down-projection")
+    expected_names: set[str] = set()
+    read, read_bytes = 0, 0
+    if mode == "ia3":
+        if sorted(peft_config.get("feedforward_modules") or []) != sorted(modules.values()):
+            problems.append("feedforward_modules differ from target_modules (IA3 would scale outputs, not inputs)")
+        for layer, module in modules.items():
+            name = f"{adapter_prefix(module)}.ia3_l"
+            expected_names.add(name)
+            vector = torch.ones(1, d_ff, dtype=torch.float32)
+            vector[0, scales[layer].index] = scales[layer].alpha
+            if name not in stored or not _same_bits(read_tensor(adapter, stored[name]), vector):
+                problems.append(f"{name} is not ones with alpha at the layer's {len(scales[layer].index)} neurons")
+    else:
+        source = tensor_entries(checkpoint)
+        names = down_proj_tensor_names(source, arch, arch.num_layers(config), str(checkpoint))
+        ranks = peft_config.get("rank_pattern") or {}
+        alphas = peft_config.get("alpha_pattern") or {}
+        for layer, module in modules.items():
+            index, alpha = scales[layer].index, scales[layer].alpha
+            k = len(index)
+            if ranks.get(module) != k or alphas.get(module) != k:
+                problems.append(f"{module}: rank {ranks.get(module)} / lora_alpha {alphas.get(module)}, expected {k} / "
+                                f"{k} (scaling 1)")
+            a_name, b_name = f"{adapter_prefix(module)}.lora_A.weight", f"{adapter_prefix(module)}.lora_B.weight"
+            expected_names |= {a_name, b_name}
+            if a_name not in stored or b_name not in stored:
+                problems.append(f"{module}: lora_A / lora_B missing")
+                continue
+            one_hot = torch.zeros(k, d_ff, dtype=torch.float32)
+            one_hot[torch.arange(k), index] = 1.0
+            weight = read_tensor(checkpoint, source[names[layer]])
+            read, read_bytes = read + 1, read_bytes + source[names[layer]].nbytes
+            b = down_columns(weight, arch, index).float() * (alpha - 1.0)[None, :]
+            del weight
+            if not _same_bits(read_tensor(adapter, stored[a_name]), one_hot):
+                problems.append(f"{a_name} is not the one-hot rows of the layer's neurons")
+            if not _same_bits(read_tensor(adapter, stored[b_name]), b):
+                problems.append(f"{b_name} is not W_down[:, J] x (alpha - 1) of the source checkpoint")
+    extra = sorted(set(stored) - expected_names)
+    if extra:
+        problems.append(f"the adapter holds other tensors: {extra[:3]}")
+    report = {"method": "streamed", "checked": f"{mode} adapter tensors against the source checkpoint's "
+              "down-projections", "layers": len(modules), "source_tensors_read": read,
+              "source_bytes_read": read_bytes, "problems": problems, "passed": not problems}
+    if problems:
+        raise VerificationError(f"the {mode} adapter in {adapter} does not make the intended edit: "
+                                f"{'; '.join(problems[:3])}")
+    return report

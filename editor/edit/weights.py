@@ -1,25 +1,25 @@
 """The weights form of an edit: a patched checkpoint, written from the loaded model or streamed shard by
-shard from the source files (out of core), and the exact tensor check (untouched tensors bit-identical,
-edited columns alpha x source)."""
+shard from the source files (out of core). The exact tensor check is :class:`editor.edit.verify.CheckpointCheck`."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import VerificationError
 from ..formats import EDIT_MANIFEST, GGUF_SOURCE, SAFETENSORS_INDEX, SINGLE_SAFETENSORS
 from ..model.checkpoint import (
     checkpoint_shards,
     down_proj_tensor_names,
-    open_tensors,
     read_safetensors_header,
+    read_tensor,
+    tensor_entries,
     tensor_locations,
 )
 from ..model.hooks import (
@@ -113,90 +113,46 @@ def _tensor_bytes(tensor: torch.Tensor):
 
 
 def rewrite_safetensors_out_of_core(src: str | Path, dst: str | Path, scales: Mapping[int, LayerScale],
-                                    config: Any) -> dict[int, str]:
+                                    config: Any, *, after_shard: Callable[[str], None] | None = None) -> dict[int, str]:
     """Stream a safetensors checkpoint from ``src`` into ``dst`` with the neurons' columns scaled.
 
     Each shard is copied byte for byte (the OS copies it; nothing is held in memory), then every
     affected down-projection tensor is read alone, scaled with :func:`editor.model.hooks.scale_columns_` (the
     same arithmetic as the in-memory path, so the bytes are identical) and written back over its own byte
     range. Headers, tensor order, shard names and the index are unchanged, so every other byte of the
-    output equals the source. The model is never instantiated. Returns layer -> rewritten tensor name.
+    output equals the source. The model is never instantiated. ``after_shard(name)`` is called as soon as
+    a shard is complete (the verification checks it while it is still in the page cache) while the next
+    shard is being copied in a worker thread. Returns layer -> rewritten tensor name.
     """
     src, dst = Path(src), Path(dst)
     arch = get_arch(config)
-    where = tensor_locations(src)
+    where = tensor_entries(src)
     names = down_proj_tensor_names(where, arch, arch.num_layers(config), str(src))
     targets = {layer: names[layer] for layer in scales}
     dst.mkdir(parents=True, exist_ok=True)
-    get = open_tensors(src)
+    shards = checkpoint_shards(src)
     from tqdm.auto import tqdm
 
-    for shard in tqdm(checkpoint_shards(src), desc="rewriting shards", unit="shard", disable=None):
-        shutil.copyfile(src / shard, dst / shard)
-        header, data_start = read_safetensors_header(src / shard)
-        with open(dst / shard, "r+b") as handle:
-            for layer, name in targets.items():
-                if where[name] != shard:
-                    continue
-                tensor = get(shard, name)
-                scale_columns_(tensor, arch, scales[layer].index, scales[layer].alpha)
-                begin, end = header[name]["data_offsets"]
-                data = _tensor_bytes(tensor)
-                assert data.nbytes == end - begin, f"{name}: {data.nbytes} bytes for a {end - begin}-byte slot"
-                handle.seek(data_start + begin)
-                handle.write(data)
-                del tensor, data
+    with ThreadPoolExecutor(1, thread_name_prefix="hneurons-copy") as pool:
+        copying = pool.submit(shutil.copyfile, src / shards[0], dst / shards[0])
+        for i, shard in enumerate(tqdm(shards, desc="rewriting shards", unit="shard", disable=None)):
+            copying.result()
+            if i + 1 < len(shards):
+                copying = pool.submit(shutil.copyfile, src / shards[i + 1], dst / shards[i + 1])
+            with open(dst / shard, "r+b") as handle:
+                for layer, name in targets.items():
+                    entry = where[name]
+                    if entry.shard != shard:
+                        continue
+                    tensor = read_tensor(src, entry)
+                    scale_columns_(tensor, arch, scales[layer].index, scales[layer].alpha)
+                    data = _tensor_bytes(tensor)
+                    assert data.nbytes == entry.nbytes, f"{name}: {data.nbytes} bytes for a {entry.nbytes}-byte slot"
+                    handle.seek(entry.begin)
+                    handle.write(data)
+                    del tensor, data
+            if after_shard is not None:
+                after_shard(shard)
     _copy_side_files(src, dst)
     ensure_index(dst)
     return targets
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_tensor_view(a), _tensor_view(b))
-
-
-def _tensor_view(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().reshape(-1).view(torch.uint8)
-
-
-def _edit_is_exact(original: torch.Tensor, written: torch.Tensor, arch: ArchSpec, scale: LayerScale) -> bool:
-    """Written = original except the neurons' columns, which equal (alpha x original) in the stored dtype."""
-    axis = neuron_axis(arch)
-    shape = [1, 1]
-    shape[axis] = len(scale.index)
-    expected = (original.index_select(axis, scale.index).float() * scale.alpha.view(shape)).to(original.dtype)
-    if not _same_bits(written.index_select(axis, scale.index), expected):
-        return False
-    restored = written.clone()
-    restored.index_copy_(axis, scale.index, original.index_select(axis, scale.index))
-    return _same_bits(restored, original)
-
-
-def check_tensors(src: str | Path, dst: str | Path, scales: Mapping[int, LayerScale], changed: Mapping[int, str],
-                  arch: ArchSpec, *, require_same_names: bool) -> dict[str, Any]:
-    """Compare every tensor of ``dst`` with ``src``, one pair in memory at a time.
-
-    Changed down-projection tensors must hold exactly alpha x source at the neurons and the source
-    elsewhere; every other tensor must be bit-identical. Names only one side has are listed (an
-    in-memory save may drop tied weights) and are an error when ``require_same_names``.
-    """
-    src, dst = Path(src), Path(dst)
-    src_where, dst_where = tensor_locations(src), tensor_locations(dst)
-    only_src, only_dst = sorted(set(src_where) - set(dst_where)), sorted(set(dst_where) - set(src_where))
-    layer_of = {name: layer for layer, name in changed.items()}
-    get_src, get_dst = open_tensors(src), open_tensors(dst)
-    differing = []
-    for name in sorted(set(src_where) & set(dst_where)):
-        a, b = get_src(src_where[name], name), get_dst(dst_where[name], name)
-        ok = _edit_is_exact(a, b, arch, scales[layer_of[name]]) if name in layer_of else _same_bits(a, b)
-        if not ok:
-            differing.append(name)
-    report = {"tensors_compared": len(set(src_where) & set(dst_where)), "tensors_changed": sorted(changed.values()),
-              "differing": differing, "only_in_source": only_src, "only_in_output": only_dst}
-    if differing or (require_same_names and (only_src or only_dst)):
-        raise VerificationError(
-            f"written checkpoint {dst} does not match the source {src} outside the intended edit: "
-            f"differing tensors {differing[:5]}, missing {only_src[:5]}, extra {only_dst[:5]}"
-        )
-    return report
-

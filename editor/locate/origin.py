@@ -91,6 +91,7 @@ from ..formats import (
     ORIGIN_FORMAT,
     ORIGIN_REPORT,
 )
+from ..locking import locked
 from ..model.checkpoint import (
     Checkpoint,
     checkpoint_fingerprint,
@@ -528,6 +529,7 @@ def _identity(model: str | LoadedModel | Checkpoint, ckpt: Checkpoint | None) ->
     return checkpoint_identity(ckpt, checkpoint_fingerprint(ckpt))
 
 
+@locked("out_dir")
 def origin(probe_path: str | Path, out_dir: str | Path, *, base: str | LoadedModel | Checkpoint,
            instruct: str | LoadedModel | Checkpoint | None = None, base_responses: str | Path | None = None,
            locate_dir: str | Path | None = None, instruct_responses: str | Path | None = None,

@@ -5,8 +5,10 @@ The out-of-core edit, the origin drift and the model card read checkpoints this 
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,10 @@ from .loading import (
     LoadedModel,
     ModelSource,
     converted_gguf_folder,
+    fingerprint_step,
     parse_dtype,
     resolve_source,
-    weights_fingerprint,
+    samples_fingerprint,
 )
 from .registry import ArchSpec, architecture_hash, get_arch
 
@@ -151,27 +154,193 @@ def local_checkpoint(model: str | LoadedModel, *, dtype: Any = None, revision: s
     return Checkpoint(folder, source, config)
 
 
-def open_tensors(folder: Path) -> Callable[[str, str], torch.Tensor]:
-    """A reader ``get(shard, name)`` that keeps one safe_open handle per shard."""
-    from safetensors import safe_open
+# safetensors dtype names -> torch dtypes (every dtype transformers writes)
+_TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                 "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+READ_CHUNK = 16 * 2**20  # bytes per read of a streamed tensor
 
-    handles: dict[str, Any] = {}
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor's bytes are: its shard file and the absolute byte range [begin, end) in it."""
+
+    shard: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        return _TORCH_DTYPES.get(self.dtype)
+
+
+def shard_entries(path: Path) -> dict[str, TensorEntry]:
+    """Every tensor of one safetensors file, from its header (no tensor data is read)."""
+    header, data_start = read_safetensors_header(path)
+    try:
+        return {name: TensorEntry(path.name, info["dtype"], tuple(info["shape"]), data_start + info["data_offsets"][0],
+                                  data_start + info["data_offsets"][1]) for name, info in header.items()}
+    except (KeyError, TypeError, IndexError):
+        raise ModelLoadError(f"{path} is not a safetensors file (a header entry lacks dtype, shape or "
+                             f"data_offsets)") from None
+
+
+def tensor_entries(folder: Path) -> dict[str, TensorEntry]:
+    """Tensor name -> :class:`TensorEntry`, for every tensor of the checkpoint (headers only)."""
+    entries: dict[str, TensorEntry] = {}
+    for shard in checkpoint_shards(Path(folder)):
+        entries.update(shard_entries(Path(folder) / shard))
+    return entries
+
+
+def _read_exactly(handle, view: memoryview, path: Path, end: int) -> None:
+    done = 0
+    while done < view.nbytes:
+        got = handle.readinto(view[done:])
+        if not got:
+            raise ModelLoadError(f"{path} is truncated: tensor data ends before byte {end}")
+        done += got
+
+
+def read_tensor(folder: Path, entry: TensorEntry) -> torch.Tensor:
+    """One tensor, read into fresh memory with plain file reads.
+
+    Not memory-mapped: the pages of a mapping stay in the process's resident set while it is open, so
+    reading every tensor of a 16 GB checkpoint through safetensors' mmap would count the whole checkpoint
+    as this process's memory; here only the returned tensor is resident."""
+    dtype = entry.torch_dtype
+    if dtype is None:
+        raise ModelLoadError(f"{Path(folder) / entry.shard}: tensor dtype {entry.dtype} is not supported")
+    out = torch.empty(entry.shape, dtype=dtype)
+    view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+    if view.nbytes != entry.nbytes:
+        raise ModelLoadError(f"{Path(folder) / entry.shard}: a {entry.dtype} tensor of shape {list(entry.shape)} "
+                             f"cannot fill its {entry.nbytes}-byte range")
+    with open(Path(folder) / entry.shard, "rb", buffering=0) as handle:
+        handle.seek(entry.begin)
+        _read_exactly(handle, view, Path(folder) / entry.shard, entry.end)
+    return out
+
+
+def iter_tensor_bytes(folder: Path, entry: TensorEntry, chunk: int = READ_CHUNK) -> Iterator[memoryview]:
+    """A tensor's raw bytes in reads of exactly ``chunk`` bytes (the last one shorter), in one reused
+    buffer: two tensors of the same size yield chunks of the same sizes, and a caller copies what it keeps."""
+    buffer = memoryview(bytearray(min(chunk, max(entry.nbytes, 1))))
+    with open(Path(folder) / entry.shard, "rb", buffering=0) as handle:
+        handle.seek(entry.begin)
+        left = entry.nbytes
+        while left:
+            view = buffer[:min(left, len(buffer))]
+            _read_exactly(handle, view, Path(folder) / entry.shard, entry.end)
+            left -= view.nbytes
+            yield view
+
+
+def open_tensors(folder: Path) -> Callable[[str, str], torch.Tensor]:
+    """A reader ``get(shard, name)`` of single tensors (each shard's header read once; :func:`read_tensor`)."""
+    headers: dict[str, dict[str, TensorEntry]] = {}
 
     def get(shard: str, name: str) -> torch.Tensor:
-        if shard not in handles:
-            handles[shard] = safe_open(str(folder / shard), framework="pt")
-        return handles[shard].get_tensor(name)
+        if shard not in headers:
+            headers[shard] = shard_entries(Path(folder) / shard)
+        return read_tensor(folder, headers[shard][name])
 
     return get
 
 
+def index_report(folder: Path) -> dict[str, Any]:
+    """Is the checkpoint's index consistent with its shards? Read from the index and the headers only.
+
+    Checks: every tensor of the weight map is in the shard it names, every shard's tensors are in the map
+    (under that shard), no tensor is in two shards, each shard's tensor ranges tile its data section and
+    the file ends where its last tensor does (a truncated or padded shard fails), and ``total_size`` (when
+    given) is the sum of the tensor bytes. Returns the figures and a list of ``problems`` (empty: consistent).
+    """
+    folder = Path(folder)
+    index_path = folder / SAFETENSORS_INDEX
+    index = read_json(index_path, "safetensors index") if index_path.is_file() else None
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    total = 0
+    shards = checkpoint_shards(folder)
+    for shard in shards:
+        path = folder / shard
+        if not path.is_file():
+            problems.append(f"shard {shard} is missing")
+            continue
+        _, data_start = read_safetensors_header(path)
+        entries = shard_entries(path)
+        for name in entries:
+            if name in seen:
+                problems.append(f"tensor {name} is in two shards ({seen[name]}, {shard})")
+            seen[name] = shard
+        ranges = sorted((e.begin, e.end) for e in entries.values())
+        position = data_start
+        for begin, end in ranges:
+            if begin != position or end < begin:
+                problems.append(f"{shard}: tensor data does not tile the file (a gap or overlap at byte {begin})")
+                break
+            position = end
+        size = path.stat().st_size
+        if size != position:
+            problems.append(f"{shard}: the file is {size} bytes, its header describes {position}")
+        total += sum(e.nbytes for e in entries.values())
+    if index is not None:
+        weight_map = index.get("weight_map") or {}
+        for name, shard in weight_map.items():
+            if seen.get(name) != shard:
+                problems.append(f"index maps {name} to {shard}, but " +
+                                (f"it is in {seen[name]}" if name in seen else "no shard holds it"))
+        problems += [f"{name} (in {seen[name]}) is not in the index" for name in sorted(set(seen) - set(weight_map))]
+        stated = (index.get("metadata") or {}).get("total_size")
+        if stated is not None and int(stated) != total:
+            problems.append(f"index total_size {stated} != {total} bytes of tensors")
+    return {"index": SAFETENSORS_INDEX if index is not None else None, "shards": len(shards), "tensors": len(seen),
+            "tensor_bytes": total, "problems": problems[:20], "consistent": not problems}
+
+
+def read_strided(folder: Path, entry: TensorEntry, step: int) -> torch.Tensor:
+    """Elements 0, step, 2 step, ... of a tensor (flattened), reading only those elements' pages.
+
+    Read-ahead is switched off for the file, so a sample every ``step`` elements costs one page read
+    each instead of the whole tensor (the fingerprint of an 8B checkpoint reads 0.5 GB, not 3.7 GB)."""
+    dtype = entry.torch_dtype
+    item = torch.empty((), dtype=dtype).element_size() if dtype is not None else 0
+    if dtype is None or step * item < 4096:  # samples closer than a page: reading everything is as cheap
+        return read_tensor(folder, entry).reshape(-1)[::step].clone()
+    count = -(-(entry.nbytes // item) // step)
+    buffer = bytearray(count * item)
+    fd = os.open(Path(folder) / entry.shard, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, entry.begin, entry.nbytes, os.POSIX_FADV_RANDOM)
+        for k in range(count):
+            value = os.pread(fd, item, entry.begin + k * step * item)
+            if len(value) != item:
+                raise ModelLoadError(f"{Path(folder) / entry.shard} is truncated: tensor data ends before byte "
+                                     f"{entry.end}")
+            buffer[k * item:(k + 1) * item] = value
+    finally:
+        os.close(fd)
+    return torch.frombuffer(buffer, dtype=dtype)
+
+
 def checkpoint_fingerprint(ckpt: Checkpoint) -> str:
-    """:func:`editor.model.loading.weights_fingerprint` of a checkpoint, streamed one tensor at a time."""
+    """:func:`editor.model.loading.weights_fingerprint` of a checkpoint, from the sampled elements only."""
     arch = ckpt.arch
-    where = tensor_locations(ckpt.folder)
-    names = down_proj_tensor_names(where, arch, arch.num_layers(ckpt.config), str(ckpt.folder))
-    get = open_tensors(ckpt.folder)
-    return weights_fingerprint(get(where[name], name) for name in names.values())
+    entries = tensor_entries(ckpt.folder)
+    names = down_proj_tensor_names(entries, arch, arch.num_layers(ckpt.config), str(ckpt.folder))
+    samples = []
+    for name in names.values():
+        entry = entries[name]
+        numel = math.prod(entry.shape)
+        samples.append(read_strided(ckpt.folder, entry, fingerprint_step(numel)))
+    return samples_fingerprint(samples)
 
 
 def checkpoint_identity(ckpt: Checkpoint, fingerprint: str) -> dict[str, Any]:

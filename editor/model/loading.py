@@ -265,17 +265,24 @@ class LoadedModel:
         }
 
 
+def fingerprint_step(numel: int) -> int:
+    """The stride of the weights fingerprint's samples in a flattened weight of ``numel`` elements."""
+    return max(1, numel // 4096)
+
+
 def weights_fingerprint(down_weights) -> str:
     """A cheap hash that tells checkpoints apart: strided samples of every down-projection weight.
 
     Samples are rounded to bfloat16 so that the same weights stored as fp32 or bf16 hash alike.
     """
+    return samples_fingerprint(w.detach().reshape(-1)[::fingerprint_step(w.numel())] for w in down_weights)
+
+
+def samples_fingerprint(samples) -> str:
+    """The fingerprint of the strided samples (:func:`weights_fingerprint`; checkpoints read only these)."""
     digest = hashlib.sha256()
-    for weight in down_weights:
-        flat = weight.detach().reshape(-1)
-        step = max(1, flat.numel() // 4096)
-        sample = flat[::step].to("cpu", torch.bfloat16).view(torch.int16)
-        digest.update(sample.numpy().tobytes())
+    for sample in samples:
+        digest.update(sample.to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

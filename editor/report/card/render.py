@@ -27,6 +27,7 @@ from ...formats import (
     PUBLISH_FORMAT,
     PUBLISH_MANIFEST,
 )
+from ...locking import locked
 from . import evidence, sections
 from .constants import PAPER_URL, REPORT_NAMES
 from .figures import Plots
@@ -95,6 +96,7 @@ def build_card(edit_dir: str | os.PathLike, *, locate_report=None, eval_results=
                      recipe=recipe, repo_id=repo_id).card
 
 
+@locked("edit_dir", "edit folder")
 def write_card(edit_dir: str | os.PathLike, *, locate_report=None, eval_results=None, sweep=None, origin=None,
                recipe=None, repo_id: str | None = None) -> Path:
     """Write README.md, the plots and reports it cites, then hneurons_publish.json; returns README.md's path."""
