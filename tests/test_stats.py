@@ -123,3 +123,65 @@ def test_rank_test_is_calibrated_and_exact():
         one_sided_rank_test([0.2, 1.5])
     with pytest.raises(InputError, match="wilcoxon"):
         one_sided_rank_test([0.2, 0.5], null=0.4)
+
+
+# ------------------------------------------------------------------ paired binary outcomes (dose-response)
+def test_mcnemar_exact_and_mid_p_match_hand_computed_binomial_tails():
+    from editor.stats import mcnemar
+
+    assert mcnemar(4, 0) == pytest.approx(0.125)  # 2 * (1/2)^4
+    assert mcnemar(4, 0, mid_p=True) == pytest.approx(0.0625)
+    assert mcnemar(1, 5) == pytest.approx(14 / 64) == mcnemar(5, 1)  # 2 * (1 + 6) / 2^6, symmetric
+    assert mcnemar(2, 8) == pytest.approx(112 / 1024)  # 2 * (1 + 10 + 45) / 2^10
+    assert mcnemar(2, 8, mid_p=True) == pytest.approx(67 / 1024)  # minus P(X = 2) once
+    assert mcnemar(3, 3) == 1.0 and mcnemar(0, 0) == 1.0
+    assert mcnemar(700, 800) < 0.02  # large n stays finite (no 2^n overflow)
+    with pytest.raises(InputError, match="counts >= 0"):
+        mcnemar(-1, 3)
+
+
+def test_holm_adjusts_in_input_order_and_stays_monotone():
+    from editor.stats import holm
+
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([]) == []
+    with pytest.raises(InputError, match="p-values in"):
+        holm([0.2, float("nan")])
+
+
+def test_mcnemar_mde_is_the_change_detected_with_80_percent_power():
+    from scipy.stats import binom
+
+    from editor.stats import mcnemar_mde
+
+    # every changed item moves one way: the exact test at 0.05 needs 6 of them (2 / 2^6 < 0.05 < 2 / 2^5),
+    # so the MDE is the change rate d with P(Binomial(n, d) >= 6) = 0.8
+    for n in (24, 60):
+        d = mcnemar_mde(n)
+        assert binom.sf(5, n, d) == pytest.approx(0.8, abs=1e-3)
+    assert mcnemar_mde(24) == pytest.approx(0.31, abs=0.005)  # the 24-item evaluation: 31 points
+    assert mcnemar_mde(60) == pytest.approx(0.13, abs=0.005)
+    assert mcnemar_mde(453) < mcnemar_mde(453, discordance=0.1) < 0.05  # changes both ways cost power
+    assert mcnemar_mde(5) is None  # 5 of 5 moving one way is p = 0.0625: nothing is detectable
+    assert mcnemar_mde(6) is not None
+
+
+def test_paired_t_matches_scipy():
+    from scipy.stats import ttest_rel
+
+    from editor.stats import paired_t
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=200)
+    b = a + 0.1 + rng.normal(scale=0.5, size=200)
+    res = paired_t(a, b)
+    ref = ttest_rel(b, a)
+    assert res["p_value"] == pytest.approx(ref.pvalue)
+    assert res["delta"] == pytest.approx(float((b - a).mean()))
+    lo, hi = ref.confidence_interval(0.95)
+    assert res["ci"] == pytest.approx((lo, hi))
+    assert res["n"] == 200 and 0 < res["mde"] < 0.2
+    with pytest.raises(InputError, match="same length"):
+        paired_t([1.0, 2.0], [1.0])
