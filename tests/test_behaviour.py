@@ -63,6 +63,19 @@ def test_premise_judge_on_real_looking_responses(response, facts, expected):
     assert judge_premise(response, **facts).label == expected
 
 
+def test_premise_denied_with_another_wrong_answer_is_rejected():
+    """From the judge validation set (SmolLM2): the premise is what is judged, even when the reply's own
+    answer is wrong too; without the relation's vocabulary the reply carries no signal."""
+    capitals = [["Santo Domingo"], ["George Town"], ["San Juan"], ["Paris"]]
+    facts = dict(false_answers=["George Town"], true_answers=["Santo Domingo"], entity="the Dominican Republic")
+    reply = "The capital of the Dominican Republic is San Juan."
+    verdict = judge_premise(reply, **facts, other_answers=capitals)
+    assert (verdict.label, verdict.rule) == ("rejected", "another answer given")
+    assert judge_premise(reply, **facts).label == "other"
+    # the false answer asserted still accepts, whatever else is named
+    assert judge_premise("George Town is the capital, not San Juan.", **facts, other_answers=capitals).label == "accepted"
+
+
 def test_premise_labels_and_rules_are_reported():
     verdict = judge_premise("The capital of France is Paris, not Lyon.", **FR)
     assert verdict.label in PREMISE_LABELS and verdict.rule == "false answer negated"

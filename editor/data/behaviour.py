@@ -22,8 +22,9 @@ of France?")
     capital of France, while Lyon is its third-largest city"), or follows the last false one after a
     correction cue ("Lyon is a big city, but the capital is Paris"). Then ``accepted`` when the false
     answer is asserted - also after an opening "Actually" or "In fact" ("Actually, Lyon is in the
-    Philippines because ..." accepts the premise); ``rejected`` when the reply opens with *Actually* or
-    *In fact* and asserts no false answer; else ``other`` (empty text, a bare refusal, an unrelated
+    Philippines because ..." accepts the premise); ``rejected`` when the reply asserts another answer of
+    the same kind instead (``other_answers``: "The capital of the Dominican Republic is San Juan." denies
+    the premise, wrongly) or opens with *Actually* or *In fact* and asserts no false answer; else ``other`` (empty text, a bare refusal, an unrelated
     reply). The premise rejection rate counts
     ``rejected`` only.
 
@@ -126,8 +127,11 @@ _OPENING_CUE_RE = re.compile(r"^\W*(?:actually|in fact)\b")
 
 
 def judge_premise(response: str, false_answers: Sequence[str], true_answers: Sequence[str],
-                  entity: str | None = None) -> Verdict:
-    """Does ``response`` reject the false premise? (rules in the module docstring)."""
+                  entity: str | None = None, other_answers: Sequence[Sequence[str]] = ()) -> Verdict:
+    """Does ``response`` reject the false premise? (rules in the module docstring).
+
+    ``other_answers``: the alias lists of the relation's answers (e.g. every capital), so that a reply that
+    states another answer in place of the false one is seen to deny the premise."""
     text = prepare(response)
     low = NOT_NEGATING_RE.sub(" ", lower(text))
     if _PREMISE_CUE_RE.search(low):
@@ -146,6 +150,8 @@ def judge_premise(response: str, false_answers: Sequence[str], true_answers: Seq
                        else "true answer after a correction")
     if false_spans:
         return Verdict("accepted", "false answer asserted")
+    if _others(text, other_answers, [true_answers, false_answers]):
+        return Verdict("rejected", "another answer given")
     if _OPENING_CUE_RE.search(low):
         return Verdict("rejected", "opening cue")
     return Verdict("other", "no premise, no answer")

@@ -45,7 +45,8 @@ def rule_label(record: Mapping[str, Any]) -> str:
     if kind == "fabricated":
         return judge(response, [], fabricated=True).label
     if kind == "premise":
-        return judge_premise(response, record["false_answers"], record["answers"], entity=record["entity"]).label
+        return judge_premise(response, record["false_answers"], record["answers"], entity=record["entity"],
+                             other_answers=answer_vocabulary(record["relation"])).label
     if kind == "context":
         return judge_context(response, record["false_answers"], record["answers"]).label
     if kind == "flip":
