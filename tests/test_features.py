@@ -116,6 +116,30 @@ def test_store_streams_shards_and_resumes(tmp_path):
         FeatureStore.open(tmp_path / "nothing")
 
 
+def test_training_rows_fill_one_matrix_and_the_standardiser_works_in_blocks(tmp_path):
+    import numpy as np
+
+    from editor.locate.stage import Split, Standardiser, training_rows
+
+    lm = make_lm()
+    store = extract_features(lm, make_records(7), tmp_path / "f",
+                             FeatureSettings(batch_size=2, shard_bytes=2 * (2 * 96 * 2)), progress=False)
+    ids = ["q5", "q0", "q3", "q6"]
+    split = Split(ids, np.array([1, 0, 1, 0]), ["r"] * 4)
+    x, y = training_rows(store, split, "3v1")
+    assert torch.equal(x, torch.cat([store.load(ids, "answer"), store.load(ids, "other")]))
+    assert y.tolist() == [1, 0, 1, 0, 0, 0, 0, 0]
+    cols = torch.tensor([3, 50, 90])
+    assert torch.equal(training_rows(store, split, "3v1", columns=cols)[0], x[:, cols])
+    with pytest.raises(InputError, match=r"out has shape \(1, 1\)"):
+        store.load(ids, "answer", out=torch.empty(1, 1))
+    # moments in float64, 7 columns at a time (96 is not a multiple): those of the whole matrix
+    std = Standardiser.fit(x, block=7)
+    torch.testing.assert_close(std.mean, x.double().mean(0).float(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(std.std, x.double().std(0, unbiased=False).float(), rtol=1e-6, atol=0)
+    assert torch.equal(std.apply_(x.clone()), std(x))  # in place: the same float32 arithmetic
+
+
 def test_non_finite_activations_name_the_layer():
     lm = make_lm()
     with torch.no_grad():

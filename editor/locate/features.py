@@ -248,11 +248,17 @@ class FeatureStore:
                 yield shard["ids"], handle.get_tensor(kind)
 
     def load(self, ids: Sequence[str], kind: str, dtype: torch.dtype = torch.float32,
-             columns: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows for ``ids`` (in that order) as ``dtype``; ``columns`` selects a subset of features."""
+             columns: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows for ``ids`` (in that order) as ``dtype``; ``columns`` selects a subset of features. ``out``: a
+        ``[len(ids), width]`` tensor to fill instead of a new one (e.g. a slice of a larger matrix); memory
+        beyond it stays at one shard."""
         want = {i: n for n, i in enumerate(ids)}
         width = self.n_features if columns is None else len(columns)
-        out = torch.empty(len(ids), width, dtype=dtype)
+        if out is None:
+            out = torch.empty(len(ids), width, dtype=dtype)
+        elif tuple(out.shape) != (len(ids), width):
+            raise InputError(f"feature store {self.folder}: out has shape {tuple(out.shape)}, the rows need "
+                             f"{(len(ids), width)}")
         found = 0
         for shard_ids, tensor in self.iter_shards(kind):
             rows = [(want[i], r) for r, i in enumerate(shard_ids) if i in want]
@@ -261,7 +267,7 @@ class FeatureStore:
                 block = tensor[list(src)]
                 if columns is not None:
                     block = block[:, columns]
-                out[list(dst)] = block.to(dtype)
+                out[list(dst)] = block.to(out.dtype)
                 found += len(rows)
         if found != len(ids):
             missing = sorted(set(ids) - set(self.ids))[:5]

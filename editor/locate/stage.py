@@ -102,24 +102,36 @@ class Standardiser:
         self.mean, self.std = mean, std
 
     @classmethod
-    def fit(cls, x: torch.Tensor) -> "Standardiser":
-        mean = x.double().mean(0)
-        std = x.double().std(0, unbiased=False)
+    def fit(cls, x: torch.Tensor, block: int = 4096) -> "Standardiser":
+        """Moments in float64, ``block`` columns at a time (a float64 copy of one block, never of ``x``)."""
+        mean, std = torch.empty(x.shape[1], dtype=torch.float64), torch.empty(x.shape[1], dtype=torch.float64)
+        for start in range(0, x.shape[1], block):
+            part = x[:, start:start + block].double()
+            mean[start:start + block] = part.mean(0)
+            std[start:start + block] = part.std(0, unbiased=False)
         std[std < 1e-12] = 1.0
         return cls(mean.float(), std.float())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    def apply_(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardise ``x`` in place (the same float32 arithmetic as calling it); returns ``x``."""
+        return x.sub_(self.mean).div_(self.std)
 
-def training_rows(store: FeatureStore, split: Split, labels: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows and labels of the probe's training matrix (3v1: answer rows + other rows; 1v1: answers)."""
-    answer = store.load(split.ids, "answer")
+
+def training_rows(store: FeatureStore, split: Split, labels: str,
+                  columns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and labels of the probe's training matrix (3v1: answer rows + other rows; 1v1: answers), read
+    straight into one float32 matrix; ``columns``: only those features."""
     y = torch.tensor(split.y, dtype=torch.float32)
+    n, width = len(split.ids), store.n_features if columns is None else len(columns)
     if labels == "1v1":
-        return answer, y
-    other = store.load(split.ids, "other")
-    return torch.cat([answer, other]), torch.cat([y, torch.zeros_like(y)])
+        return store.load(split.ids, "answer", columns=columns), y
+    x = torch.empty(2 * n, width, dtype=torch.float32)
+    store.load(split.ids, "answer", columns=columns, out=x[:n])
+    store.load(split.ids, "other", columns=columns, out=x[n:])
+    return x, torch.cat([y, torch.zeros_like(y)])
 
 
 # ------------------------------------------------------------------------------------------- fitting
@@ -140,13 +152,15 @@ class FittedProbe:
 
 
 def fit_probe_path(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: np.ndarray,
-                   settings: LocateSettings, progress: bool = False) -> tuple[list, list[float], int, Standardiser]:
-    """Standardise, fit the path, score every point on validation, choose C by the rule."""
+                   settings: LocateSettings, progress: bool = False, *,
+                   in_place: bool = False) -> tuple[list, list[float], int, Standardiser]:
+    """Standardise, fit the path, score every point on validation, choose C by the rule. ``in_place``:
+    standardise ``x_train`` itself (no second copy of the training matrix; the caller's raw rows are gone)."""
     std = Standardiser.fit(x_train)
-    xs = std(x_train)
+    xs = std.apply_(x_train) if in_place else std(x_train)
     grid = settings.C or probe_lib.default_C_grid(xs, y_train, n=settings.n_C)
     path = probe_lib.fit_path(xs, y_train, sorted(grid), progress=progress)
-    xv = std(x_val)
+    xv = std.apply_(x_val.clone())  # = std(x_val), with one temporary copy instead of two
     val_auroc = [stats.auroc((xv @ p.weight + p.bias).numpy(), y_val) if p.n_nonzero else 0.5 for p in path]
     chosen = probe_lib.select_C(path, val_auroc, rule=settings.rule, tol=settings.tol)
     return path, val_auroc, chosen, std
@@ -154,10 +168,15 @@ def fit_probe_path(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Te
 
 def refit_on(columns: torch.Tensor, x_train: torch.Tensor, y_train: torch.Tensor, C: float) -> FittedProbe:
     """The same L1 logistic regression, refit on a subset of neurons (H-Neurons or random ones)."""
-    sub = x_train[:, columns]
+    return refit_columns(columns, x_train[:, columns], y_train, C, x_train.shape[1])
+
+
+def refit_columns(columns: torch.Tensor, sub: torch.Tensor, y_train: torch.Tensor, C: float,
+                  n_features: int) -> FittedProbe:
+    """:func:`refit_on` given only the training rows' raw ``columns`` (``sub``) of the ``n_features``."""
     std = Standardiser.fit(sub)
     point = probe_lib.fit_l1_logreg(std(sub), y_train, C)
-    full_std = Standardiser(torch.zeros(x_train.shape[1]), torch.ones(x_train.shape[1]))
+    full_std = Standardiser(torch.zeros(n_features), torch.ones(n_features))
     full_std.mean[columns], full_std.std[columns] = std.mean, std.std
     return FittedProbe(point.weight, point.bias, full_std, C, columns=columns)
 
@@ -302,7 +321,10 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
     x_train, y_train = training_rows(store, facts["train"], settings.labels)
     x_val = store.load(facts["validation"].ids, "answer")
     x_test = store.load(facts["test"].ids, "answer")
-    path, val_auroc, chosen, std = fit_probe_path(x_train, y_train, x_val, facts["validation"].y, settings, progress)
+    # standardised in place: one copy of the training matrix in memory (the refits read their columns again)
+    path, val_auroc, chosen, std = fit_probe_path(x_train, y_train, x_val, facts["validation"].y, settings, progress,
+                                                  in_place=True)
+    del x_train
     point = path[chosen]
     probe = FittedProbe(point.weight, point.bias, std, point.C)
     val_scores = probe.scores(x_val)
@@ -327,7 +349,7 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
         "h_neurons": {"count": neurons["count"], "per_mille": neurons["per_mille"]},
         "force": {"given": force, "accepted": accepted},
     }
-    report["test"] = _test_report(probe, h_cols, x_train, y_train, x_val, x_test, facts, threshold, store, settings)
+    report["test"] = _test_report(probe, h_cols, y_train, x_val, x_test, facts, threshold, store, settings)
     report["cross_relation"] = _cross_relation(store, facts, settings)
     report["fabricated"] = _fabricated_report(probe, store, fabricated, threshold, settings)
     report["wall_time_s"] = round(time.time() - started, 2)
@@ -343,7 +365,7 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
     return LocateResult(out, neurons, report)
 
 
-def _test_report(probe: FittedProbe, h_cols: torch.Tensor, x_train, y_train, x_val, x_test, facts, threshold,
+def _test_report(probe: FittedProbe, h_cols: torch.Tensor, y_train, x_val, x_test, facts, threshold,
                  store: FeatureStore, settings: LocateSettings) -> dict:
     test, val = facts["test"], facts["validation"]
     nb, seed = settings.bootstrap, settings.seed
@@ -356,10 +378,12 @@ def _test_report(probe: FittedProbe, h_cols: torch.Tensor, x_train, y_train, x_v
         return result
     # H-Neurons alone vs the same number of random neurons, same classifier and C (the paper's baseline)
     restricted = {}
-    for name, cols in [("h_neurons", h_cols)] + [
-        (f"random_{d}", random_columns(store.n_features, k, h_cols, seed + d)) for d in range(settings.random_draws)
-    ]:
-        fitted = refit_on(cols, x_train, y_train, probe.C)
+    column_sets = [("h_neurons", h_cols)] + [
+        (f"random_{d}", random_columns(store.n_features, k, h_cols, seed + d)) for d in range(settings.random_draws)]
+    union = torch.unique(torch.cat([cols for _, cols in column_sets]))  # the training rows' raw columns, read once
+    raw, _ = training_rows(store, facts["train"], settings.labels, columns=union)
+    for name, cols in column_sets:
+        fitted = refit_columns(cols, raw[:, torch.searchsorted(union, cols)], y_train, probe.C, store.n_features)
         thr = stats.best_threshold(fitted.scores(x_val[:, cols]), val.y)
         s = fitted.scores(x_test[:, cols])
         restricted[name] = (s, detection_metrics(s, test.y, thr, nb, seed))
@@ -456,7 +480,7 @@ def _cross_relation(store: FeatureStore, facts: dict[str, Split], settings: Loca
             continue
         x_tr, y_tr = training_rows(store, sub["train"], settings.labels)
         x_val = store.load(sub["validation"].ids, "answer")
-        path, val_auroc, chosen, std = fit_probe_path(x_tr, y_tr, x_val, sub["validation"].y, settings)
+        path, val_auroc, chosen, std = fit_probe_path(x_tr, y_tr, x_val, sub["validation"].y, settings, in_place=True)
         p = path[chosen]
         fitted = FittedProbe(p.weight, p.bias, std, p.C)
         thr = stats.best_threshold(fitted.scores(x_val), sub["validation"].y)
