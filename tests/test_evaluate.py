@@ -273,17 +273,18 @@ def test_paired_bootstrap_coverage_of_a_known_difference():
 # ======================================================================================== random controls
 def test_random_controls_match_size_avoid_the_set_and_are_reproducible():
     nset = NeuronSet.from_pairs([(0, 1), (0, 2), (3, 7), (3, 8), (3, 9)])
-    a = random_control(nset, num_layers=4, d_ff=16, seed=0)
+    a = random_control(nset, num_layers=4, d_ff=16, seed=0, match_layers=False)
     assert len(a) == 5 and not set(a.neurons) & set(nset.neurons)
-    assert random_control(nset, 4, 16, seed=0).neurons == a.neurons
-    assert random_control(nset, 4, 16, seed=1).neurons != a.neurons
+    assert random_control(nset, 4, 16, seed=0, match_layers=False).neurons == a.neurons
+    assert random_control(nset, 4, 16, seed=1, match_layers=False).neurons != a.neurons
     matched = random_control(nset, 4, 16, seed=0, match_layers=True)
     assert matched.per_layer() == nset.per_layer() and not set(matched.neurons) & set(nset.neurons)
     alphas = {p: a for p, a in zip(nset.neurons, [0.0, 0.0, 2.0, 2.0, 2.0])}
     paired = control_alphas(nset, alphas, matched, match_layers=True)
     assert sorted(v for (l, _), v in paired.items() if l == 3) == [2.0, 2.0, 2.0]
     # Uniform draws over 400 seeds land in each layer in proportion to its size.
-    layers = np.concatenate([[l for l, _ in random_control(nset, 4, 16, seed=s).neurons] for s in range(400)])
+    layers = np.concatenate([[l for l, _ in random_control(nset, 4, 16, seed=s, match_layers=False).neurons]
+                             for s in range(400)])
     assert np.allclose(np.bincount(layers, minlength=4) / len(layers), [14 / 59, 16 / 59, 16 / 59, 13 / 59], atol=0.03)
 
 

@@ -72,7 +72,9 @@ def test_locate_finds_the_planted_signal_and_reports_honestly(located):
     report = result.report
     # one marked token in a random 135-parameter-per-layer FFN is a visible but not a perfect signal
     assert report["test"]["probe"]["auroc"] > 0.8
-    assert report["test"]["probe"]["auroc"] > report["test"]["random"]["auroc_mean"] + 0.1
+    # the baseline is matched per layer (random neurons of the H-Neurons' own layers): a harder baseline than
+    # uniform draws, still clearly beaten
+    assert report["test"]["probe"]["auroc"] > report["test"]["random"]["auroc_mean"] + 0.05
     lo, hi = report["test"]["probe"]["auroc_ci95"]
     assert lo <= report["test"]["probe"]["auroc"] <= hi
     assert report["test"]["random"]["draws"] == 5

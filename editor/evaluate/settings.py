@@ -75,8 +75,9 @@ class EvalSettings(Settings):
     ci_seed: int = Field(0, description="seed of the bootstrap resamples")
     controls: int = Field(3, ge=0, description="random-neuron control sets (0 = none; needs a neuron set)")
     control_seed: int = Field(0, description="seed of the first control set (the others follow)")
-    match_layers: bool = Field(
-        False, description="random controls draw the same number of neurons in each layer as the neuron set")
+    match_layers: Annotated[bool, Cli(negative="--uniform-controls")] = Field(
+        True, description="random controls draw exactly the neuron set's count in each layer (the default; "
+                          "--uniform-controls: uniform over all layers, as hneurons 0.1 did)")
     kl: Annotated[bool, Cli(flag="--no-kl", negate=True)] = Field(True, description="skip the KL measure")
     kl_prompts: Annotated[str, Cli(metavar="FILE")] = Field(
         str(NEUTRAL_PROMPTS), description="neutral prompts for the KL measure (JSONL with a 'prompt' field, or one "

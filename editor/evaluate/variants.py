@@ -17,7 +17,7 @@ from ..errors import InputError, ModelLoadError
 from ..formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS, EDIT_MANIFEST, NEURONS
 from ..model.hooks import LayerScale, group_by_layer, scaled_neurons
 from ..model.loading import LoadedModel, check_safetensors_file
-from ..model.neuron_set import NeuronSet
+from ..model.neuron_set import NeuronSet, matched_random_pairs
 
 Pair = tuple[int, int]
 
@@ -32,7 +32,7 @@ class Variant:
     neurons: NeuronSet | None = None
     alphas: Mapping[Pair, float] | None = None
     seed: int | None = None  # control seed
-    match_layers: bool = False
+    match_layers: bool = True
 
     @property
     def kind(self) -> str:
@@ -123,26 +123,22 @@ def edit_folder_neurons(folder: str | Path) -> tuple[NeuronSet, dict[Pair, float
     return nset, nset.alphas(alpha.get("default", 0.0), layer_alpha)
 
 
-def random_control(nset: NeuronSet, num_layers: int, d_ff: int, seed: int, match_layers: bool = False) -> NeuronSet:
+def random_control(nset: NeuronSet, num_layers: int, d_ff: int, seed: int, match_layers: bool = True) -> NeuronSet:
     """As many random FFN neurons as ``nset``, none of them in ``nset``.
 
-    Uniform over all layers x d_ff neurons, or (``match_layers``) the same count in each layer as ``nset``.
-    The draw is a function of the seed alone (numpy PCG64), so a control can be re-created exactly.
+    By default (``match_layers``) exactly the same count in each layer as ``nset``
+    (:func:`editor.model.neuron_set.matched_random_pairs`); ``match_layers=False`` draws uniformly over all
+    layers x d_ff neurons (hneurons 0.1's control). The draw is a function of the seed alone (numpy PCG64), so
+    a control can be re-created exactly.
     """
+    if match_layers:
+        return NeuronSet.from_pairs(matched_random_pairs(nset.neurons, d_ff, seed))
     rng = np.random.default_rng(seed)
     taken = {layer * d_ff + index for layer, index in nset.neurons}
-    if match_layers:
-        pairs: list[Pair] = []
-        for layer, count in nset.per_layer().items():
-            free = np.setdiff1d(np.arange(d_ff), [j for l, j in nset.neurons if l == layer])
-            if len(free) < count:
-                raise InputError(f"layer {layer} has only {len(free)} neurons outside the set; cannot draw {count}")
-            pairs += [(layer, int(j)) for j in rng.choice(free, size=count, replace=False)]
-    else:
-        free = np.setdiff1d(np.arange(num_layers * d_ff), sorted(taken))
-        if len(free) < len(nset):
-            raise InputError(f"the model has only {len(free)} FFN neurons outside the set; cannot draw {len(nset)}")
-        pairs = [(int(f) // d_ff, int(f) % d_ff) for f in rng.choice(free, size=len(nset), replace=False)]
+    free = np.setdiff1d(np.arange(num_layers * d_ff), sorted(taken))
+    if len(free) < len(nset):
+        raise InputError(f"the model has only {len(free)} FFN neurons outside the set; cannot draw {len(nset)}")
+    pairs = [(int(f) // d_ff, int(f) % d_ff) for f in rng.choice(free, size=len(nset), replace=False)]
     return NeuronSet.from_pairs(pairs)
 
 
@@ -160,7 +156,7 @@ def control_alphas(nset: NeuronSet, alphas: Mapping[Pair, float], control: Neuro
 
 
 def control_variants(base: LoadedModel, nset: NeuronSet, alphas: Mapping[Pair, float], seeds: Iterable[int],
-                     match_layers: bool, prefix: str = "control") -> list[Variant]:
+                     match_layers: bool = True, prefix: str = "control") -> list[Variant]:
     variants = []
     for seed in seeds:
         control = random_control(nset, base.num_layers, base.d_ff, seed, match_layers)

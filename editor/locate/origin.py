@@ -478,7 +478,7 @@ def _transfer_controls(probe: FittedProbe, meta: dict, x: torch.Tensor, y: np.nd
     h_auc, h_ci = _auroc_with_ci(h_fit.scores(x[:, h_cols]), y, nb, seed)
     random_aucs = []
     for d in range(draws):  # locate's draws: same count, same seeds, hence the same neuron sets
-        cols = random_columns(x.shape[1], k, h_cols, seed + d)
+        cols = random_columns(x.shape[1], k, h_cols, seed + d, int(meta["model"]["d_ff"]))
         random_aucs.append(stats.auroc(refit_on(cols, train.x, train.y, probe.C).scores(x[:, cols]), y))
     aucs = np.array(random_aucs)
     test = train.report.get("test") or {}

@@ -15,9 +15,9 @@ docs/METHOD.md sections 2-5. Inputs: a collect folder (``responses.jsonl``) and 
    within ``tol`` of the best. The detection threshold (for accuracy) is also chosen on validation.
 5. H-Neurons = neurons with positive weight at the chosen C.
 6. Report on the held-out **test** split, each with a bootstrap 95% CI: the probe; a classifier refit
-   on the H-Neurons alone vs the same classifier refit on as many random neurons (several draws: the
-   paper's random baseline); per relation; balanced within each relation (so that a probe cannot win by
-   recognising the question family); cross-relation (train on half of the relations, test on the
+   on the H-Neurons alone vs the same classifier refit on as many random neurons, the same count in each
+   layer as the H-Neurons (several draws: the paper's random baseline, matched per layer); per relation;
+   balanced within each relation (so that a probe cannot win by recognising the question family); cross-relation (train on half of the relations, test on the
    others); and the fabricated-entity set when it has both classes.
 
 Outputs (docs/ARTIFACTS.md): ``features/``, ``neurons.json``, ``probe.safetensors``, ``locate.json`` and
@@ -60,6 +60,7 @@ from ..formats import (
 )
 from ..locking import locked
 from ..model.loading import LoadedModel
+from ..model.neuron_set import matched_random_pairs
 from . import probe as probe_lib
 from .features import FeatureSettings, FeatureStore, extract_features
 from .settings import LocateSettings
@@ -379,7 +380,8 @@ def _test_report(probe: FittedProbe, h_cols: torch.Tensor, y_train, x_val, x_tes
     # H-Neurons alone vs the same number of random neurons, same classifier and C (the paper's baseline)
     restricted = {}
     column_sets = [("h_neurons", h_cols)] + [
-        (f"random_{d}", random_columns(store.n_features, k, h_cols, seed + d)) for d in range(settings.random_draws)]
+        (f"random_{d}", random_columns(store.n_features, k, h_cols, seed + d, store.meta["d_ff"]))
+        for d in range(settings.random_draws)]
     union = torch.unique(torch.cat([cols for _, cols in column_sets]))  # the training rows' raw columns, read once
     raw, _ = training_rows(store, facts["train"], settings.labels, columns=union)
     for name, cols in column_sets:
@@ -436,7 +438,16 @@ def _write_predictions(path: Path, probe: FittedProbe, store: FeatureStore, fact
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
-def random_columns(n_features: int, k: int, exclude: torch.Tensor, seed: int) -> torch.Tensor:
+def random_columns(n_features: int, k: int, exclude: torch.Tensor, seed: int, d_ff: int | None = None) -> torch.Tensor:
+    """The random-neuron baseline's feature columns (flat index = layer * d_ff + j). With ``d_ff`` (the default
+    everywhere in hneurons) the draw is matched per layer to ``exclude`` (the H-Neurons' columns; k must be their
+    count): exactly as many columns in each layer, none of them H-Neurons
+    (:func:`editor.model.neuron_set.matched_random_pairs`). Without it: k columns uniform over all features."""
+    if d_ff is not None:
+        if k != len(exclude):
+            raise ValueError(f"a matched draw takes as many columns as the set ({len(exclude)}), not {k}")
+        pairs = matched_random_pairs([(c // d_ff, c % d_ff) for c in exclude.tolist()], d_ff, seed)
+        return torch.tensor(sorted(layer * d_ff + j for layer, j in pairs), dtype=torch.long)
     rng = np.random.default_rng(seed)
     excluded = set(exclude.tolist())
     picked: list[int] = []

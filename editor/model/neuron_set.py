@@ -221,3 +221,29 @@ def as_neuron_set(neurons: Any) -> NeuronSet:
     if isinstance(neurons, dict):
         return NeuronSet.from_dict(neurons)
     return NeuronSet.from_pairs(neurons)
+
+
+def matched_random_pairs(taken: Iterable[tuple[int, int]], d_ff: int, seed: int) -> list[tuple[int, int]]:
+    """A random neuron set matched to ``taken`` per layer: exactly as many neurons in each layer as ``taken``
+    has there, none of them in ``taken`` (the random-neuron control of every comparison: eval, sweep,
+    dose-response, locate's and origin's baselines).
+
+    Layers are drawn in increasing order with one numpy PCG64 generator seeded with ``seed``, so a control is a
+    function of the set and the seed alone and can be re-created exactly; different seeds give different sets.
+    """
+    pairs = sorted({(int(layer), int(index)) for layer, index in taken})
+    by_layer: dict[int, list[int]] = {}
+    for layer, index in pairs:
+        by_layer.setdefault(layer, []).append(index)
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    drawn: list[tuple[int, int]] = []
+    for layer in sorted(by_layer):
+        own = by_layer[layer]
+        free = np.setdiff1d(np.arange(d_ff), own)
+        if len(free) < len(own):
+            raise InputError(f"layer {layer} has only {len(free)} neurons outside the set; cannot draw {len(own)} "
+                             f"matched random neurons there")
+        drawn += [(layer, int(j)) for j in rng.choice(free, size=len(own), replace=False)]
+    return drawn

@@ -91,7 +91,7 @@ def _eval_flags(settings: Mapping[str, Any]) -> list[str]:
              f"--gen-kwargs {_q(settings['gen_kwargs'])}" if settings.get("gen_kwargs") else "",
              f"--seed {_q(','.join(str(s) for s in seeds))}" if seeds else "",
              f"--ci-iters {settings.get('ci_iters', 10000)}",
-             "--match-layers" if settings.get("match_layers") else ""]
+             "" if settings.get("match_layers") else "--uniform-controls"]
     if kl.get("enabled") is False:
         flags.append("--no-kl")
     else:
