@@ -53,9 +53,12 @@ def prepare_environment(settings: EvalSettings) -> bool:
     The flags must be set before ``datasets`` / ``huggingface_hub`` are imported to take full effect; the CLI
     calls this first thing. Already-set flags are kept.
     """
+    from .suites import needs_network
+
     local = local_task_names(settings.task_paths)
     needs_builtin = any(t not in local for t in settings.tasks)
-    if not needs_builtin:
+    # the eval/paper tasks are local YAMLs reading Hub / GitHub data unless --data-dir holds a copy
+    if not needs_builtin and not needs_network(settings.tasks, getattr(settings, "data_dir", None)):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     return needs_builtin
@@ -66,6 +69,9 @@ def task_manager(settings: EvalSettings, metadata: Mapping[str, Any] | None = No
     bundled tasks read ``known_facts``: eval/hneurons/utils.py)."""
     needs_builtin = prepare_environment(settings)
     from lm_eval.tasks import TaskManager
+
+    if getattr(settings, "data_dir", None):  # the eval/paper tasks read their data from here (eval/paper/utils.py)
+        metadata = {**(metadata or {}), "data_dir": settings.data_dir}
 
     manager = TaskManager(include_path=list(settings.task_paths), include_defaults=needs_builtin,
                           metadata=dict(metadata) if metadata else None)

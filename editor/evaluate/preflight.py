@@ -9,11 +9,16 @@ local cache (the Hub cache, ``datasets--OWNER--NAME``, or the datasets cache, ``
 not, offline mode is an error at once, and online the Hub is asked once whether the dataset can be
 downloaded. Task names it cannot resolve (Python-defined tasks, unknown names) are left to lm-eval, which
 refuses unknown names itself; the bundled tasks and ``--include-path`` folders are local and not checked.
+
+:func:`apply_availability` (what ``hneurons eval`` / ``sweep`` / ``recipe check`` run first) also checks the
+``eval/paper`` tasks (a local copy under ``--data-dir``, the Hub cache, or reachable; editor.evaluate.suites) and
+says, one line per task, which tasks cannot read their data; ``--available-only`` runs the others.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -32,6 +37,9 @@ from ..model.preflight import (
     offline_flags,
 )
 from .lm_eval_run import local_task_names
+from .suites import GROUPS, SOURCES, TASK_SOURCES, find_local, leaf_paper_tasks
+
+log = logging.getLogger(__name__)
 
 # datasets' packaged builders: dataset_path names a file format, not a Hub repository (data_files say where).
 PACKAGED_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "webdataset", "imagefolder", "audiofolder",
@@ -253,3 +261,80 @@ def _reads(items: list[TaskData], what: str) -> str:
     many = len(tasks) > 1
     dataset = items[0].describe() if len({d.name for d in items}) == 1 else items[0].path
     return f"{what}{'s' if many else ''} {', '.join(tasks)} read{'' if many else 's'} the Hub dataset {dataset}"
+
+
+# ----------------------------------------------------------------- suites: which tasks can run here
+@dataclass(frozen=True)
+class Unavailable:
+    task: str
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.task}: {self.reason}"
+
+
+def _paper_reason(task: str, data_dir: str | None, offline: bool) -> str | None:
+    source = SOURCES[TASK_SOURCES[task]]
+    if find_local(source, data_dir):
+        return None
+    where = f"no local copy under --data-dir {data_dir} (looked for {', '.join(source.local)})" if data_dir else \
+        "no --data-dir given"
+    if source.hub:
+        if dataset_cached(source.dataset_id):
+            return None
+        if offline:
+            return f"reads {source.describe()}, which is not in the datasets cache, offline mode is on, and {where}"
+        problem = check_hub_dataset(source.dataset_id)
+        return None if not problem else f"reads {source.describe()}, not cached, and {problem}; {where}"
+    if offline:
+        return f"reads {source.describe()}, offline mode is on, and {where}"
+    return None  # downloaded from GitHub by the task (an unreachable URL fails at load time with its address)
+
+
+def unavailable(tasks: Sequence[str], task_paths: Sequence[str | Path], data_dir: str | None = None) -> list[Unavailable]:
+    """Every task of ``tasks`` whose data cannot be read here now, with the reason (no model, no lm-eval import)."""
+    offline = datasets_offline()
+    out: list[Unavailable] = []
+    for task in leaf_paper_tasks(tasks):
+        reason = _paper_reason(task, data_dir, offline)
+        if reason:
+            out.append(Unavailable(task, reason))
+    local = local_task_names(task_paths)
+    missing: dict[str, list[str]] = {}
+    for data in builtin_task_data([t for t in tasks if t not in TASK_SOURCES and t not in GROUPS], local):
+        if not dataset_cached(data.path):
+            missing.setdefault(data.task, []).append(data.describe())
+    for task, datasets_ in missing.items():
+        shown = ", ".join(dict.fromkeys(datasets_))
+        if offline:
+            out.append(Unavailable(task, f"reads the Hub dataset {shown}, not in the datasets cache, and offline mode "
+                                         f"is on ({offline_flags()})"))
+        else:
+            problem = next((p for p in (check_hub_dataset(d.split(" (")[0]) for d in dict.fromkeys(datasets_)) if p),
+                           None)
+            if problem:
+                out.append(Unavailable(task, f"reads the Hub dataset {shown}, not cached, and {problem}"))
+    return out
+
+
+def apply_availability(settings: Any) -> tuple[Any, list[Unavailable]]:
+    """Refuse the tasks of ``settings`` that cannot run here (one line each, naming ``--available-only``), or,
+    with ``available_only``, leave them out (logged). Returns (the settings to run with, what was left out).
+    Nothing is loaded."""
+    missing = unavailable(settings.tasks, settings.task_paths, getattr(settings, "data_dir", None))
+    if not missing:
+        return settings, []
+    names = {m.task for m in missing}
+    lines = ";\n".join(f"  {m.line()}" for m in missing)  # the CLI prints one line: "; " between tasks
+    if not getattr(settings, "available_only", False):
+        raise UnavailableError(
+            f"{len(names)} task{'s' if len(names) > 1 else ''} cannot read {'their' if len(names) > 1 else 'its'} "
+            f"data here:\n{lines}\ngive downloaded copies with --data-dir DIR (eval/README.md, \"Paper benchmarks\"), "
+            f"run where the Hub is reachable, or pass --available-only to run the other tasks")
+    kept = [t for t in settings.tasks if t not in names]
+    if not kept:
+        raise UnavailableError(f"no task of {', '.join(settings.tasks)} can read its data here:\n{lines}")
+    for m in missing:
+        log.warning("left out (--available-only): %s", m.line())
+    # the suite is already expanded into tasks: clearing it keeps a later re-validation from adding them back
+    return settings.model_copy(update={"tasks": kept, "suite": []}), missing

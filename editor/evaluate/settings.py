@@ -67,6 +67,14 @@ class EvalSettings(Settings):
     include_paths: Annotated[list[str], Cli(flag="--include-path", many="repeat", metavar="DIR")] = Field(
         [], description="extra folder of lm-eval task YAMLs (repeatable; the bundled eval/ is always included)")
     gen_kwargs: str | None = Field(None, description="generation overrides passed to lm-eval, e.g. max_gen_toks=64")
+    suite: Annotated[list[str], Cli(many="comma", metavar="SUITES")] = Field(
+        [], description="benchmark suites added to the tasks: paper (TriviaQA, NQ-Open, FaithEval, FalseQA, "
+                        "SycophancyEval, TruthfulQA MC2), retention (MMLU, HellaSwag, ARC, PIQA, WinoGrande, GSM8K)")
+    available_only: bool = Field(
+        False, description="run the tasks whose data can be read here and list the others (default: refuse them)")
+    data_dir: Annotated[str | None, Cli(metavar="DIR")] = Field(
+        None, description="folder holding downloaded copies of the paper benchmarks' data (eval/README.md), "
+                          "read instead of the Hub / GitHub")
     seeds: Annotated[list[int], Cli(flag="--seed", parse=parse_seeds, metavar="SEEDS")] = Field(
         list(LM_EVAL_SEEDS), description="lm-eval seeds python,numpy,torch,fewshot (default lm-eval's)")
     lm_eval_bootstrap_iters: Annotated[int, Cli(hidden=True)] = Field(
@@ -85,6 +93,27 @@ class EvalSettings(Settings):
     kl_max_prompts: int | None = Field(None, ge=1, description="use only the first N KL prompts")
     kl_new_tokens: int = Field(32, ge=1, description="tokens of greedy base-model continuation scored after each "
                                                      "KL prompt")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _suite_tasks(cls, data: Any) -> Any:
+        """``suite`` adds its tasks (editor.evaluate.suites) after ``tasks`` (the default tasks when not given)."""
+        if not isinstance(data, dict) or not data.get("suite"):
+            return data
+        from .suites import expand_suites
+
+        suite = data["suite"]
+        suite = [s.strip() for s in suite.split(",")] if isinstance(suite, str) else list(suite)
+        tasks = data.get("tasks", cls.model_fields["tasks"].default)
+        tasks = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
+        return {**data, "suite": suite, "tasks": expand_suites(suite, tasks)}
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_folder(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_dir():
+            raise ValueError(f"data folder not found: {value} (expected a folder of downloaded benchmark data)")
+        return None if value is None else str(Path(value).expanduser().resolve())
 
     @field_validator("tasks")
     @classmethod

@@ -108,7 +108,7 @@ from .lm_eval_run import (
     run_lm_eval,
     task_manager,
 )
-from .preflight import check_task_data
+from .preflight import apply_availability, check_task_data
 from .settings import EvalSettings
 from .table import plot_deltas, render_table
 from .variants import (
@@ -252,7 +252,7 @@ def evaluate(
     prepare_environment(settings)
     out = Path(out)
     check_combination(base, edited, adapter, neurons, alpha)
-    preflight(settings, [base, edited], load, alpha)
+    settings = preflight(settings, [base, edited], load, alpha)
     if adapter is not None:
         check_adapter(adapter)
     with output_lock(out):
@@ -260,14 +260,17 @@ def evaluate(
 
 
 def preflight(settings: EvalSettings, models: Sequence[Any], load: LoadOptions | None,
-              alpha: float | None = None) -> None:
-    """What can fail before any model loads: alpha, the tasks' datasets, every model spec and the device."""
+              alpha: float | None = None) -> EvalSettings:
+    """What can fail before any model loads: alpha, the tasks' datasets (one line per task that cannot read its
+    data; ``available_only`` leaves those out: the returned settings), every model spec and the device."""
     if alpha is not None:
         check_alpha(alpha, "alpha")
+    settings, _ = apply_availability(settings)
     check_task_data(settings.tasks, settings.task_paths)
     for spec in models:
         if spec is not None:
             check_model(spec, load)
+    return settings
 
 
 def _evaluate(base, edited, adapter, neurons, alpha, settings: EvalSettings, out: Path, overwrite: bool, force: bool,

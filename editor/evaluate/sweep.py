@@ -308,7 +308,7 @@ def sweep(
     grid = _grid(settings.alphas)
     prepare_environment(settings)
     out = Path(out)
-    preflight(settings, [base], load)
+    settings = preflight(settings, [base], load)
     with output_lock(out):
         return _sweep(base, neurons, settings, grid, out, force, overwrite, load)
 
