@@ -315,7 +315,7 @@ def test_suite_resolution_lists_unavailable_tasks_without_loading_a_model(tmp_pa
     assert kept.tasks == ["hneurons"] + [t for t in suites.SUITES["paper"] if t in suites.TASK_SOURCES]
 
 
-def test_hneurons_eval_refuses_before_loading_and_names_available_only(tmp_path, monkeypatch):
+def test_hneurons_eval_refuses_before_loading_and_names_available_only(tmp_path, monkeypatch, capsys):
     from editor.cli import main
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
@@ -323,3 +323,26 @@ def test_hneurons_eval_refuses_before_loading_and_names_available_only(tmp_path,
     code = main(["eval", "--base", str(tmp_path / "no-model-needed"), "--suite", "retention", "--out",
                  str(tmp_path / "ev"), "--no-kl"])
     assert code != 0 and not (tmp_path / "ev").exists()
+    err = capsys.readouterr().err
+    assert "mmlu: reads the Hub dataset cais/mmlu" in err and "gsm8k:" in err and "--available-only" in err
+
+
+def test_model_card_index_names_the_benchmarks_real_datasets_and_splits():
+    from types import SimpleNamespace
+
+    from editor.report.card.metadata import eval_results_for_index
+
+    rows = [{"task": t, "metric": m, "filter": "none", "edited": 0.5} for t, m in
+            [("triviaqa", "exact_match"), ("faitheval_counterfactual", "counterfactual_adoption_rate"),
+             ("falseqa", "premise_rejection_rate"), ("sycophancy_eval", "flip_rate"), ("mmlu", "acc"),
+             ("arc_challenge", "acc"), ("hneurons_facts", "accuracy")]]
+    tasks = {r["task"]: {"split": "test"} for r in rows}
+    inputs = SimpleNamespace(metric_rows=rows, eval=SimpleNamespace(doc={"tasks": tasks}))
+    got = {r.dataset_name: (r.dataset_type, r.dataset_config, r.dataset_split) for r in eval_results_for_index(inputs)}
+    assert got["triviaqa"] == ("mandarjoshi/trivia_qa", "rc.nocontext", "validation")
+    assert got["faitheval_counterfactual"] == ("Salesforce/FaithEval-counterfactual-v1.0", None, "test")
+    assert got["falseqa"] == ("thunlp/FalseQA", None, "test")
+    assert got["sycophancy_eval"] == ("meg-tong/sycophancy-eval", "answer", "test")
+    assert got["mmlu"] == ("cais/mmlu", "all", "test")
+    assert got["arc_challenge"] == ("allenai/ai2_arc", "ARC-Challenge", "test")
+    assert got["hneurons_facts"] == ("hneurons/hneurons_facts", None, "test")

@@ -87,11 +87,11 @@ SOURCES: dict[str, Source] = {
         url="https://raw.githubusercontent.com/thunlp/FalseQA/main/dataset/test.csv",
         licence="no licence file in the repository: not redistributed"),
     "sycophancy_eval": Source(
-        "sycophancy_eval", "SycophancyEval (answer)", "meg-tong/sycophancy-eval", "answer",
+        "sycophancy_eval", "SycophancyEval (answer)", "meg-tong/sycophancy-eval", "test",  # all of answer.jsonl
         ("prompt", "base", "metadata"),
         ("sycophancy-eval/datasets/answer.jsonl", "sycophancy-eval/answer.jsonl", "answer.jsonl"),
         url="https://raw.githubusercontent.com/meg-tong/sycophancy-eval/main/datasets/answer.jsonl",
-        licence="MIT (github.com/meg-tong/sycophancy-eval)"),
+        licence="see github.com/meg-tong/sycophancy-eval (not verified here): not redistributed"),
 }
 # eval/paper task -> its source
 TASK_SOURCES: dict[str, str] = {
@@ -133,7 +133,8 @@ DATASETS: dict[str, DatasetRef] = {
     "piqa": DatasetRef("baber/piqa", "PIQA", "validation"),
     "winogrande": DatasetRef("allenai/winogrande", "WinoGrande", "validation", "winogrande_xl"),
     "gsm8k": DatasetRef("openai/gsm8k", "GSM8K", "test", "main"),
-    **{task: DatasetRef(SOURCES[key].dataset_id, SOURCES[key].name, SOURCES[key].split)
+    **{task: DatasetRef(SOURCES[key].dataset_id, SOURCES[key].name, SOURCES[key].split,
+                        "answer" if key == "sycophancy_eval" else None)  # datasets/answer.jsonl
        for task, key in TASK_SOURCES.items()},
 }
 

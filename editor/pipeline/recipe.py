@@ -264,7 +264,7 @@ def check_environment(recipe: Recipe, stages: list[str] | None = None) -> list[s
     the model (a Hub id cached, or reachable), the device, the datasets of built-in lm-eval tasks, vLLM for the
     vllm backend, llama.cpp's converter for a GGUF edit of a safetensors model. Returns notes; raises the first
     problem (:class:`~editor.errors.UnavailableError` and friends, one line naming the thing and what to do)."""
-    from ..evaluate.preflight import check_task_data
+    from ..evaluate.preflight import apply_availability, check_task_data
     from ..model.loading import check_model
 
     if stages is None:
@@ -278,7 +278,8 @@ def check_environment(recipe: Recipe, stages: list[str] | None = None) -> list[s
         require_vllm()
         notes.append("vLLM and a CUDA GPU: available")
     for section in [s for s in ("sweep", "eval") if s in stages]:
-        settings = getattr(recipe, section)
+        settings, left_out = apply_availability(getattr(recipe, section))  # suites: one line per task
+        notes += [f"{section}: left out (available_only): {m.line()}" for m in left_out]
         check_task_data(settings.tasks, settings.task_paths, f"{section}.tasks: lm-eval task")
         notes.append(f"{section} task data: available")
     if "edit" in stages and "gguf" in recipe.edit.modes and source.kind not in ("alias", "gguf"):

@@ -56,8 +56,10 @@ Metadata (hneurons' choices)
   bundled question sets and tasks have none and are described in the body.
 * ``model-index``: one entry named after the repo (or the folder); one ``EvalResult`` per (task, metric)
   of the EDITED model: task type ``text-generation``, dataset name = the task, dataset type =
-  ``hneurons/<task>`` for the bundled tasks (names starting with ``hneurons``) and the task name for
-  lm-eval's own, dataset split = the task's split, metric type = the metric, metric name = the metric
+  ``hneurons/<task>`` for the bundled tasks (names starting with ``hneurons``), the real dataset id (and
+  config) for the benchmarks of the suites (``editor.evaluate.suites.DATASETS``: ``mandarjoshi/trivia_qa``,
+  ``Salesforce/FaithEval-counterfactual-v1.0``, ``thunlp/FalseQA`` - a GitHub repository, not on the Hub -,
+  ...) and the task name for other lm-eval tasks, dataset split = the split the task scores, metric type = the metric, metric name = the metric
   (with its lm-eval filter when it is not ``none``), value = the edited value. The base value, the delta
   and its CI are in the body's table.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...evaluate.suites import dataset_ref
 from .constants import LIBRARY, RELATION, TAGS
 from .inputs import CardInputs, metric_label
 from .sources import base_model_id, source_license
@@ -30,9 +31,13 @@ def eval_results_for_index(inputs: CardInputs) -> list:
             continue
         task = str(row["task"])
         split = (tasks.get(task) or {}).get("split")
+        ref = None if _bundled(task) else dataset_ref(task)  # the benchmarks' real dataset ids (evaluate.suites)
+        if ref is not None:
+            split = ref.split
         results.append(EvalResult(
             task_type="text-generation", dataset_name=yaml_text(task),
-            dataset_type=yaml_text(f"hneurons/{task}" if _bundled(task) else task),
+            dataset_type=yaml_text(ref.id if ref else f"hneurons/{task}" if _bundled(task) else task),
+            dataset_config=yaml_text(ref.config) if ref and ref.config else None,
             dataset_split=yaml_text(split) if isinstance(split, str) else None,
             metric_type=yaml_text(row["metric"]), metric_name=yaml_text(metric_label(row)),
             metric_value=float(row["edited"])))
