@@ -238,7 +238,14 @@ def test_paired_bootstrap_on_constructed_logs(tmp_path):
     assert acc["control"]["std"] == pytest.approx(np.std(control_values, ddof=1))
     assert acc["control"]["seeds"] == {"0": pytest.approx(control_values[0]), "1": pytest.approx(control_values[1])}
     assert acc["edited_minus_control"] == pytest.approx(float(np.mean(edited_acc)) - np.mean(control_values))
-    assert acc["edited_minus_control_significant"] is True
+    # The two control sets' means lie 0.1 apart: with the between-set variance in the CI, edited - control is
+    # not distinguishable from 0 with two sets; the bootstrap over items alone (hneurons 0.1, by name) ignored it.
+    assert acc["edited_minus_control_significant"] is False and "between-set" in acc["edited_minus_control_ci_method"]
+    assert acc["test"] == "mcnemar_mid_p" and acc["discordant"] == {"better": 60, "worse": 0}
+    boot = {r["metric"]: r for r in compare_runs(base, edited, controls, [0, 1], ci_iters=2000, ci_seed=0,
+                                                 method="bootstrap")}
+    assert boot["acc"]["test"] == "paired_bootstrap" and boot["acc"]["edited_minus_control_significant"] is True
+    assert boot["acc"]["delta_ci95"][0] > 0.1 and boot["acc"]["mde"] == acc["mde"]
 
     same = rows["noise"]  # identical items: delta exactly 0, CI [0, 0], not significant
     assert same["delta"] == 0 and same["delta_ci95"] == [0.0, 0.0] and same["significant"] is False

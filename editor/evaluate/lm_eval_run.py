@@ -142,6 +142,11 @@ class LmEvalRun:
     def split_of(self, task: str) -> str | None:
         return task_split(self.results.get("configs", {}).get(task, {}))
 
+    def primary_metric(self, task: str) -> str | None:
+        """The one metric the task declares as its headline (``metadata.primary_metric`` in its YAML)."""
+        value = (self.results.get("configs", {}).get(task, {}).get("metadata") or {}).get("primary_metric")
+        return str(value) if value else None
+
 
 def samples_name(task: str) -> str:
     return f"samples_{task}.jsonl"

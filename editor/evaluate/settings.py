@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -79,7 +79,11 @@ class EvalSettings(Settings):
         list(LM_EVAL_SEEDS), description="lm-eval seeds python,numpy,torch,fewshot (default lm-eval's)")
     lm_eval_bootstrap_iters: Annotated[int, Cli(hidden=True)] = Field(
         0, ge=0, description="lm-eval's own stderr bootstrap (hneurons' CIs are separate)")
-    ci_iters: int = Field(10_000, ge=1, description="paired bootstrap resamples of every CI")
+    paired_test: Literal["auto", "bootstrap"] = Field(
+        "auto", description="paired test of every change: auto = exact McNemar mid-p for 0/1 metrics and paired t "
+                            "for margins (docs/METHOD.md section 8); bootstrap = the percentile paired bootstrap of "
+                            "hneurons 0.1")
+    ci_iters: int = Field(10_000, ge=1, description="resamples of every bootstrap CI (KL; --paired-test bootstrap)")
     ci_seed: int = Field(0, description="seed of the bootstrap resamples")
     controls: int = Field(3, ge=0, description="random-neuron control sets (0 = none; needs a neuron set)")
     control_seed: int = Field(0, description="seed of the first control set (the others follow)")
@@ -188,7 +192,8 @@ class EvalSettings(Settings):
         return {"tasks": list(self.tasks), "limit": self.limit, "batch_size": self.batch_size,
                 "apply_chat_template": self.apply_chat_template, "gen_kwargs": self.gen_kwargs,
                 "seeds": list(self.seeds), "include_paths": self.task_paths,
-                "lm_eval_bootstrap_iters": self.lm_eval_bootstrap_iters, "ci_iters": self.ci_iters,
+                "lm_eval_bootstrap_iters": self.lm_eval_bootstrap_iters, "paired_test": self.paired_test,
+                "ci_iters": self.ci_iters,
                 "ci_seed": self.ci_seed, "controls": self.controls, "control_seed": self.control_seed,
                 "match_layers": self.match_layers}
 

@@ -19,22 +19,32 @@ indexed only when a requested name is not found in the include paths, which save
 local, ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` are set before lm-eval is imported. The chat template is
 applied (with ``fewshot_as_multiturn``, as lm-eval's CLI does) when the tokenizer has one, unless told otherwise.
 
-Comparison and statistics (hneurons' choices)
-----------------------------------------------
+Comparison and statistics (hneurons' choices; docs/METHOD.md section 8)
+----------------------------------------------------------------------
 For each task and metric that lm-eval reports, ``higher_is_better`` is read from lm-eval's output. When a
 metric is the mean of per-item values (checked: the mean of the logged per-sample values must equal lm-eval's
-number), the delta edited - base gets a 95% CI from a paired percentile bootstrap over the same items
-(:func:`editor.stats.paired_bootstrap_delta`, ``ci_iters`` resamples, seed ``ci_seed``) and a two-sided bootstrap
-p-value
-(2 x min(P*(delta <= 0), P*(delta >= 0)), with +1 smoothing). "significant" means the 95% CI excludes 0; no
-correction for the number of metrics is applied (read many metrics with that in mind). Metrics that are not
-item means (perplexities, corpus-level BLEU/F1) get the delta without a CI (``ci_method`` says which).
+number), the delta edited - base is tested on the same items (``paired_test``, default ``auto``):
 
-Random controls: the same number of neurons as the H-Neuron set, drawn uniformly from all FFN neurons except
-the H-Neurons (or, with ``match_layers``, the same count in each layer), one set per seed (``controls`` seeds
-starting at ``control_seed``), scaled with the same alphas (control neuron i takes H-Neuron i's alpha). Each
-row reports the control's mean, std (ddof=1), min and max over seeds, ``edited_minus_control`` = edited - mean
-control, and a paired-bootstrap CI of it against the per-item mean over control seeds.
+* 0/1 per item (accuracy, rates): the exact McNemar test, two-sided mid-p, on the discordant items, with the CI
+  of the change that inverts the same binomial tails (:func:`editor.stats.paired_binary`);
+* other per-item values (log-probability margins): the paired t-test and its CI (:func:`editor.stats.paired_t`);
+* ``paired_test: bootstrap``: hneurons 0.1's percentile paired bootstrap (``ci_iters`` resamples, ``ci_seed``).
+
+Every row reports ``n`` and ``mde``, the change detectable with 80% power at 0.05 (McNemar at the observed
+discordance, with ``mde_lower_bound`` when every changed item moves one way; paired t: (t_.975 + t_.8) sd /
+sqrt(n)). p-values are Holm-adjusted across the report's rows (``p_holm``; ``significant`` = p_holm <= 0.05,
+``significant_unadjusted`` beside it) and across the primary rows alone (``p_holm_primary``): each task declares
+one ``primary_metric`` in its YAML metadata, the report's headline, so the headline is not the best of many
+comparisons. Metrics that are not item means (perplexities, corpus-level BLEU/F1) get the delta without a CI
+(``ci_method`` says which).
+
+Random controls: the same number of neurons as the H-Neuron set in each layer (matched per layer; with
+``match_layers`` false, uniform over all FFN neurons), none of them H-Neurons, one set per seed (``controls``
+seeds starting at ``control_seed``), scaled with the same alphas (control neuron i takes H-Neuron i's alpha).
+Each row reports the control's mean, std (ddof=1), min and max over seeds, ``edited_minus_control`` = edited -
+mean control, and its CI with variance var(d_i)/n + var(set means)/sets, so that the between-control-set
+variance counts (:func:`editor.stats.minus_control_sets`; t with sets - 1 df), its p-value and Holm
+(``edited_minus_control_p_holm``, ``edited_minus_control_significant``).
 
 KL divergence (needs two models, so hneurons computes it itself): neutral prompts
 (``eval/data/neutral_prompts.jsonl``: instructions, everyday questions, short texts; no factual trivia) are
@@ -50,13 +60,16 @@ Output folder (``out``)
     {"format": "hneurons.eval/1",
      "models": {"base": VARIANT, "edited": VARIANT, "controls": [VARIANT, ...]},   # absent roles are null / []
      "settings": {"tasks", "limit", "batch_size", "apply_chat_template", "gen_kwargs", "seeds", "include_paths",
-                  "lm_eval_bootstrap_iters", "ci_iters", "ci_seed", "controls", "control_seed", "match_layers",
+                  "lm_eval_bootstrap_iters", "paired_test", "ci_iters", "ci_seed", "controls", "control_seed", "match_layers",
                   "alpha", "kl": {...}},
      "tasks": {TASK: {"split", "n_samples", "version", "output_type"}},
-     "metrics": [{"task", "metric", "filter", "higher_is_better", "n", "base", "edited", "delta", "delta_ci95",
-                  "p_value", "significant", "ci_method",
+     "metrics": [{"task", "metric", "filter", "higher_is_better", "primary", "n", "base", "edited", "delta",
+                  "delta_ci95", "p_value", "p_holm", "p_holm_primary", "significant", "significant_unadjusted",
+                  "test", "ci_method", "mde", "mde_lower_bound", "discordant": {"better", "worse"} | null,
                   "control": {"mean", "std", "min", "max", "seeds": {SEED: value}} | null,
-                  "edited_minus_control", "edited_minus_control_ci95", "edited_minus_control_significant"}],
+                  "edited_minus_control", "edited_minus_control_ci95", "edited_minus_control_p_value",
+                  "edited_minus_control_p_holm", "edited_minus_control_significant",
+                  "edited_minus_control_ci_method"}],
      "kl": {"mean", "ci95", "n_prompts", "n_positions", "direction": "KL(base || edited)", "prompts_file",
             "prompts_sha256", "new_tokens", "control": {"mean", "std", "min", "max", "seeds"} | null} | null,
      "lm_eval_commands": {"base": CMD | null, "edited": CMD | null, "controls": NOTE | null},
@@ -285,7 +298,7 @@ def _evaluate(base, edited, adapter, neurons, alpha, settings: EvalSettings, out
             for v in [base_v, edited_v, *controls] if v is not None}
     seeds = [c.seed for c in controls]
     rows = compare_runs(runs.get("base"), runs.get("edited"), [runs[c.name] for c in controls], seeds,
-                        settings.ci_iters, settings.ci_seed)
+                        settings.ci_iters, settings.ci_seed, settings.paired_test)
     kl = _kl_block(base_v, edited_v, controls, settings, out / "kl") if base_v and edited_v and settings.kl else None
     results = _results_doc(base_v, edited_v, controls, settings, runs, rows, kl, alpha, neuron_info,
                            getattr(manager, "metadata", None))

@@ -15,8 +15,8 @@ from ..text import fmt
 
 def render_table(results: Mapping[str, Any]) -> str:
     """The comparison as a plain-text table (what ``hneurons eval`` prints)."""
-    header = ["task", "metric", "dir", "n", "base", "edited", "delta", "95% CI", "sig", "control d (sd)",
-              "edit-ctrl"]
+    header = ["task", "metric", "dir", "n", "base", "edited", "delta", "95% CI", "p Holm", "sig", "MDE",
+              "control d (sd)", "edit-ctrl"]
     lines = [header]
     for row in results["metrics"]:
         direction = {True: "up", False: "down", None: "?"}[row["higher_is_better"]]
@@ -29,11 +29,13 @@ def render_table(results: Mapping[str, Any]) -> str:
         edit_ctrl = fmt(row.get("edited_minus_control"), signed=True, missing="-")
         if row.get("edited_minus_control_significant"):
             edit_ctrl += "*"
-        lines.append([row["task"], row["metric"] + ("" if row["filter"] == "none" else f" [{row['filter']}]"),
+        metric = ("* " if row.get("primary") else "") + row["metric"]
+        lines.append([row["task"], metric + ("" if row["filter"] == "none" else f" [{row['filter']}]"),
                       direction, str(row["n"] if row["n"] is not None else "-"), fmt(row["base"], missing="-"),
                       fmt(row["edited"], missing="-"), fmt(row["delta"], signed=True, missing="-"),
                       f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "-",
-                      {True: "yes", False: "no", None: "-"}[row["significant"]], ctrl_text, edit_ctrl])
+                      _p(row.get("p_holm")), {True: "yes", False: "no", None: "-"}[row["significant"]],
+                      fmt(row.get("mde"), missing="-"), ctrl_text, edit_ctrl])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
@@ -45,10 +47,20 @@ def render_table(results: Mapping[str, Any]) -> str:
         if kl.get("control"):
             line += f"; random control: {kl['control']['mean']:.4f}"
         text.append(line)
+    if results["metrics"]:
+        text.append("* = the task's primary metric (its headline); p Holm = p-value Holm-adjusted across the rows "
+                    "(McNemar mid-p for 0/1 metrics, paired t for margins); sig = p Holm <= 0.05; MDE = the change "
+                    "detectable with 80% power")
     if any(r.get("control") for r in results["metrics"]):
         text.append("control d = mean control - base (sd over seeds); edit-ctrl = edited - mean control "
-                    "(* = 95% CI excludes 0)")
+                    "(* = Holm-adjusted p <= 0.05, between-set variance included)")
     return "\n".join(text)
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def plot_deltas(out: Path, rows: Sequence[Mapping[str, Any]], name: str = EVAL_PLOT) -> str | None:
@@ -72,6 +84,6 @@ def plot_deltas(out: Path, rows: Sequence[Mapping[str, Any]], name: str = EVAL_P
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(ys, [f"{r['task']} {r['metric']} ({'up' if r['higher_is_better'] else 'down'} is better)"
                        for r in rows], fontsize=8)
-    ax.set_xlabel("delta (95% CI, paired bootstrap; red = significant)")
+    ax.set_xlabel("delta (95% CI; red = significant after Holm)")
     ax.legend(loc="best", fontsize=8)
     return save_png(plt, fig, out / name)
