@@ -48,6 +48,10 @@ EVAL_PLOT = "eval_deltas.png"
 SWEEP_REPORT = "sweep.json"
 SWEEP_FORMAT = "hneurons.sweep/1"
 SWEEP_PLOT = "sweep.png"
+DOSE_REPORT = "dose_response.json"
+DOSE_FORMAT = "hneurons.dose_response/1"
+DOSE_TASK_PLOT = "dose_{task}.png"  # one per task: each metric vs alpha, H-Neurons and matched random sets
+DOSE_SLOPES_PLOT = "dose_slopes.png"
 
 # ----------------------------------------------------------------------------------- card and push
 CARD = "README.md"

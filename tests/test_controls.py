@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from editor.evaluate.settings import EvalSettings, SweepSettings
+from editor.evaluate.settings import DoseSettings, EvalSettings, SweepSettings
 from editor.evaluate.variants import control_variants, random_control
 from editor.locate.stage import random_columns
 from editor.model.neuron_set import NeuronSet, matched_random_pairs
@@ -33,7 +33,7 @@ def test_random_sets_have_the_sets_per_layer_counts_exactly_and_differ_per_seed(
 
 
 def test_matched_is_the_default_everywhere():
-    assert EvalSettings().match_layers and SweepSettings().match_layers
+    assert EvalSettings().match_layers and SweepSettings().match_layers and DoseSettings().match_layers
     assert EvalSettings.of(match_layers=False).match_layers is False  # the uniform draw stays available
     nset = NeuronSet.from_pairs(PAIRS)
 

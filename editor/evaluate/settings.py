@@ -245,6 +245,43 @@ class SweepSettings(EvalSettings):
         return value
 
 
+
+DEFAULT_DOSE_ALPHAS = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]
+DEFAULT_DOSE_TASKS = ["hneurons"]  # the full test split of every bundled task (eval/README.md)
+
+
+class DoseSettings(EvalSettings):
+    """The dose-response (``hneurons dose-response``, recipe ``dose:``, :func:`editor.evaluate.dose.dose_response`):
+    every metric at every alpha of a grid for the H-Neurons and for matched random sets, slopes per unit alpha
+    and the H-minus-random slope difference (docs/METHOD.md section 8)."""
+
+    tasks: Annotated[list[str], Cli(many="comma", metavar="TASKS")] = Field(
+        list(DEFAULT_DOSE_TASKS), description="comma-separated lm-eval task or group names (default: every bundled "
+                                              "task, full test split)")
+    alphas: Annotated[list[float], Cli(many="comma", metavar="A,B,...")] = Field(
+        list(DEFAULT_DOSE_ALPHAS), description="the alpha grid, suppression (< 1) and amplification (> 1); 1, the "
+                                               "unedited model, is always added and scored once")
+    controls: int = Field(3, ge=2, description="matched random-neuron sets run at every alpha (3 by default, 5 in "
+                                               "the longer documented run; at least 2 for a between-set variance)")
+    ci_iters: int = Field(2_000, ge=100, description="bootstrap resamples over items (value and slope CIs)")
+
+    @field_validator("alphas")
+    @classmethod
+    def _dose_grid(cls, value: list[float]) -> list[float]:
+        if any(not (math.isfinite(a) and a >= 0) for a in value):
+            raise ValueError("alphas must list finite numbers >= 0")
+        if len({float(a) for a in value} | {1.0}) < 3:
+            raise ValueError("a slope with a CI needs at least 3 alphas (1 included), e.g. 0,1,2")
+        return value
+
+    @property
+    def grid(self) -> list[float]:
+        return sorted({float(a) for a in self.alphas} | {1.0})
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {"alphas": self.grid}
+
+
 def task_files_hash(include_paths: Iterable[str | Path]) -> str:
     """sha256 over every task file (YAML, Python, data) in the include paths: changed tasks mean new numbers."""
     digests = {}

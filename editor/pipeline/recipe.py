@@ -7,6 +7,7 @@ A recipe names the model, the output folder and the settings of every stage::
     collect: {data: [bundled:facts, bundled:nonexist], limit: {train: 600, validation: 200, test: 200}, samples: 4}
     locate: {labels: 3v1}
     sweep: {alphas: [0, 0.5, 1], limit: 100}      # used when edit.alpha is auto
+    dose: {controls: 3}                           # optional: the dose-response (H-Neurons vs matched random sets)
     edit: {alpha: auto, modes: [weights, ia3, gguf]}   # gguf: also gguf_type (auto, source, Q8_0, F16, F32)
     eval: {tasks: [hneurons], limit: 100, controls: 2}
     publish: {repo: null}
@@ -36,7 +37,7 @@ from pydantic import Field, PrivateAttr, ValidationError, model_validator
 from ..collect.settings import CollectSettings
 from ..edit.settings import EditSettings
 from ..errors import RecipeError
-from ..evaluate.settings import EvalSettings, SweepSettings
+from ..evaluate.settings import DoseSettings, EvalSettings, SweepSettings
 from ..locate.settings import LocateSettings
 from ..model.loading import LoadOptions
 from ..options import Settings
@@ -59,6 +60,8 @@ class Recipe(Settings):
     collect: CollectSettings = Field(default_factory=CollectSettings)
     locate: LocateSettings = Field(default_factory=LocateSettings)
     sweep: SweepSettings = Field(default_factory=SweepSettings)
+    dose: DoseSettings | None = Field(None, description="the dose-response stage (runs only when this section is "
+                                                        "given; `dose: {}` for the defaults)")
     edit: EditSettings = Field(default_factory=EditSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
@@ -219,6 +222,7 @@ def check_recipe(recipe: Recipe, resolve_model: bool = False) -> list[str]:
     """
     notes = []
     sections = [("eval", recipe.eval.tasks)] + ([("sweep", recipe.sweep.tasks)] if recipe.edit.alpha == "auto" else [])
+    sections += [("dose", recipe.dose.tasks)] if recipe.dose is not None else []
     for section, tasks in sections:
         unknown = unknown_tasks(tasks)
         if unknown:
@@ -269,6 +273,7 @@ def check_environment(recipe: Recipe, stages: list[str] | None = None) -> list[s
 
     if stages is None:
         stages = ["collect", "locate", "edit", "eval", "card"] + (["sweep"] if recipe.edit.alpha == "auto" else [])
+        stages += ["dose"] if recipe.dose is not None else []
     source = check_model(recipe.model.id, recipe.model.load_options())
     notes = [f"model {recipe.model.id}: available ({source.kind}); device {recipe.model.device or 'default'}: "
              f"available"]
@@ -277,7 +282,7 @@ def check_environment(recipe: Recipe, stages: list[str] | None = None) -> list[s
 
         require_vllm()
         notes.append("vLLM and a CUDA GPU: available")
-    for section in [s for s in ("sweep", "eval") if s in stages]:
+    for section in [s for s in ("sweep", "dose", "eval") if s in stages]:
         settings, left_out = apply_availability(getattr(recipe, section))  # suites: one line per task
         notes += [f"{section}: left out (available_only): {m.line()}" for m in left_out]
         check_task_data(settings.tasks, settings.task_paths, f"{section}.tasks: lm-eval task")

@@ -1,9 +1,9 @@
 """`hneurons run RECIPE`: every stage in order, resuming whatever is already done.
 
-Stages: collect -> locate -> sweep (only when ``edit.alpha`` is ``auto``) -> edit -> eval -> card ->
-push (only when ``publish.push`` is true). Each stage writes its artifacts into a sub-folder of the
-recipe's output folder and is identified by a *stage key*: the hash of its own settings and of the keys
-of the stages it reads from. ``run_state.json`` records the key of every finished stage; a stage whose
+Stages: collect -> locate -> dose (only when the recipe has a ``dose`` section) -> sweep (only when
+``edit.alpha`` is ``auto``) -> edit -> eval -> card -> push (only when ``publish.push`` is true). Each
+stage writes its artifacts into a sub-folder of the recipe's output folder and is identified by a *stage
+key*: the hash of its own settings and of the keys of the stages it reads from. ``run_state.json`` records the key of every finished stage; a stage whose
 key is unchanged and whose artifact exists is resumed (skipped), a changed setting re-runs that stage
 and every later one, and the run says which setting changed.
 
@@ -11,6 +11,7 @@ Output folder::
 
     OUT/collect/      responses.jsonl, collect.json
     OUT/locate/       neurons.json, probe.safetensors, locate.json, features/, plots
+    OUT/dose/         dose_response.json, dose_<task>.png, dose_slopes.png   (a dose section)
     OUT/sweep/        sweep.json, sweep.png                      (alpha: auto)
     OUT/model/        the fixed checkpoint (edit mode "weights") + model card README.md
     OUT/adapter-ia3/  the IA3 adapter (mode "ia3") + card;  OUT/adapter-lora/ likewise
@@ -42,6 +43,7 @@ from ..artifacts import (
 from ..errors import InputError
 from ..formats import (
     COLLECT_MANIFEST,
+    DOSE_REPORT,
     EDIT_FOLDERS,
     EDIT_MANIFEST,
     EVAL_RESULTS,
@@ -56,7 +58,7 @@ from ..locking import output_lock
 from ..text import fmt
 from .recipe import Recipe, check_environment, load_recipe, output_dir
 
-STAGES = ("collect", "locate", "sweep", "edit", "eval", "card", "push")
+STAGES = ("collect", "locate", "dose", "sweep", "edit", "eval", "card", "push")
 
 
 @dataclass
@@ -112,7 +114,8 @@ def stage_settings(recipe: Recipe, stage: str) -> dict[str, Any]:
     return {section: getattr(r, section).model_dump(mode="json")}
 
 
-UPSTREAM = {"collect": (), "locate": ("collect",), "sweep": ("locate",), "edit": ("locate", "sweep"),
+UPSTREAM = {"collect": (), "locate": ("collect",), "dose": ("locate",), "sweep": ("locate",),
+            "edit": ("locate", "sweep"),
             "eval": ("edit",), "card": ("eval",), "push": ("card",)}
 
 
@@ -167,6 +170,15 @@ def run_sweep(ctx: RunContext) -> str:
     return f"alpha {report.chosen_alpha}" if report.chosen_alpha is not None else "no alpha meets the constraints"
 
 
+def run_dose(ctx: RunContext) -> str:
+    from ..evaluate.dose import dose_response
+
+    report = dose_response(ctx.lm, ctx.path("locate", NEURONS), ctx.recipe.dose, out=ctx.path("dose"),
+                           overwrite=True)
+    print(report.summary())
+    return f"{len(report.rows)} metrics x {len(report.results['grid'])} alphas"
+
+
 def recipe_alpha(recipe: Recipe, out: Path | None = None, *, required: bool = True) -> float | None:
     """The recipe's alpha: its number, or for ``auto`` the one its sweep chose (sweep/sweep.json). Without a
     sweep result: an error when ``required``, else None."""
@@ -182,8 +194,8 @@ def recipe_alpha(recipe: Recipe, out: Path | None = None, *, required: bool = Tr
     doc = read_json(path, "sweep result")
     chosen = doc["chosen"]["alpha"]
     if chosen is None:
-        raise InputError(f"the sweep found no alpha that meets the constraints ({doc['chosen']['reason']}); see "
-                         f"{path} and set edit.alpha to a number, or relax the sweep's constraints")
+        raise InputError(f"the sweep chose no alpha ({doc['chosen']['reason']}), so the recipe stops before the edit; "
+                         f"see {path}. To edit anyway, set edit.alpha to a number")
     return float(chosen)
 
 
@@ -245,7 +257,8 @@ def run_push(ctx: RunContext) -> str:
 
 
 RUNNERS: dict[str, Callable[[RunContext], str]] = {
-    "collect": run_collect, "locate": run_locate, "sweep": run_sweep, "edit": run_edit, "eval": run_eval,
+    "collect": run_collect, "locate": run_locate, "dose": run_dose, "sweep": run_sweep, "edit": run_edit,
+    "eval": run_eval,
     "card": run_card, "push": run_push,
 }
 
@@ -254,6 +267,7 @@ def artifact_exists(ctx: RunContext, stage: str) -> bool:
     checks = {
         "collect": [ctx.path("collect", COLLECT_MANIFEST)],
         "locate": [ctx.path("locate", NEURONS), ctx.path("locate", LOCATE_REPORT)],
+        "dose": [ctx.path("dose", DOSE_REPORT)],
         "sweep": [ctx.path("sweep", SWEEP_REPORT)],
         "edit": [ctx.path(EDIT_FOLDERS[m], EDIT_MANIFEST) for m in ctx.recipe.edit.modes],
         "eval": [ctx.path("eval", EVAL_RESULTS)],
@@ -266,6 +280,8 @@ def artifact_exists(ctx: RunContext, stage: str) -> bool:
 # ------------------------------------------------------------------------------------------------ run
 def active_stages(recipe: Recipe) -> list[str]:
     stages = ["collect", "locate"]
+    if recipe.dose is not None:
+        stages.append("dose")
     if recipe.edit.alpha == "auto":
         stages.append("sweep")
     stages += ["edit", "eval", "card"]
@@ -457,6 +473,12 @@ def render_report(ctx: RunContext, state: dict) -> str:
     if locate:
         parts += ["## Locate", "", "```", format_report(locate), "```", ""]
         parts += [f"![{p}](locate/{p})" for p in locate.get("plots", [])] + [""]
+    dose = _read(out / "dose" / DOSE_REPORT)
+    if dose and r.dose is not None:
+        from ..evaluate.dose import render_summary as dose_summary
+
+        parts += ["## Dose-response", "", "```", dose_summary(dose), "```", "", "![slopes](dose/dose_slopes.png)", ""]
+        parts += [f"![{t}](dose/{name})" for t, name in (dose.get("files") or {}).get("tasks", {}).items()] + [""]
     sweep = _read(out / "sweep" / SWEEP_REPORT)
     if sweep and r.edit.alpha == "auto":
         from ..evaluate.sweep import render_summary as sweep_summary
