@@ -425,6 +425,14 @@ def test_runner_reports_every_bundled_task_metric(tmp_path):
     assert {k: got.get(k) for k in expected} == expected
     assert all(r["base"] is not None and r["n"] == 2 for r in report.metrics)
     assert all(t["split"] == "test" for t in report.results["tasks"].values())
+    # With a limit, the base model is asked only the facts behind the behaviour items the limit keeps.
+    data = Path(__file__).parents[1] / "eval" / "hneurons" / "data"
+    behind = {json.loads(line)["source_id"] for name in ("false_premise", "misleading_context", "sycophancy")
+              for line in (data / f"{name}.jsonl").read_text().splitlines()[:2]}
+    known = json.loads((tmp_path / "ev" / "known_facts.json").read_text())
+    assert known["format"] == "hneurons.known_facts/1" and known["limit"] == 2
+    assert set(known["facts"]) == behind and known["counts"]["facts"] == len(behind)
+    assert report.results["known_facts"]["counts"] == known["counts"]
 
 
 # ============================================================================================ integration

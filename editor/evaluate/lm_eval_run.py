@@ -205,8 +205,9 @@ def run_lm_eval(variant: Variant, settings: EvalSettings, folder: str | Path, ma
 
 
 def metadata_key(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """Task metadata as resume compares it: files by their sha256 (a new known-facts file means new numbers)."""
-    return {k: sha256_file(v) if k == "known_facts" else v for k, v in sorted(metadata.items())}
+    """Task metadata as resume compares it: files by their sha256 (a new known-facts file means new numbers,
+    a new list of the facts to ask means other documents)."""
+    return {k: sha256_file(v) if k in ("known_facts", "only_facts") else v for k, v in sorted(metadata.items())}
 
 
 def _variant_key(variant: Variant) -> dict[str, Any]:

@@ -39,13 +39,15 @@ except ImportError:  # a checkout that is not installed: eval/hneurons/utils.py 
 
 
 # ------------------------------------------------------------------------------------------------ data
-def load(hneurons_file: str, known_facts: str | None = None, **_metadata):
+def load(hneurons_file: str, known_facts: str | None = None, only_facts: str | None = None, **_metadata):
     """``custom_dataset`` hook: the JSONL file named in ``dataset_kwargs``, read next to this module.
 
     lm-eval resolves ``dataset_kwargs.data_files`` against the working directory; this path does not
     depend on it, so ``--include_path eval/`` works from anywhere. ``known_facts`` (task metadata) marks each
     behaviour document ``known`` or not and puts the base model's own answer into the sycophancy history
-    (module docstring); other keyword arguments are task metadata lm-eval passes along (ignored).
+    (module docstring); ``only_facts`` (a JSON list of ids) keeps only those documents: ``hneurons eval
+    --limit`` asks the base model just the facts behind the behaviour items it keeps. Other keyword
+    arguments are task metadata lm-eval passes along (ignored).
     """
     import datasets
 
@@ -53,6 +55,9 @@ def load(hneurons_file: str, known_facts: str | None = None, **_metadata):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; rebuild the task data with `python -m editor.data.build.tasks`")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if only_facts:
+        wanted = set(json.loads(Path(only_facts).read_text(encoding="utf-8")))
+        rows = [row for row in rows if row["id"] in wanted]
     facts = _known_facts(known_facts)
     for row in rows:
         fact = facts.get(row.get("source_id", ""))
@@ -130,7 +135,8 @@ def nonexist_results(doc, results):
 
 
 def premise_results(doc, results):
-    verdict = behaviour.judge_premise(_response(results), doc["false_answers"], doc["answers"], entity=doc["entity"])
+    verdict = behaviour.judge_premise(_response(results), doc["false_answers"], doc["answers"], entity=doc["entity"],
+                                      other_answers=_answers_of(doc["relation"]))
     return _with_known(doc, {"premise_rejection_rate": float(verdict.label == "rejected")})
 
 
