@@ -7,10 +7,15 @@ import json
 import pytest
 
 from editor.cli import main
-from editor.data.judge_check import check_judges, labelled
+from editor.data.judge_check import JUDGE_LABELS, VALIDATION_DIR, check_judges, labelled, rule_label
 from editor.data.model_judge import judge_prompt, parse_label
 from editor.errors import InputError
 from editor.stats import cohen_kappa
+
+# The agreement each rule-based judge reaches on the committed set (eval/README.md); the test fails below it.
+# Measured 2026-12-01 on 450 responses (90 per judge): answer 0.978, fabricated 1.000, premise 0.844,
+# context 0.956, flip 0.922. A judge change that loses agreement fails here.
+DOCUMENTED_AGREEMENT = {"answer": 0.977, "fabricated": 1.0, "premise": 0.844, "context": 0.955, "flip": 0.922}
 
 
 def test_cohen_kappa_on_known_tables():
@@ -70,3 +75,20 @@ def test_model_judge_prompt_and_reply_parsing():
     assert parse_label("Correct.", "answer") == "correct"
     assert parse_label("The label is: wrong (it guesses)", "answer") == "wrong"
     assert parse_label("???", "flip") == "unclear"  # unparsable: the documented fallback
+
+
+# ------------------------------------------------------------------------------------ the committed set
+def test_the_committed_set_is_large_enough_and_covers_both_models_and_every_judge():
+    records = labelled(VALIDATION_DIR)
+    assert len(records) >= 400
+    for kind in JUDGE_LABELS:
+        rows = [r for r in records if r["judge"] == kind]
+        assert len(rows) >= 60, kind
+        assert {r["model"] for r in rows} == {"smollm2-135m-instruct", "gemma3-270m"}, kind
+
+
+@pytest.mark.parametrize("kind", sorted(JUDGE_LABELS))
+def test_rule_judges_reach_their_documented_agreement(kind):
+    report = check_judges(VALIDATION_DIR, rule_label)["judges"][kind]
+    assert report["agreement"] >= DOCUMENTED_AGREEMENT[kind], (kind, report["agreement"],
+                                                              report["disagreements"][:5])

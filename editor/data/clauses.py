@@ -28,6 +28,15 @@ Attributed mention (:func:`is_attributed`)
     context / passage / text / you*.
 
 Asserted mentions (:func:`asserted`) are the mentions that are neither negated nor attributed.
+
+The response's own answer (:func:`own_answer`, applied by every judge first)
+    Base models often go on writing a document after answering: they repeat the question, ask themselves
+    new questions ("Question: ... Answer: ...") and stop mid-sentence at the token limit. Lines that are
+    one question (a sentence ending in "?") at the start of the response are dropped (a repeated question answers nothing); the
+    response ends before the first later line that is a question or starts with *Question:* / *Q:*
+    (the model writing its own next item); and a last line cut off without final punctuation after
+    complete lines (or dropped questions) is dropped (an unfinished repetition is not a new claim: "I think it's 87. ... I
+    think it's 8").
 """
 
 from __future__ import annotations
@@ -68,6 +77,28 @@ CORRECTION_CUE_RE = re.compile(
 )
 
 Span = tuple[int, int]
+
+
+# a line that is one question: "Question: ..." / "Q: ...", or one sentence ending in "?"
+_QUESTION_LINE_RE = re.compile(r"^\W*(?:question|q)\s*\d*\s*:|^[^.!?]*\?\W*$", re.IGNORECASE)
+_COMPLETE_LINE_RE = re.compile(r"[.!?)\]\"'*]\s*$")
+
+
+def own_answer(response: str) -> str:
+    """The part of ``response`` that answers the prompt (rules in the module docstring)."""
+    lines = response.strip().splitlines()
+    before = len(lines)
+    while lines and (not lines[0].strip() or _QUESTION_LINE_RE.search(lines[0])):
+        lines.pop(0)
+    dropped = len(lines) < before
+    for i, line in enumerate(lines):
+        if i and _QUESTION_LINE_RE.search(line):
+            lines = lines[:i]
+            break
+    kept = [line for line in lines if line.strip()]
+    if (len(kept) > 1 or dropped) and kept and not _COMPLETE_LINE_RE.search(kept[-1]):
+        lines = lines[: len(lines) - 1 - lines[::-1].index(kept[-1])]
+    return "\n".join(lines).strip()
 
 
 def prepare(text: str) -> str:

@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import InputError
-from .clauses import is_attributed, is_negated
+from .clauses import is_attributed, is_negated, own_answer
 from .matching import find_alias, fold_accents, mentions, normalize, tokens
 
 __all__ = ["Judgement", "normalize", "fold_accents", "is_refusal", "refusal_kind", "find_alias", "judge", "LABELS",
@@ -239,6 +239,7 @@ def judge(
     """Label one response (rules in the module docstring)."""
     if not fabricated and not any(tokens(a) for a in answers):
         raise InputError("judge() needs at least one non-empty gold alias for a non-fabricated question")
+    response = own_answer(response)  # not the questions a base model goes on to write itself
     answers = specific_aliases(answers)
     found = mentions(response, answers) if answers else []
     asserted = _asserted(response, found)
