@@ -327,9 +327,12 @@ def apply_availability(settings: Any) -> tuple[Any, list[Unavailable]]:
     names = {m.task for m in missing}
     lines = ";\n".join(f"  {m.line()}" for m in missing)  # the CLI prints one line: "; " between tasks
     if not getattr(settings, "available_only", False):
+        # --data-dir serves the paper tasks; lm-eval's built-in tasks read the datasets cache
+        local = ("give downloaded copies with --data-dir DIR (eval/README.md, \"Paper benchmarks\"), "
+                 if names & set(TASK_SOURCES) else "copy in a datasets cache that holds the data (HF_DATASETS_CACHE), ")
         raise UnavailableError(
             f"{len(names)} task{'s' if len(names) > 1 else ''} cannot read {'their' if len(names) > 1 else 'its'} "
-            f"data here:\n{lines}\ngive downloaded copies with --data-dir DIR (eval/README.md, \"Paper benchmarks\"), "
+            f"data here:\n{lines}.\nTo run {'them' if len(names) > 1 else 'it'}: {local}"
             f"run where the Hub is reachable, or pass --available-only to run the other tasks")
     kept = [t for t in settings.tasks if t not in names]
     if not kept:
