@@ -19,7 +19,8 @@ HIB = {FACTS: False, PREMISE: True, KNOW: True}
 
 
 def point(alpha: float, halluc: float, premise: float, know: float, kl: float | None,
-          control: tuple[float, float, float] | None = None) -> Point:
+          control: tuple[float, float, float] | None = (0.4, 0.5, 0.6)) -> Point:
+    """A grid point; by default its random control scores like alpha 1 (control score 0)."""
     values = {FACTS: halluc, PREMISE: premise, KNOW: know}
     p = Point(alpha, values, dict(HIB), kl={"mean": kl, "ci95": None, "n_prompts": 50} if kl is not None else None)
     if control:
@@ -79,6 +80,53 @@ def test_says_so_when_feasible_alphas_do_not_help():
     assert result["chosen"]["alpha"] is None and "none reduces" in result["chosen"]["reason"]
 
 
+def test_the_chosen_alpha_must_beat_its_matched_random_control():
+    points = [point(0.5, 0.30, 0.60, 0.60, 0.01, control=(0.28, 0.62, 0.60)),  # random sets do better
+              point(1.0, 0.40, 0.50, 0.60, None)]
+    result = assess(points, CONSTRAINTS)
+    assert result["chosen"]["alpha"] is None
+    assert result["chosen"]["reason"].startswith("no alpha beats its matched random-neuron control")
+    assert result["points"][0]["beats_control"] is False and result["points"][0]["score"] == pytest.approx(0.10)
+    # the same point against a control that does nothing qualifies
+    assert assess([point(0.5, 0.30, 0.60, 0.60, 0.01), point(1.0, 0.40, 0.50, 0.60, None)],
+                  CONSTRAINTS)["chosen"]["alpha"] == 0.5
+    # without any random control nothing can be shown to beat random neurons
+    bare = assess([point(0.5, 0.30, 0.60, 0.60, 0.01, control=None), point(1.0, 0.40, 0.50, 0.60, None, control=None)],
+                  CONSTRAINTS)
+    assert bare["chosen"]["alpha"] is None and "no random control" in bare["chosen"]["reason"]
+
+
+def test_knowledge_drop_is_judged_by_its_ci_upper_bound():
+    p = point(0.5, 0.30, 0.60, 0.59, 0.01)  # point drop 0.01 <= 0.02 ...
+    p.delta_ci95[KNOW] = [-0.05, 0.03]  # ... but the change's CI allows a drop of 0.05
+    result = assess([p, point(1.0, 0.40, 0.50, 0.60, None)], CONSTRAINTS)
+    assessed = result["points"][0]
+    assert assessed["knowledge_drop"]["hneurons_knowledge_mc_val:acc"] == pytest.approx(0.01)
+    assert assessed["knowledge_drop_upper"]["hneurons_knowledge_mc_val:acc"] == pytest.approx(0.05)
+    assert not assessed["feasible"] and "95% upper bound" in assessed["violations"][0]
+    assert result["chosen"]["alpha"] is None
+    p.delta_ci95[KNOW] = [-0.015, 0.005]  # a tight CI: feasible
+    assert assess([p, point(1.0, 0.40, 0.50, 0.60, None)], CONSTRAINTS)["chosen"]["alpha"] == 0.5
+
+
+def test_a_generative_task_and_its_mc_twin_are_one_target():
+    twin = ("hneurons_false_premise_mc_val", "acc", "none")
+    hib = dict(HIB) | {twin: True}
+
+    def pt(alpha, halluc, premise, twin_acc):
+        values = {FACTS: halluc, PREMISE: premise, KNOW: 0.6, twin: twin_acc}
+        p = Point(alpha, values, dict(hib), kl={"mean": 0.01, "ci95": None, "n_prompts": 5})
+        p.control = {k: {"0": v} for k, v in {FACTS: 0.4, PREMISE: 0.5, KNOW: 0.6, twin: 0.5}.items()}
+        return p
+
+    settings = SweepSettings.of(knowledge=["hneurons_knowledge_mc:acc"], targets=[
+        "hneurons_facts:hallucination_rate", "hneurons_false_premise:premise_rejection_rate",
+        "hneurons_false_premise_mc:acc"])
+    result = assess([pt(0.5, 0.40, 0.70, 0.60), pt(1.0, 0.40, 0.50, 0.50)], settings)
+    # facts: 0; false premise (one target): mean(0.20, 0.10) = 0.15; score = mean(0, 0.15), not mean(0, 0.2, 0.1)
+    assert result["points"][0]["score"] == pytest.approx(0.075)
+
+
 def test_metric_names_must_be_found():
     points = [point(0.5, 0.45, 0.45, 0.60, 0.01), point(1.0, 0.40, 0.50, 0.60, None)]
     with pytest.raises(InputError, match="none of the target metrics"):
@@ -104,7 +152,7 @@ def test_sweep_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     common = ["--base", str(ckpt), "--neurons", str(neurons), "--tasks", "tiny_gen,tiny_mc", "--limit", "6",
               "--batch-size", "4", "--kl-prompts", str(prompts), "--kl-new-tokens", "4", "--ci-iters", "300",
               "--knowledge", "tiny_mc:acc", "--target", "tiny_gen:has_e", "--target", "tiny_gen:accuracy",
-              "--device", "cpu"]
+              "--controls", "1", "--device", "cpu"]
 
     # Tasks that score the test split are refused: alpha must not be chosen on test data.
     write_task_folder(tmp_path / "test_tasks", split="test")
@@ -129,9 +177,9 @@ def test_sweep_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert all(m["control"] is not None for m in points[0.0]["metrics"])
     # With loose limits every alpha is feasible; the choice follows the scores in the file.
     assert all(p["feasible"] for p in doc["points"])
-    best = max((p for p in doc["points"] if p["alpha"] != 1.0), key=lambda p: p["score"])
-    expected = best["alpha"] if best["score"] > 0 else None
-    assert doc["chosen"]["alpha"] == expected
+    qualifying = [p for p in doc["points"] if p["alpha"] != 1.0 and p["score"] > 0 and p["beats_control"]]
+    best = max(qualifying, key=lambda p: p["score"] - p["control_score"]) if qualifying else None
+    assert doc["chosen"]["alpha"] == (best["alpha"] if best else None)
     assert (out / "sweep.png").stat().st_size > 1000
     assert {d.name for d in (out / "lm_eval").iterdir()} == {"alpha_0", "alpha_1", "alpha_2", "alpha_0_control_seed0",
                                                              "alpha_2_control_seed0"}

@@ -208,11 +208,13 @@ class SweepSettings(EvalSettings):
 
     tasks: Annotated[list[str], Cli(many="comma", metavar="TASKS")] = Field(
         list(DEFAULT_SWEEP_TASKS), description="comma-separated lm-eval task or group names (validation splits)")
-    controls: int = Field(1, ge=0, description="random-neuron control sets evaluated at every alpha")
+    controls: int = Field(3, ge=0, description="matched random-neuron sets evaluated at every alpha (the chosen "
+                                               "alpha must beat their mean; 0: no alpha can be chosen)")
     alphas: Annotated[list[float], Cli(many="comma", metavar="A,B,...")] = Field(
         list(DEFAULT_ALPHAS), description="the alpha grid (1, the unedited reference, is always added)")
     max_knowledge_drop: float = Field(
-        0.02, ge=0, description="largest allowed drop of each knowledge metric vs alpha 1 (0.02 = 2 points)")
+        0.02, ge=0, description="largest allowed drop of each knowledge metric vs alpha 1, judged by the 95% CI's "
+                                "upper bound (0.02 = 2 points)")
     max_kl: float = Field(0.1, ge=0, description="largest allowed mean KL(base || edited) in nats")
     knowledge: Annotated[list[str], Cli(many="repeat", metavar="TASK:METRIC")] = Field(
         list(DEFAULT_KNOWLEDGE), description="knowledge metric to protect (repeatable)")

@@ -2,8 +2,8 @@
 
 Every grid point is a run-time edit of the same loaded base model (forward pre-hooks, no checkpoint is
 written), evaluated with the same lm-eval runner as ``hneurons eval`` (:mod:`editor.evaluate.stage`), together with
-a random-neuron control: for each control seed one random set of the same size (uniform over all FFN neurons
-except the H-Neurons, or matched per layer), fixed across the grid and scaled by the same alpha. alpha = 1 is
+random-neuron controls: for each control seed one random set matched to the H-Neurons per layer (the same
+count in each layer, none of them H-Neurons; uniform over all layers with ``match_layers`` false), fixed across the grid and scaled by the same alpha. alpha = 1 is
 the unedited model: it is evaluated once without hooks and is also the control's value there (scaling any
 neuron by 1 changes nothing).
 
@@ -11,16 +11,23 @@ Choosing alpha (hneurons' definitions)
 --------------------------------------
 * Reference: alpha = 1. For each metric, the improvement at alpha is (value - reference value), signed so that
   positive is better by lm-eval's ``higher_is_better``.
-* **Score** of an alpha = the mean improvement over the *target* metrics (hallucination and over-compliance:
+* **Score** of an alpha = the mean over *targets* of their improvement. A target is a task family: a
+  generative task and its multiple-choice twin (``hneurons_false_premise`` and ``hneurons_false_premise_mc``)
+  are one target (their metrics are averaged first), so no behaviour counts twice. Default target metrics:
   facts / nonexist hallucination rate, premise rejection, misleading-context adoption, sycophancy flips and
-  their multiple-choice forms; configurable). Rates are fractions, so the score is in absolute points / 100.
+  the twins' accuracies (configurable); rates are fractions, so the score is in absolute points / 100.
+  **Control score**: the same for the mean of the matched random sets (``controls``, default 3) at that alpha.
 * **Constraints**: for every *knowledge* metric (``hneurons_knowledge_mc`` acc and ``hneurons_facts``
-  accuracy by default), the drop against alpha = 1 is at most ``max_knowledge_drop`` (default 0.02 = 2
-  points), and the mean KL(base || edited) on the neutral prompts is at most ``max_kl`` (default 0.1 nats).
-* The chosen alpha is the alpha != 1 that meets the constraints with the highest positive score (ties: the
-  one closest to 1, the smaller edit). When no alpha other than 1 meets the constraints, the result says so
-  plainly ("no alpha meets the constraints") and lists the closest candidates (smallest total violation);
-  when some meet them but none improves the score, it says that instead. ``chosen.alpha`` is then null.
+  accuracy by default), the 95% upper bound of its drop against alpha = 1 (the paired CI of the change:
+  McNemar mid-p for 0/1 metrics, paired t otherwise; the point drop for a metric that is not an item mean)
+  is at most ``max_knowledge_drop`` (default 0.02 = 2 points), and the mean KL(base || edited) on the neutral
+  prompts is at most ``max_kl`` (default 0.1 nats).
+* The chosen alpha is the alpha != 1 that meets the constraints, has a positive score **and beats the control
+  score**, with the largest score - control score (ties: the one closest to 1, the smaller edit). When none
+  qualifies the result says which rule failed ("no alpha meets the constraints" with the closest candidates,
+  "none reduces hallucination", "no alpha beats its matched random-neuron control", or no control run) and
+  ``chosen.alpha`` is null; a recipe with ``edit.alpha: auto`` then stops before the edit stage (an explicit
+  ``edit.alpha`` number edits anyway).
 
 Metric names are ``TASK:METRIC``. A task name matches its split variants too: ``hneurons_facts`` matches
 ``hneurons_facts_val`` / ``hneurons_facts_validation`` (so the defaults work on validation tasks).
@@ -43,8 +50,9 @@ Output folder
      "points": [{"alpha", "metrics": [{"task", "metric", "filter", "higher_is_better", "value", "delta",
                                        "delta_ci95", "control", "control_seeds": {SEED: value}}],
                  "kl": {"mean", "ci95", "n_prompts"}, "control_kl": mean | null,
-                 "knowledge_drop": {TASK:METRIC: drop}, "score", "control_score", "feasible",
-                 "violations": [text]}],
+                 "knowledge_drop": {TASK:METRIC: drop}, "knowledge_drop_upper": {TASK:METRIC: 95% bound},
+                 "max_knowledge_drop", "max_knowledge_drop_upper", "score", "control_score", "beats_control",
+                 "feasible", "violations": [text]}],
      "chosen": {"alpha": A | null, "reason": text, "score", "control_score"},
      "closest": [{"alpha", "violations", "score"}],
      "files": {"plot": "sweep.png"}, "provenance": {...}}
@@ -73,7 +81,8 @@ from ..locking import output_lock
 from ..model.loading import LoadedModel, LoadOptions, load_model
 from ..model.neuron_set import NeuronSet, as_neuron_set
 from ..plots import figure, save_png
-from .compare import paired_bootstrap
+from ..text import fmt
+from .compare import paired_stats
 from .kl import kl_divergence, kl_sequences, kl_summary, write_kl_files
 from .lm_eval_run import (
     LmEvalRun,
@@ -90,6 +99,7 @@ log = logging.getLogger(__name__)
 
 REFERENCE_ALPHA = 1.0
 _SPLIT_SUFFIX = re.compile(r"_(val|validation|dev|test)$")
+_TWIN_SUFFIX = re.compile(r"_mc$")
 
 
 def parse_metric_spec(spec: str) -> tuple[str, str]:
@@ -101,6 +111,12 @@ def parse_metric_spec(spec: str) -> tuple[str, str]:
 
 def task_matches(wanted: str, task: str) -> bool:
     return task == wanted or _SPLIT_SUFFIX.sub("", task) == wanted
+
+
+def target_group(task: str) -> str:
+    """The target a task measures: a generative task and its multiple-choice twin (``X`` and ``X_mc``, any split)
+    are one target, so neither counts twice in the score."""
+    return _TWIN_SUFFIX.sub("", _SPLIT_SUFFIX.sub("", task))
 
 
 # ====================================================================================== the per-point table
@@ -121,7 +137,7 @@ class Point:
 
 
 def point_from_runs(alpha: float, run: LmEvalRun, reference: LmEvalRun, controls: Mapping[int, LmEvalRun],
-                    ci_iters: int, ci_seed: int) -> Point:
+                    ci_iters: int, ci_seed: int, method: str = "auto") -> Point:
     point = Point(alpha, {}, {})
     for task in run.leaf_tasks():
         for metric, filt in run.metric_keys(task):
@@ -129,11 +145,12 @@ def point_from_runs(alpha: float, run: LmEvalRun, reference: LmEvalRun, controls
             point.values[key] = run.value(task, metric, filt)
             point.higher_is_better[key] = run.higher_is_better(task, metric)
             point.control[key] = {str(s): c.value(task, metric, filt) for s, c in controls.items()}
-            point.delta_ci95[key] = _delta_ci(run, reference, key, ci_iters, ci_seed)
+            point.delta_ci95[key] = _delta_ci(run, reference, key, ci_iters, ci_seed, method)
     return point
 
 
-def _delta_ci(run: LmEvalRun, reference: LmEvalRun, key: Key, iters: int, seed: int) -> list[float] | None:
+def _delta_ci(run: LmEvalRun, reference: LmEvalRun, key: Key, iters: int, seed: int, method: str = "auto"
+              ) -> list[float] | None:
     task, metric, filt = key
     a, b = reference.per_item(task, metric, filt), run.per_item(task, metric, filt)
     if not a or not b or set(a) != set(b):
@@ -143,8 +160,9 @@ def _delta_ci(run: LmEvalRun, reference: LmEvalRun, key: Key, iters: int, seed: 
     if not mean_ok:
         return None
     docs = sorted(a)
-    ci, _ = paired_bootstrap(np.array([a[d] for d in docs]), np.array([b[d] for d in docs]), iters, seed)
-    return ci
+    if run is reference:
+        return [0.0, 0.0]
+    return paired_stats(np.array([a[d] for d in docs]), np.array([b[d] for d in docs]), method, iters, seed)["ci"]
 
 
 def resolve_specs(specs: Sequence[str], keys: Sequence[Key]) -> tuple[list[Key], list[str]]:
@@ -164,15 +182,30 @@ def _oriented(value: float, reference: float, higher_is_better: bool | None) -> 
 
 
 def _score(point: Point, reference: Point, keys: Sequence[Key], control: bool = False) -> float | None:
-    gains = []
+    """Mean over target groups (:func:`target_group`) of the mean improvement of the group's metrics against
+    alpha 1; ``control``: the same for the mean of the random sets. Unmeasured (NaN) metrics are left out."""
+    groups: dict[str, list[float]] = {}
     for key in keys:
         hib = reference.higher_is_better.get(key)
         value = (np.mean(list(point.control[key].values())) if control and point.control.get(key)
                  else None if control else point.values[key])
         if value is None:
             return None
-        gains.append(_oriented(float(value), reference.values[key], hib))
-    return float(np.mean(gains)) if gains else None
+        ref = reference.values[key]
+        if not (math.isfinite(float(value)) and ref is not None and math.isfinite(ref)):
+            continue
+        groups.setdefault(target_group(key[0]), []).append(_oriented(float(value), ref, hib))
+    return float(np.mean([np.mean(g) for g in groups.values()])) if groups else None
+
+
+def _drop_upper(point: Point, reference: Point, key: Key) -> tuple[float, bool]:
+    """The knowledge drop's 95% upper bound (oriented by higher_is_better) from the paired CI of the change, or
+    the point drop when there is no CI; and whether it is a bound."""
+    drop = -_oriented(point.values[key], reference.values[key], reference.higher_is_better.get(key))
+    ci = point.delta_ci95.get(key)
+    if not ci:
+        return drop, False
+    return (-ci[0] if reference.higher_is_better.get(key) is not False else ci[1]), True
 
 
 def assess(points: Sequence[Point], constraints: SweepSettings, reference_alpha: float = REFERENCE_ALPHA
@@ -203,15 +236,19 @@ def assess(points: Sequence[Point], constraints: SweepSettings, reference_alpha:
 def _assess_point(point: Point, reference: Point, knowledge, targets, constraints: SweepSettings) -> dict[str, Any]:
     drops = {f"{t}:{m}": -_oriented(point.values[(t, m, f)], reference.values[(t, m, f)],
                                     reference.higher_is_better.get((t, m, f))) for t, m, f in knowledge}
+    bounds = {f"{t}:{m}": _drop_upper(point, reference, (t, m, f)) for t, m, f in knowledge}
     kl_mean = 0.0 if point.alpha == reference.alpha else (point.kl or {}).get("mean")
-    violations = [f"{name} drops by {drop:.3f} > {constraints.max_knowledge_drop:g}"
-                  for name, drop in drops.items() if drop > constraints.max_knowledge_drop + 1e-12]
+    limit = constraints.max_knowledge_drop
+    violations = [f"{name} drops by up to {bound:.3f} (95% upper bound; point {drops[name]:+.3f}) > {limit:g}"
+                  if is_bound else f"{name} drops by {bound:.3f} > {limit:g}"
+                  for name, (bound, is_bound) in bounds.items() if bound > limit + 1e-12]
     if kl_mean is None:
         violations.append("KL not measured")
     elif kl_mean > constraints.max_kl:
         violations.append(f"mean KL {kl_mean:.4f} > {constraints.max_kl:g} nats")
-    excess = sum(max(0.0, d - constraints.max_knowledge_drop) / max(constraints.max_knowledge_drop, 1e-9)
-                 for d in drops.values()) + (max(0.0, (kl_mean or 0) - constraints.max_kl) / max(constraints.max_kl, 1e-9))
+    excess = sum(max(0.0, b - limit) / max(limit, 1e-9) for b, _ in bounds.values()) + (
+        max(0.0, (kl_mean or 0) - constraints.max_kl) / max(constraints.max_kl, 1e-9))
+    score, control_score = _score(point, reference, targets), _score(point, reference, targets, control=True)
     return {
         "alpha": point.alpha,
         "metrics": [{"task": t, "metric": m, "filter": f, "higher_is_better": point.higher_is_better.get((t, m, f)),
@@ -222,34 +259,48 @@ def _assess_point(point: Point, reference: Point, knowledge, targets, constraint
                     for (t, m, f), v in point.values.items()],
         "kl": point.kl, "control_kl": point.control_kl,
         "knowledge_drop": drops, "max_knowledge_drop": max(drops.values()),
-        "score": _score(point, reference, targets), "control_score": _score(point, reference, targets, control=True),
+        "knowledge_drop_upper": {name: b for name, (b, _) in bounds.items()},
+        "max_knowledge_drop_upper": max(b for b, _ in bounds.values()),
+        "score": score, "control_score": control_score,
+        "beats_control": (None if score is None or control_score is None else score > control_score + 1e-12),
         "feasible": not violations, "violations": violations, "_excess": excess,
     }
 
 
 def _choose(assessed: list[dict[str, Any]], reference_alpha: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The feasible alpha != 1 whose score is positive and beats the matched random sets' mean score, best
+    first (ties: closest to 1); otherwise None with the reason."""
     others = [p for p in assessed if p["alpha"] != reference_alpha]
     feasible = [p for p in others if p["feasible"]]
     closest = [{"alpha": p["alpha"], "violations": p["violations"], "score": p["score"]}
                for p in sorted(others, key=lambda p: (p["_excess"], -(p["score"] or 0)))[:3] if not p["feasible"]]
     for p in assessed:
         p.pop("_excess")
+    none = {"alpha": None, "score": None, "control_score": None}
     if not feasible:
-        return {"alpha": None, "score": None, "control_score": None,
-                "reason": "no alpha meets the constraints (every alpha other than 1 violates the knowledge-drop or "
-                          "KL limit; see 'closest')"}, closest
+        return none | {"reason": "no alpha meets the constraints (every alpha other than 1 violates the knowledge-drop "
+                                 "bound or the KL limit; see 'closest')"}, closest
     improving = [p for p in feasible if (p["score"] or 0) > 0]
     if not improving:
         best = max(feasible, key=lambda p: p["score"] if p["score"] is not None else -math.inf)
-        return {"alpha": None, "score": None, "control_score": None,
-                "reason": f"alphas {', '.join(format(p['alpha'], 'g') for p in feasible)} meet the constraints, but none "
-                          f"reduces hallucination / over-compliance (best score {best['score']:+.4f} at alpha "
-                          f"{best['alpha']:g}); the edit does not help on these tasks"}, closest
-    best = max(improving, key=lambda p: (p["score"], -abs(p["alpha"] - reference_alpha)))
-    reason = (f"alpha {best['alpha']:g} meets the constraints with the best score {best['score']:+.4f} (mean "
-              f"improvement of the target metrics against alpha 1)")
-    if best["control_score"] is not None:
-        reason += f"; a random-neuron edit of the same size scores {best['control_score']:+.4f}"
+        return none | {"reason": f"alphas {', '.join(format(p['alpha'], 'g') for p in feasible)} meet the constraints, "
+                                 f"but none reduces hallucination / over-compliance (best score "
+                                 f"{fmt(best['score'], signed=True)} at alpha {best['alpha']:g}); the edit does not "
+                                 f"help on these tasks"}, closest
+    if all(p["control_score"] is None for p in improving):
+        return none | {"reason": "no random control was run (controls: 0), so no alpha can be shown to beat "
+                                 "random neurons; run the sweep with --controls 3"}, closest
+    beating = [p for p in improving if p["beats_control"]]
+    if not beating:
+        listed = "; ".join(f"alpha {p['alpha']:g}: {fmt(p['score'], signed=True)} vs random "
+                           f"{fmt(p['control_score'], signed=True)}" for p in improving)
+        return none | {"reason": f"no alpha beats its matched random-neuron control: every alpha that meets the "
+                                 f"constraints and improves the targets improves them no more than random neurons "
+                                 f"scaled alike ({listed})"}, closest
+    best = max(beating, key=lambda p: (p["score"] - p["control_score"], -abs(p["alpha"] - reference_alpha)))
+    reason = (f"alpha {best['alpha']:g} meets the constraints (knowledge drop's 95% upper bound "
+              f"{best['max_knowledge_drop_upper']:+.3f}) and improves the targets by {best['score']:+.4f} against alpha "
+              f"1, more than the matched random sets' mean ({best['control_score']:+.4f})")
     return {"alpha": best["alpha"], "score": best["score"], "control_score": best["control_score"],
             "reason": reason}, closest
 
@@ -337,7 +388,8 @@ def _sweep(base, neurons, settings: SweepSettings, grid: list[float], out: Path,
                                alphas=control_alphas(nset, nset.alphas(alpha), cset, match_layers))
                 control_runs[seed] = run_lm_eval(cvar, settings, out / "lm_eval" / cvar.name, manager)
                 point_kl[cvar.name] = kl_divergence(base_variant, cvar, seqs, settings.batch_size)
-        point = point_from_runs(alpha, run, reference, control_runs, settings.ci_iters, settings.ci_seed)
+        point = point_from_runs(alpha, run, reference, control_runs, settings.ci_iters, settings.ci_seed,
+                                settings.paired_test)
         if alpha != REFERENCE_ALPHA:
             point.kl = kl_summary(point_kl[_folder_name(alpha)], settings.ci_iters, settings.ci_seed)
             control_means = [float(np.mean(v)) for k, v in point_kl.items() if "_control_seed" in k]
@@ -400,14 +452,18 @@ def _sweep_doc(lm, nset, grid, splits, settings, control_seeds, match_layers, as
 # ============================================================================================== rendering
 def render_summary(results: Mapping[str, Any]) -> str:
     """The sweep as text: score, control score, worst knowledge drop, KL and feasibility per alpha."""
-    lines = [f"{'alpha':>6}  {'score':>8}  {'control':>8}  {'know.drop':>9}  {'KL':>8}  {'ctrl KL':>8}  ok"]
+    lines = [f"{'alpha':>6}  {'score':>8}  {'control':>8}  {'know.drop':>9}  {'drop<=':>8}  {'KL':>8}  {'ctrl KL':>8}  ok"]
     for p in results["points"]:
         kl = (p.get("kl") or {}).get("mean")
+        upper = p.get("max_knowledge_drop_upper", p["max_knowledge_drop"])
         lines.append(f"{p['alpha']:>6g}  {_f(p['score'])}  {_f(p['control_score'])}  {p['max_knowledge_drop']:>+9.3f}  "
-                     f"{_f(kl, 4)}  {_f(p['control_kl'], 4)}  {'yes' if p['feasible'] else 'no: ' + '; '.join(p['violations'])}")
+                     f"{upper:>+8.3f}  {_f(kl, 4)}  {_f(p['control_kl'], 4)}  "
+                     f"{'yes' if p['feasible'] else 'no: ' + '; '.join(p['violations'])}")
     c = results["constraints"]
-    lines.append(f"constraints: knowledge drop <= {c['max_knowledge_drop']:g} on {', '.join(c['knowledge'])}; mean KL "
-                 f"<= {c['max_kl']:g} nats. score = mean improvement of {', '.join(c['targets'])}")
+    lines.append(f"constraints: knowledge drop's 95% upper bound (drop<=) <= {c['max_knowledge_drop']:g} on "
+                 f"{', '.join(c['knowledge'])}; mean KL <= {c['max_kl']:g} nats. score = mean improvement over the "
+                 f"targets {', '.join(c['targets'])} (a task and its _mc twin are one target); the chosen alpha must "
+                 f"beat the matched random sets' score (control)")
     if c["missing"]:
         lines.append(f"not in the results (ignored): {', '.join(c['missing'])}")
     lines.append(f"splits: {', '.join(f'{t}={s}' for t, s in sorted(results['splits'].items()))}")

@@ -138,9 +138,11 @@ def _alpha_choice(inputs: CardInputs) -> str:
     text = (f"`hneurons sweep` evaluated alpha = {', '.join(f'{a:g}' for a in doc['grid'])} on the "
             f"{md_text(', '.join(splits) or 'unrecorded')} split(s), constraints: each knowledge metric "
             f"({md_text(', '.join(cons.get('knowledge') or []) or 'none found')}) drops by at most "
-            f"{fmt(cons.get('max_knowledge_drop'))} and mean KL(base || edited) is at most {fmt(cons.get('max_kl'))} "
+            f"{fmt(cons.get('max_knowledge_drop'))} (judged by the 95% upper bound of the drop in sweeps that record "
+            f"it) and mean KL(base || edited) is at most {fmt(cons.get('max_kl'))} "
             f"nats; score = mean improvement of "
-            f"{md_text(', '.join(cons.get('targets') or []) or 'no target metric')}. ")
+            f"{md_text(', '.join(cons.get('targets') or []) or 'no target metric')} (a task and its multiple-choice "
+            f"twin count as one target), and the chosen alpha must beat matched random-neuron sets scaled alike. ")
     return text + _sweep_choice(chosen, inputs.edit["alpha"].get("default")) + _split_overlap(inputs, splits)
 
 
