@@ -877,12 +877,32 @@ def _run_limited(argv: list[str], limit: int, verbose: bool) -> subprocess.Compl
                           capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300)
 
 
-def _check_message(err: str, command: str, culprit: str | tuple[str, ...]) -> None:
+def _check_message(err: str, command: str, culprit: str | tuple[str, ...]) -> str:
     lines = [line for line in re.split(r"[\r\n]", err) if line.startswith(f"hneurons {command}: error: ")]
     assert len(lines) == 1, f"expected one error line, got:\n{err}"
     for name in culprit if isinstance(culprit, tuple) else (culprit,):
         assert name in lines[0], f"the message does not name {name!r}: {lines[0]}"
     assert "Traceback" not in err, err
+    return lines[0]
+
+
+# The documented table (docs/BAD_INPUTS.md) is made from the messages of a real run of this table:
+#   HNEURONS_BAD_INPUT_TABLE=/tmp/bad pytest tests/test_bad_inputs.py -k test_bad_input
+#   python tests/render_bad_input_table.py /tmp/bad > docs/BAD_INPUTS.md
+TABLE_DIR = os.environ.get("HNEURONS_BAD_INPUT_TABLE")
+DOCUMENTED_TABLE = Path(__file__).parents[1] / "docs" / "BAD_INPUTS.md"
+
+
+def _record(case: "Case", command: str, message: str, world: "World", tmp: Path) -> None:
+    """Write the case's real message for the documented table (paths of the test folders shortened)."""
+    if not TABLE_DIR:
+        return
+    for folder, name in ((str(tmp), "DIR"), (str(world.root), "W")):
+        message = message.replace(folder, name)
+    out = Path(TABLE_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    row = {"id": case.id, "stage": case.stage, "error": case.error.__name__, "command": command, "message": message}
+    (out / f"{hashlib.sha256(case.id.encode()).hexdigest()[:16]}.json").write_text(json.dumps(row))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -896,14 +916,15 @@ def test_bad_input(case: Case, world: World, tmp_path, monkeypatch, request, cap
         if action.subprocess_limit:
             done = _run_limited(action.argv, action.subprocess_limit, verbose=False)
             assert done.returncode == 2, done.stderr[-3000:]
-            _check_message(done.stderr, action.argv[0], culprit)
+            _record(case, f"hneurons {action.argv[0]}", _check_message(done.stderr, action.argv[0], culprit), world,
+                    tmp_path)
             verbose = _run_limited(action.argv, action.subprocess_limit, verbose=True)
             last = verbose.stderr.strip().splitlines()[-1]
             assert last.startswith(f"{case.error.__module__}.{case.error.__name__}: "), verbose.stderr[-3000:]
         elif action.argv is not None:
             rc, _, err = _run_cli(action.argv, capsys)
             assert rc == 2, err
-            _check_message(err, action.argv[0], culprit)
+            _record(case, f"hneurons {action.argv[0]}", _check_message(err, action.argv[0], culprit), world, tmp_path)
             raised = _raised_by_cli(action.argv)
             assert type(raised) is case.error, f"{type(raised).__name__}: {raised}"
         else:
@@ -911,6 +932,7 @@ def test_bad_input(case: Case, world: World, tmp_path, monkeypatch, request, cap
                 action.call()
             assert type(info.value) is case.error, info.value
             assert all(c in str(info.value) for c in (culprit if isinstance(culprit, tuple) else (culprit,))), info.value
+            _record(case, "Python API", f"{type(info.value).__name__}: {info.value}", world, tmp_path)
         if action.after:
             action.after()
         assert changes(before, snapshot(*watched)) == []
@@ -922,6 +944,14 @@ def test_bad_input(case: Case, world: World, tmp_path, monkeypatch, request, cap
 def test_the_table_has_at_least_30_distinct_cases():
     assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
     assert len({c.setup for c in CASES}) == len(CASES)
+
+
+def test_the_documented_table_lists_every_case():
+    """docs/BAD_INPUTS.md is regenerated from a real run (see TABLE_DIR); a new case must appear in it."""
+    text = DOCUMENTED_TABLE.read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| Case")]
+    listed = {row.split(" | ")[0].removeprefix("| ").replace("\\|", "|") for row in rows}
+    assert {c.id for c in CASES} <= listed, sorted({c.id for c in CASES} - listed)
 
 
 # ==================================================================================== numerical safety

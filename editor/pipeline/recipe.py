@@ -36,7 +36,7 @@ from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from ..collect.settings import CollectSettings
 from ..edit.settings import EditSettings
-from ..errors import RecipeError
+from ..errors import RecipeError, UnavailableError
 from ..evaluate.settings import DoseSettings, EvalSettings, SweepSettings
 from ..locate.settings import LocateSettings
 from ..model.loading import LoadOptions
@@ -283,7 +283,10 @@ def check_environment(recipe: Recipe, stages: list[str] | None = None) -> list[s
         require_vllm()
         notes.append("vLLM and a CUDA GPU: available")
     for section in [s for s in ("sweep", "dose", "eval") if s in stages]:
-        settings, left_out = apply_availability(getattr(recipe, section))  # suites: one line per task
+        try:
+            settings, left_out = apply_availability(getattr(recipe, section))  # suites: one line per task
+        except UnavailableError as err:  # name the recipe key the tasks come from
+            raise UnavailableError(f"{section}.tasks: {err}") from None
         notes += [f"{section}: left out (available_only): {m.line()}" for m in left_out]
         check_task_data(settings.tasks, settings.task_paths, f"{section}.tasks: lm-eval task")
         notes.append(f"{section} task data: available")
