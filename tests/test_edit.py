@@ -390,6 +390,22 @@ def test_out_of_core_without_the_logit_check_says_it_verified_streamed(sources, 
         assert all(hashlib.sha256((result.out / n).read_bytes()).hexdigest() == h for n, h in manifest["files"].items())
 
 
+def test_out_of_core_copies_the_same_bytes_where_the_kernel_cannot_copy(sources, edits, tmp_path, monkeypatch):
+    """os.copy_file_range refuses across some file systems (EXDEV): the copy then goes through a buffer."""
+    import errno
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    folder, _, neurons = sources["llama-bf16"]
+    result = edit_model(str(folder), neurons, 0.0, "weights", tmp_path / "out", layer_alpha=LAYER_ALPHA,
+                        out_of_core=True)
+    assert raw_tensors(result.out) == raw_tensors(edits["llama-bf16"]["ooc"].out)
+    for shard in folder.glob("model*.safetensors"):
+        assert (result.out / shard.name).read_bytes() == (edits["llama-bf16"]["ooc"].out / shard.name).read_bytes()
+
+
 def test_a_70b_header_only_checkpoint_is_inspected_and_checked_without_weights(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     try:

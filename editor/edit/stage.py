@@ -444,7 +444,7 @@ def _weights(job: _Job, tmp: Path, prompts: list[str]) -> tuple[dict[str, Any], 
         names = down_proj_tensor_names(entries, arch, arch.num_layers(job.ckpt.config), str(src))
         check = CheckpointCheck(src, tmp, job.scales, {layer: names[layer] for layer in job.scales}, arch,
                                 require_same_names=True)
-        changed = rewrite_safetensors_out_of_core(src, tmp, job.scales, job.ckpt.config, after_shard=check.shard)
+        changed = rewrite_safetensors_out_of_core(src, tmp, job.scales, job.ckpt.config, check=check)
         tensors = check.report()
         job.hashes = check.file_sha256
         dtype = entries[changed[min(changed)]].torch_dtype

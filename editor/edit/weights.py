@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import ModelLoadError
 from ..formats import EDIT_MANIFEST, GGUF_SOURCE, SAFETENSORS_INDEX, SINGLE_SAFETENSORS
 from ..model.checkpoint import (
+    READ_CHUNK,
     checkpoint_shards,
     down_proj_tensor_names,
     read_safetensors_header,
     read_tensor,
+    shard_entries,
     tensor_entries,
     tensor_locations,
 )
@@ -32,6 +35,9 @@ from ..model.hooks import (
 from ..model.loading import LoadedModel
 from ..model.registry import ArchSpec, get_arch
 from .settings import EditSettings
+
+if TYPE_CHECKING:
+    from .verify import CheckpointCheck
 
 DEFAULT_MAX_SHARD_SIZE = EditSettings.model_fields["max_shard_size"].default  # declared once, in the settings
 
@@ -112,47 +118,81 @@ def _tensor_bytes(tensor: torch.Tensor):
     return tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
+def _copy_range(source, out, begin: int, end: int, buffer: memoryview) -> None:
+    """Copy bytes [begin, end) of the open file ``source`` to ``out`` at its current position.
+
+    In the kernel (``os.copy_file_range``, as ``cp`` does: no copy through this process, 2x faster than
+    reads and writes on an 8B checkpoint here); through ``buffer`` where the file system does not support it."""
+    position = out.tell()
+    while begin < end:
+        try:
+            done = os.copy_file_range(source.fileno(), out.fileno(), end - begin, begin, position)
+        except OSError:  # e.g. EXDEV or EINVAL on older kernels / some file systems
+            done = None
+        if done is None:
+            source.seek(begin)
+            view = buffer[:min(end - begin, len(buffer))]
+            done = source.readinto(view)
+            if done:
+                os.pwrite(out.fileno(), view[:done], position)
+        if not done:
+            raise ModelLoadError(f"{source.name} is truncated: its data ends before byte {end}")
+        begin, position = begin + done, position + done
+    out.seek(position)
+
+
 def rewrite_safetensors_out_of_core(src: str | Path, dst: str | Path, scales: Mapping[int, LayerScale],
-                                    config: Any, *, after_shard: Callable[[str], None] | None = None) -> dict[int, str]:
+                                    config: Any, *, check: CheckpointCheck | None = None) -> dict[int, str]:
     """Stream a safetensors checkpoint from ``src`` into ``dst`` with the neurons' columns scaled.
 
-    Each shard is copied byte for byte (the OS copies it; nothing is held in memory), then every
-    affected down-projection tensor is read alone, scaled with :func:`editor.model.hooks.scale_columns_` (the
-    same arithmetic as the in-memory path, so the bytes are identical) and written back over its own byte
-    range. Headers, tensor order, shard names and the index are unchanged, so every other byte of the
-    output equals the source. The model is never instantiated. ``after_shard(name)`` is called as soon as
-    a shard is complete (the verification checks it while it is still in the page cache) while the next
-    shard is being copied in a worker thread. Returns layer -> rewritten tensor name.
+    Each shard is written in one sequential pass, in file order: its header and every untouched tensor
+    copied byte for byte in 16 MiB reads, and every affected down-projection read alone, scaled with
+    :func:`editor.model.hooks.scale_columns_` (the same arithmetic as the in-memory path, so the bytes are
+    identical) and written in its own byte range. Headers, tensor order, shard names and the index are
+    unchanged, so every other byte of the output equals the source. The model is never instantiated.
+    ``check`` (an :class:`editor.edit.verify.CheckpointCheck`) is told of each tensor as soon as it is
+    written, and checks it while both copies are still in the page cache (memory: a few tensors, whatever
+    the machine's RAM), then of each finished shard. Returns layer -> rewritten tensor name.
     """
     src, dst = Path(src), Path(dst)
     arch = get_arch(config)
     where = tensor_entries(src)
     names = down_proj_tensor_names(where, arch, arch.num_layers(config), str(src))
     targets = {layer: names[layer] for layer in scales}
+    layer_of = {name: layer for layer, name in targets.items()}
     dst.mkdir(parents=True, exist_ok=True)
-    shards = checkpoint_shards(src)
+    buffer = memoryview(bytearray(READ_CHUNK))
     from tqdm.auto import tqdm
 
-    with ThreadPoolExecutor(1, thread_name_prefix="hneurons-copy") as pool:
-        copying = pool.submit(shutil.copyfile, src / shards[0], dst / shards[0])
-        for i, shard in enumerate(tqdm(shards, desc="rewriting shards", unit="shard", disable=None)):
-            copying.result()
-            if i + 1 < len(shards):
-                copying = pool.submit(shutil.copyfile, src / shards[i + 1], dst / shards[i + 1])
-            with open(dst / shard, "r+b") as handle:
-                for layer, name in targets.items():
-                    entry = where[name]
-                    if entry.shard != shard:
-                        continue
+    for shard in tqdm(checkpoint_shards(src), desc="rewriting shards", unit="shard", disable=None):
+        entries = sorted(shard_entries(src / shard).items(), key=lambda item: item[1].begin)
+        size = (src / shard).stat().st_size
+        with open(src / shard, "rb", buffering=0) as source, open(dst / shard, "wb", buffering=0) as out:
+            data_start = entries[0][1].begin if entries else size
+            _copy_range(source, out, 0, data_start, buffer)  # the header, byte for byte
+            if check is not None:
+                check.begin_shard(shard)
+            position = data_start
+            for name, entry in entries:
+                if entry.begin != position:
+                    raise ModelLoadError(f"{src / shard}: tensor {name} starts at byte {entry.begin}, not where the "
+                                         f"one before it ends ({position})")
+                if name in layer_of:
+                    scale = scales[layer_of[name]]
                     tensor = read_tensor(src, entry)
-                    scale_columns_(tensor, arch, scales[layer].index, scales[layer].alpha)
+                    scale_columns_(tensor, arch, scale.index, scale.alpha)
                     data = _tensor_bytes(tensor)
                     assert data.nbytes == entry.nbytes, f"{name}: {data.nbytes} bytes for a {entry.nbytes}-byte slot"
-                    handle.seek(entry.begin)
-                    handle.write(data)
+                    out.write(data)
                     del tensor, data
-            if after_shard is not None:
-                after_shard(shard)
+                else:
+                    _copy_range(source, out, entry.begin, entry.end, buffer)
+                position = entry.end
+                if check is not None:
+                    check.tensor(name)
+            _copy_range(source, out, position, size, buffer)  # anything after the last tensor
+        if check is not None:
+            check.end_shard(shard)
     _copy_side_files(src, dst)
     ensure_index(dst)
     return targets

@@ -9,6 +9,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,18 +229,36 @@ def read_tensor(folder: Path, entry: TensorEntry) -> torch.Tensor:
     return out
 
 
+def iter_file_bytes(path: Path, begin: int, end: int, chunk: int = READ_CHUNK) -> Iterator[memoryview]:
+    """Bytes [begin, end) of a file in pieces of exactly ``chunk`` bytes (the last one shorter), each a
+    memory-mapped window of the file's pages: nothing is copied through the kernel (reads cost a copy per
+    byte, the larger part of an 8B edit's time here), and each window is unmapped before the next one,
+    so the process's resident memory stays at one window. A piece is valid until the next is asked for."""
+    import mmap
+
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size < end:
+            raise ModelLoadError(f"{path} is truncated: tensor data ends before byte {end}")
+        position = begin
+        while position < end:
+            size = min(chunk, end - position)
+            start = position - position % mmap.ALLOCATIONGRANULARITY
+            window = mmap.mmap(handle.fileno(), position + size - start, offset=start, access=mmap.ACCESS_READ)
+            whole = memoryview(window)
+            piece = whole[position - start:]
+            try:
+                yield piece
+            finally:
+                piece.release()
+                whole.release()
+                window.close()
+            position += size
+
+
 def iter_tensor_bytes(folder: Path, entry: TensorEntry, chunk: int = READ_CHUNK) -> Iterator[memoryview]:
-    """A tensor's raw bytes in reads of exactly ``chunk`` bytes (the last one shorter), in one reused
-    buffer: two tensors of the same size yield chunks of the same sizes, and a caller copies what it keeps."""
-    buffer = memoryview(bytearray(min(chunk, max(entry.nbytes, 1))))
-    with open(Path(folder) / entry.shard, "rb", buffering=0) as handle:
-        handle.seek(entry.begin)
-        left = entry.nbytes
-        while left:
-            view = buffer[:min(left, len(buffer))]
-            _read_exactly(handle, view, Path(folder) / entry.shard, entry.end)
-            left -= view.nbytes
-            yield view
+    """A tensor's raw bytes (:func:`iter_file_bytes`): two tensors of the same size yield pieces of the same
+    sizes, whatever their offsets in their files."""
+    return iter_file_bytes(Path(folder) / entry.shard, entry.begin, entry.end, chunk)
 
 
 def open_tensors(folder: Path) -> Callable[[str, str], torch.Tensor]:
@@ -335,12 +354,13 @@ def checkpoint_fingerprint(ckpt: Checkpoint) -> str:
     arch = ckpt.arch
     entries = tensor_entries(ckpt.folder)
     names = down_proj_tensor_names(entries, arch, arch.num_layers(ckpt.config), str(ckpt.folder))
-    samples = []
-    for name in names.values():
+    def sample(name: str) -> torch.Tensor:
         entry = entries[name]
-        numel = math.prod(entry.shape)
-        samples.append(read_strided(ckpt.folder, entry, fingerprint_step(numel)))
-    return samples_fingerprint(samples)
+        return read_strided(ckpt.folder, entry, fingerprint_step(math.prod(entry.shape)))
+
+    # one page read per sample; 16 tensors at a time keep the disk busy (8B, cold: 18.5 s one by one, 2.7 s so)
+    with ThreadPoolExecutor(16, thread_name_prefix="hneurons-fingerprint") as pool:
+        return samples_fingerprint(list(pool.map(sample, names.values())))
 
 
 def checkpoint_identity(ckpt: Checkpoint, fingerprint: str) -> dict[str, Any]:
