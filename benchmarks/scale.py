@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import REPO, env, load_average, machine
 
 RESULTS = REPO / "benchmarks" / "results-scale.json"
@@ -77,7 +76,7 @@ def evict(paths) -> None:
 def _timed(cmd: list[str]) -> dict:
     """Run ``cmd`` under /usr/bin/time -v: wall seconds, peak RSS, exit status, the output's tail."""
     started = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env(), cwd=REPO)
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env(), cwd=REPO, check=False)
     wall = time.perf_counter() - started
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     if proc.returncode != 0:
@@ -305,7 +304,7 @@ def liblinear_child(store_dir: str, truth_path: str) -> dict:
 
 def _child(kind: str, store: Path, truth: Path) -> dict:
     proc = subprocess.run([sys.executable, __file__, kind, str(store), str(truth)], capture_output=True, text=True,
-                          env=env(), cwd=REPO)
+                          env=env(), cwd=REPO, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
