@@ -176,6 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type[Settings], *,
         if cli.hidden or field in exclude:
             continue
         text = (help_overrides or {}).get(field) or info.description or field.replace("_", " ")
+        text = text.replace("%", "%%")  # argparse formats help with %: a description may say "95%"
         kind, detail = _kind(info.annotation)
         flag, dest = flag_of(cls, field), dest_of(cls, field)
         common: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS}
