@@ -121,3 +121,18 @@ def test_minus_control_sets_is_calibrated_when_the_edit_is_a_random_set():
         result = stats.minus_control_sets(edited, controls)
         rejected += result["p_value"] <= 0.05
     assert rejected / 300 <= 0.07
+
+
+def test_a_known_facts_metric_reports_the_known_items_as_its_n(tmp_path):
+    """A ``_known`` twin is NaN off the known facts: its n is the known items', in a one-model report too."""
+    acc = [1.0, 0.0, 1.0, 0.0, 1.0]
+    known = [1.0, float("nan"), 1.0, float("nan"), float("nan")]
+    doc_values = {"mc": {"acc": acc, "acc_known": known}}
+    run = write_run(tmp_path / "base", doc_values, primary={"mc": "acc_known"})
+    # lm-eval's aggregate of a _known metric is the mean over the known items (NaN left out)
+    results = json.loads((tmp_path / "base" / "results.json").read_text())
+    results["results"]["mc"]["acc_known,none"] = 1.0
+    (tmp_path / "base" / "results.json").write_text(json.dumps(results))
+    run = LmEvalRun.load("base", tmp_path / "base")
+    rows = {r["metric"]: r for r in compare_runs(run, None)}
+    assert rows["acc"]["n"] == 5 and rows["acc_known"]["n"] == 2

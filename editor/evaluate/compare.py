@@ -143,6 +143,9 @@ def _row(base, edited, controls, control_seeds, task, metric, filt, ci_iters, ci
         "edited_minus_control_significant": None, "edited_minus_control_ci_method": None,
     }
     if base is None or edited is None:
+        scored = ref.per_item(task, metric, filt)  # a _known metric: only the known facts' items count
+        if scored and _is_item_mean(ref, task, metric, filt, scored):
+            row["n"] = len(scored)
         return row
     row["delta"] = row["edited"] - row["base"]
     items_base, items_edit = base.per_item(task, metric, filt), edited.per_item(task, metric, filt)
