@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from tinymodels import tiny_model, tiny_tokenizer
+from tinymodels import tiny_model, tiny_tokenizer, write_collect_folder
 
 from editor.cli import main
 from editor.errors import (
@@ -78,23 +78,6 @@ def _write_probe(path: Path, identity: dict) -> None:
                 identity)
 
 
-def _collect_folder(folder: Path, identity: dict, hallucinated=lambda i: i % 2) -> None:
-    """A finished collect folder as `hneurons collect` writes it (records with a representative answer)."""
-    g = np.random.default_rng(0)
-    records = []
-    for split, n in (("train", 12), ("validation", 6), ("test", 6)):
-        for i in range(n):
-            prompt, answer = g.integers(10, 290, size=6).tolist(), g.integers(10, 290, size=3).tolist()
-            records.append({"id": f"{split}{i}", "split": split, "relation": "r", "fabricated": False,
-                            "selected": True, "hallucinated": int(hallucinated(i)), "consistency": "wrong",
-                            "representative": {"input_ids": prompt + answer, "prompt_len": 6, "response_start": 6,
-                                               "response_end": 9, "answer_start": 6, "answer_end": 9}})
-    folder.mkdir(parents=True)
-    (folder / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (folder / "collect.json").write_text(json.dumps({"format": "hneurons.collect/1", "model": identity, "data": {},
-                                                     "sampling": {}, "prompt": {}, "questions_sha256": "x"}))
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
     from editor.edit.stage import edit_model
@@ -111,7 +94,7 @@ def world(tmp_path_factory) -> World:
     (root / "neurons.json").write_text(json.dumps(NEURONS))
     _write_probe(root / "probe.safetensors", identity)
     _write_probe(root / "probe-other.safetensors", identity_other)
-    _collect_folder(root / "collect", identity)
+    write_collect_folder(root / "collect", identity)
     edit_model(str(tiny), root / "neurons.json", 0.0, "weights", root / "edit", device="cpu")
     return World(root, tiny, root / "neurons.json", root / "probe.safetensors", root / "probe-other.safetensors",
                  root / "collect", root / "edit", identity, identity_other)
@@ -350,7 +333,7 @@ def collect_bad_limit(ctx):
 # ---- collect output -> locate
 def collect_one_class(ctx):
     folder = ctx.tmp / "collect"
-    _collect_folder(folder, ctx.w.identity, hallucinated=lambda i: 0)
+    write_collect_folder(folder, ctx.w.identity, hallucinated=lambda i: 0)
     return Action(locate_argv(ctx, folder)), "both classes"
 
 
@@ -362,7 +345,7 @@ def collect_output_missing(ctx):
 
 def collect_output_of_other_model(ctx):
     folder = ctx.tmp / "collect"
-    _collect_folder(folder, ctx.w.identity_other)
+    write_collect_folder(folder, ctx.w.identity_other)
     return Action(locate_argv(ctx, folder)), both_identities(ctx)
 
 
@@ -704,7 +687,7 @@ def data_malformed_line(ctx):
 
 def responses_not_utf8(ctx):
     folder = ctx.tmp / "collect"
-    _collect_folder(folder, ctx.w.identity)
+    write_collect_folder(folder, ctx.w.identity)
     lines = (folder / "responses.jsonl").read_bytes().splitlines(keepends=True)
     lines[3] = lines[3].replace(b'"r"', b'"\xe9"')
     (folder / "responses.jsonl").write_bytes(b"".join(lines))
@@ -972,7 +955,7 @@ def test_fp16_overflow_in_activations_is_reported_with_its_layer_and_never_store
     ckpt = tmp_path / "fp16"
     _fp16_overflowing_checkpoint(ckpt)
     identity = load_model(str(ckpt), device="cpu", dtype="float16").identity()
-    _collect_folder(tmp_path / "collect", identity)
+    write_collect_folder(tmp_path / "collect", identity)
     out = tmp_path / "locate"
     argv = ["locate", "--model", str(ckpt), "--dtype", "float16", "--responses", str(tmp_path / "collect"),
             "--out", str(out), "--device", "cpu", "--no-progress"]
@@ -1012,7 +995,7 @@ def test_zero_and_constant_features_do_not_break_locate(world, tmp_path):
     with torch.no_grad():
         layer.down_proj.weight[:, :10] = 0.0  # neurons 0-9 write nothing: CETT exactly 0
         layer.up_proj.weight[10:14] = 0.0  # neurons 10-13 never activate: z = 0 on every token
-    _collect_folder(tmp_path / "collect", lm.identity())
+    write_collect_folder(tmp_path / "collect", lm.identity())
     result = locate(lm, tmp_path / "collect", tmp_path / "locate", LocateSettings(n_C=4, random_draws=1,
                                                                                    bootstrap=20), progress=False)
     probe, _ = load_probe(result.probe_path)

@@ -17,51 +17,24 @@ subprocesses with the same torch thread count, so all of them compute the same n
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
-import torch
+from cli_processes import kill_when
+from cli_processes import strip_volatile as _strip
 from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
 
 from editor.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1, 2]
-VOLATILE = {"provenance", "wall_time_s", "created", "resumed_chunks"}
 
 
 # ============================================================================================== helpers
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "OMP_NUM_THREADS": str(torch.get_num_threads()), "TOKENIZERS_PARALLELISM": "false"}
-
-
-def kill_when(argv: list[str], ready: Callable[[], bool], delay: float = 0.0, timeout: float = 120) -> int | None:
-    """Start the CLI, SIGKILL it once ``ready()`` holds (plus ``delay`` s); None if killed, else its exit code."""
-    proc = subprocess.Popen([sys.executable, "-m", "editor", *argv], env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while proc.poll() is None and not ready() and time.time() < deadline:
-        time.sleep(0.005)
-    if delay and proc.poll() is None:
-        time.sleep(delay)
-    if proc.poll() is not None:
-        return proc.returncode
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return None
-
-
 def kill_after_random_chunks(argv: list[str], collect_dir: Path, rng: random.Random, fewest: int) -> None:
     """SIGKILL the CLI once a random number (``fewest`` to 11) of collect's 24 chunks are finished, so that
     at least half of the run is still to go (plus a random delay of up to 20 ms)."""
@@ -69,14 +42,6 @@ def kill_after_random_chunks(argv: list[str], collect_dir: Path, rng: random.Ran
     chunks = collect_dir / "chunks"
     kill_when(argv, lambda: chunks.is_dir() and len(list(chunks.glob("chunk-*.jsonl"))) >= wanted,
               delay=rng.uniform(0, 0.02))
-
-
-def _strip(obj):
-    if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in VOLATILE}
-    if isinstance(obj, list):
-        return [_strip(v) for v in obj]
-    return obj
 
 
 def same_file(a: Path, b: Path) -> bool:

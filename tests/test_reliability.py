@@ -23,33 +23,22 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
-from tinymodels import tiny_model, tiny_tokenizer, write_capital_questions
+from cli_processes import env, kill_when
+from cli_processes import strip_volatile as strip
+from tinymodels import (
+    tiny_model,
+    tiny_tokenizer,
+    write_capital_questions,
+    write_collect_folder,
+)
 
 from editor.cli import main
 from editor.errors import OutputInUseError, OutputWriteError
 from editor.formats import EDIT_MANIFEST, EVAL_RUN
 from editor.locking import lock_file, output_lock
-
-REPO = Path(__file__).resolve().parents[1]
-VOLATILE = {"provenance", "wall_time_s", "created", "resumed_chunks"}
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "OMP_NUM_THREADS": str(torch.get_num_threads()), "TOKENIZERS_PARALLELISM": "false"}
-
-
-def strip(obj):
-    if isinstance(obj, dict):
-        return {k: strip(v) for k, v in obj.items() if k not in VOLATILE}
-    if isinstance(obj, list):
-        return [strip(v) for v in obj]
-    return obj
 
 
 def same_tree(got: Path, reference: Path, skip: tuple[str, ...] = ()) -> list[str]:
@@ -183,22 +172,6 @@ def test_the_lock_is_reentrant_in_a_process_refused_across_processes_and_leaves_
 
 
 # ========================================================================================= eval, killed
-def kill_when(argv: list[str], ready, delay: float = 0.0, timeout: float = 300) -> int | None:
-    """Start the CLI, SIGKILL it once ``ready()`` holds (plus ``delay`` s); None if killed, else its exit code."""
-    proc = subprocess.Popen([sys.executable, "-m", "editor", *argv], env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while proc.poll() is None and not ready() and time.time() < deadline:
-        time.sleep(0.005)
-    if delay and proc.poll() is None:
-        time.sleep(delay)
-    if proc.poll() is not None:
-        return proc.returncode
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return None
-
-
 def eval_argv(ckpt: Path, neurons: Path, out: Path) -> list[str]:
     return ["eval", "--base", str(ckpt), "--neurons", str(neurons), "--alpha", "0", "--tasks", "hneurons_facts",
             "--limit", "2", "--controls", "0", "--no-kl", "--ci-iters", "200", "--out", str(out), "--device", "cpu"]
@@ -227,7 +200,8 @@ def test_eval_killed_during_its_lm_eval_runs_resumes_without_redoing_finished_va
     out = tmp_path / "eval"
     argv = eval_argv(ckpt, neurons, out)
     base_done = out / "lm_eval" / "base" / EVAL_RUN
-    finished = kill_when(argv, base_done.is_file, delay=0.2)  # the base variant is written; edited is running
+    # the base variant is written; edited is running
+    finished = kill_when(argv, base_done.is_file, delay=0.2, timeout=300)
     assert finished is None, "the kill must land while the eval runs"
     assert base_done.is_file() and not (out / "eval_results.json").exists()
     for variant in (out / "lm_eval").iterdir():  # a variant's folder appears complete or not at all
@@ -306,32 +280,13 @@ def test_disk_full_during_collect_keeps_the_finished_chunks_and_the_rerun_resume
     assert leftovers(out.parent) == []
 
 
-def _collect_folder(folder: Path, identity: dict) -> None:
-    """A finished collect folder with both classes in every split (token ids as the tiny tokenizer makes them)."""
-    import numpy as np
-
-    g = np.random.default_rng(0)
-    records = []
-    for split, n in (("train", 16), ("validation", 8), ("test", 8)):
-        for i in range(n):
-            prompt, answer = g.integers(10, 290, size=6).tolist(), g.integers(10, 290, size=3).tolist()
-            records.append({"id": f"{split}{i}", "split": split, "relation": "r", "fabricated": False,
-                            "selected": True, "hallucinated": i % 2, "consistency": "wrong",
-                            "representative": {"input_ids": prompt + answer, "prompt_len": 6, "response_start": 6,
-                                               "response_end": 9, "answer_start": 6, "answer_end": 9}})
-    folder.mkdir(parents=True)
-    (folder / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (folder / "collect.json").write_text(json.dumps({"format": "hneurons.collect/1", "model": identity, "data": {},
-                                                     "sampling": {}, "prompt": {}, "questions_sha256": "x"}))
-
-
 def test_disk_full_during_locate_leaves_no_half_written_artifact_and_the_rerun_matches(ckpt, tmp_path, small_disk,
                                                                                         capsys):
     from editor.model.loading import load_model
 
     mount, grow = small_disk
     collect = tmp_path / "collect"
-    _collect_folder(collect, load_model(str(ckpt), device="cpu").identity())
+    write_collect_folder(collect, load_model(str(ckpt), device="cpu").identity(), sizes=(16, 8, 8))
 
     def argv(out: Path) -> list[str]:
         return ["locate", "--model", str(ckpt), "--responses", str(collect), "--out", str(out), "--device", "cpu",
@@ -391,7 +346,7 @@ def test_gguf_edit_killed_while_writing_leaves_no_file_under_the_final_name(tmp_
     def writing() -> bool:
         return any(t.glob("*.gguf") for t in tmp_path.glob(".hneurons-tmp-gguf-*"))
 
-    assert kill_when(argv, writing, delay=0.05) is None, "the kill must land while the GGUF is written or verified"
+    assert kill_when(argv, writing, delay=0.05, timeout=300) is None, "the kill must land while the GGUF is written or verified"
     assert not out.exists() and not list(tmp_path.glob("*-hneurons.gguf")), "nothing under the final name"
     assert main(argv) == 0
     written = list(out.glob("*.gguf"))

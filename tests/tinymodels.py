@@ -90,3 +90,27 @@ def write_capital_questions(path, n: int, split: str = "train"):
     path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is the capital of land {i}?",
                                         "answers": ["Paris"], "split": split}) + "\n" for i in range(n)))
     return path
+
+
+def write_collect_folder(folder, identity: dict, sizes=(12, 6, 6), hallucinated=lambda i: i % 2) -> None:
+    """A finished collect folder as `hneurons collect` writes it (records with a representative answer; token
+    ids the tiny tokenizer knows), ``sizes`` records in train / validation / test."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    records = []
+    for split, n in zip(("train", "validation", "test"), sizes):
+        for i in range(n):
+            prompt, answer = g.integers(10, 290, size=6).tolist(), g.integers(10, 290, size=3).tolist()
+            records.append({"id": f"{split}{i}", "split": split, "relation": "r", "fabricated": False,
+                            "selected": True, "hallucinated": int(hallucinated(i)), "consistency": "wrong",
+                            "representative": {"input_ids": prompt + answer, "prompt_len": 6, "response_start": 6,
+                                               "response_end": 9, "answer_start": 6, "answer_end": 9}})
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    (folder / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "collect.json").write_text(json.dumps({"format": "hneurons.collect/1", "model": identity, "data": {},
+                                                     "sampling": {}, "prompt": {}, "questions_sha256": "x"}))
