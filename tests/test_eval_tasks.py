@@ -306,3 +306,22 @@ def test_smollm2_knows_some_test_facts(smollm2):
         model=HFLM(pretrained=smollm2.model, tokenizer=smollm2.tokenizer, batch_size=10), tasks=["hneurons_facts"],
         task_manager=manager, limit=10, bootstrap_iters=0, apply_chat_template=True, fewshot_as_multiturn=True)
     assert output["results"]["hneurons_facts"]["accuracy,none"] > 0
+
+
+def test_the_task_files_hash_follows_task_folders_only(tmp_path):
+    """A finished run is stale when a task or its data changes, not when a file no task reads does."""
+    from editor.evaluate.settings import task_files_hash
+
+    (tmp_path / "tasks" / "data").mkdir(parents=True)
+    (tmp_path / "tasks" / "t.yaml").write_text("task: t\n")
+    (tmp_path / "tasks" / "data" / "t.jsonl").write_text('{"id": 1}\n')
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "labels.jsonl").write_text('{"id": 1}\n')
+    before = task_files_hash([tmp_path])
+    (tmp_path / "labels" / "labels.jsonl").write_text('{"id": 2}\n')
+    assert task_files_hash([tmp_path]) == before
+    (tmp_path / "tasks" / "data" / "t.jsonl").write_text('{"id": 2}\n')
+    changed = task_files_hash([tmp_path])
+    assert changed != before
+    (tmp_path / "tasks" / "t.yaml").write_text("task: t2\n")
+    assert task_files_hash([tmp_path]) != changed

@@ -285,10 +285,16 @@ class DoseSettings(EvalSettings):
 
 
 def task_files_hash(include_paths: Iterable[str | Path]) -> str:
-    """sha256 over every task file (YAML, Python, data) in the include paths: changed tasks mean new numbers."""
+    """sha256 over every task file (YAML, Python, data) in the include paths: changed tasks mean new numbers.
+
+    Only folders that hold task YAMLs count, with everything below them (a task folder and its data/): files
+    beside them that no task reads (eval/judge_validation/'s labels, eval/data/'s question sets) do not make
+    every finished run stale when they change."""
     digests = {}
     for root in include_paths:
+        task_dirs = {f.parent for f in Path(root).rglob("*") if f.suffix in (".yaml", ".yml") and f.is_file()}
         for path in sorted(Path(root).rglob("*")):
-            if path.is_file() and path.suffix in (".yaml", ".yml", ".py", ".json", ".jsonl", ".txt", ".csv"):
+            if (path.is_file() and path.suffix in (".yaml", ".yml", ".py", ".json", ".jsonl", ".txt", ".csv")
+                    and any(d in path.parents for d in task_dirs)):
                 digests[str(path)] = sha256_file(path)
     return sha256_json(digests)
