@@ -159,3 +159,111 @@ def test_one_class_collect_output_explains_it_cannot_train(tmp_path):
     with pytest.raises(InputError, match="both classes"):
         locate(lm, tmp_path / "c", tmp_path / "l", LocateSettings(), progress=False)
     assert not (tmp_path / "l").exists()
+
+
+def test_locate_report_has_the_trivial_baselines_on_the_same_test_items(located):
+    from editor.locate.stage import format_report
+
+    lm, tmp, result = located
+    test = result.report["test"]
+    block = test["baselines"]
+    assert set(block["baselines"]) == {"length", "family", "length_family", "confidence"}
+    assert block["n"] == test["probe"]["n"] == 30 and block["n_hallucinated"] == test["probe"]["n_hallucinated"]
+    # the same items and resamples as the probe's own row: the same AUROC and CI
+    assert block["classifiers"]["probe"]["auroc"] == test["probe"]["auroc"]
+    assert block["classifiers"]["probe"]["auroc_ci95"] == pytest.approx(test["probe"]["auroc_ci95"])
+    assert block["classifiers"]["h_neurons_only"]["auroc"] == test["h_neurons_only"]["auroc"]
+    for clf in ("probe", "h_neurons_only"):
+        for name, m in block["margins"][clf].items():
+            assert m["margin"] == pytest.approx(block["classifiers"][clf]["auroc"] - block["baselines"][name]["auroc"])
+            assert m["ci95"][0] <= m["margin"] <= m["ci95"][1]
+            assert m["beats"] == (m["ci95"][0] > 0) and (name in block["fails_to_beat"][clf]) == (not m["beats"])
+    # every answer of the synthetic set has 3 tokens: length carries nothing, and every pair is length-matched
+    assert block["baselines"]["length"]["auroc"] == 0.5
+    assert test["length_matched"]["n"] == 30 and test["length_matched"]["n_pairs"] == 15
+    assert test["balanced_within_relation"]["n_per_class"] == {"hallucinated": 15, "faithful": 15}
+    assert "too few to decide" in test["balanced_within_relation"]["note"]
+    signals = json.loads((tmp / "locate" / "answer_signals.json").read_text())
+    assert signals["format"] == "hneurons.answer_signals/1" and len(signals["records"]) == 80 + 30
+    assert all(v["n_tokens"] == 3 and v["mean_logprob"] < 0 for v in signals["records"].values())
+    text = format_report(result.report)
+    assert "trivial baselines" in text and "length only" in text and "confidence only" in text
+    assert block["statement"] in text and "length-matched (15 pairs" in text
+    assert result.report["chosen"]["criterion"] == "pooled"
+    assert result.report["chosen"]["val_auroc_within_family"] is not None
+
+
+def test_neurons_path_sets_load_by_name_and_validate(located):
+    from editor.model.neuron_set import NeuronSet, as_neuron_set
+
+    lm, tmp, result = located
+    doc = json.loads((tmp / "locate" / "neurons_path.json").read_text())
+    assert doc["format"] == "hneurons.neurons_path/1" and doc["names"] == ["x2", "x5", "x10"]
+    chosen = result.neurons["count"]
+    assert doc["chosen"]["count"] == chosen
+    counts = [doc["sets"][n]["count"] for n in doc["names"]]
+    assert counts == sorted(counts) and counts[0] > chosen
+    path_counts = {p["C"]: p["n_positive"] for p in result.report["path"]}
+    for name in doc["names"]:
+        entry = doc["sets"][name]
+        assert entry["format"] == "hneurons.neurons/1" and path_counts[entry["probe"]["C"]] == entry["count"]
+        assert sum(entry["per_layer"].values()) == entry["count"] == len(entry["neurons"])
+        # 96 FFN neurons: no set can stay under 1 per mille, and the report says so
+        assert entry["path_set"]["within_cap"] is False and "per mille" in entry["path_set"]["note"]
+        for ref in (f"{tmp}/locate/neurons_path.json#{name}", f"{tmp}/locate#{name}"):
+            nset = as_neuron_set(ref)
+            assert len(nset) == entry["count"] and nset.path is None and nset.source.endswith(f"#{name}")
+            assert nset.validate(lm) is None
+        assert NeuronSet.load(tmp / "locate" / "neurons_path.json", name=name).neurons == nset.neurons
+    assert result.report["neuron_path_sets"]["sets"]["x2"]["count"] == counts[0]
+    with pytest.raises(InputError, match=r"no neuron set named 'x7'.*available sets: x2, x5, x10") as err:
+        as_neuron_set(f"{tmp}/locate/neurons_path.json#x7")
+    assert "neurons_path.json" in str(err.value)
+    with pytest.raises(InputError, match="name one"):
+        as_neuron_set(tmp / "locate" / "neurons_path.json")
+    with pytest.raises(InputError, match="not a neurons_path file"):
+        as_neuron_set(f"{tmp}/locate/neurons.json#x2")
+    with pytest.raises(ModelMismatchError, match="fingerprint"):
+        as_neuron_set(f"{tmp}/locate/neurons_path.json#x5").validate(tiny_lm(seed=3))
+
+
+def test_path_points_are_chosen_near_the_multiples_under_the_cap():
+    from editor.locate.stage import choose_path_points
+
+    counts = [0, 3, 10, 18, 31, 52, 90, 160, 400]
+    picks = {p["name"]: p for p in choose_path_points(counts, chosen=2, total=100_000)}  # cap: 100 neurons
+    assert [picks[n]["index"] for n in ("x2", "x5", "x10")] == [3, 5, 6]  # 18 ~ 20, 52 ~ 50, 90 (160 is over)
+    assert picks["x5"]["reached"] and picks["x5"]["within_cap"] and picks["x5"]["note"] is None
+    assert not picks["x10"]["reached"] and "short of 10 x 10 = 100" in picks["x10"]["note"]
+    short = {p["name"]: p for p in choose_path_points([0, 4, 6], chosen=1, total=100_000)}
+    assert short["x2"]["index"] == 2 and short["x5"]["same_as"] == "x2" and not short["x5"]["reached"]
+    none = choose_path_points([0, 4], chosen=1, total=100_000)
+    assert all(p["index"] is None and "no point" in p["note"] for p in none)
+    empty = choose_path_points([0, 0, 5], chosen=0, total=100_000)
+    assert all(p["index"] is None and "no H-Neuron" in p["note"] for p in empty)
+
+
+def test_detect_evaluate_reports_the_baselines(located, monkeypatch):
+    from types import SimpleNamespace
+
+    import editor.data.judge as judge_module
+    from editor.data.questions import Question
+    from editor.locate import baselines
+    from editor.locate.detect import format_heldout, heldout_report
+
+    lm, tmp, _ = located
+    verdicts = iter(["wrong", "correct"] * 50)
+    monkeypatch.setattr(judge_module, "judge", lambda text, answers, **kw: SimpleNamespace(label=next(verdicts)))
+    passes, forward = [], baselines.mean_logprobs
+    monkeypatch.setattr(baselines, "mean_logprobs", lambda lm, rows, *a: passes.append(len(rows)) or forward(lm, rows, *a))
+    questions = [Question(f"new{i}", f"What is the capital of land {i}?", ("Paris",), "test", ["a", "b", "c"][i % 3],
+                          f"land{i}", "test") for i in range(16)]
+    report = heldout_report(lm, str(tmp / "locate" / "probe.safetensors"), questions, bootstrap=100,
+                            max_new_tokens=4)
+    block = report["baselines"]
+    assert block["n"] == report["n"] == 16 and set(block["margins"]) == {"probe", "h_neurons_only"}
+    assert block["classifiers"]["probe"]["auroc"] == report["probe"]["auroc"]
+    assert block["fit"]["n"] == 80
+    assert passes == [16], "the training responses' log-probabilities come from locate's answer_signals.json"
+    assert block["fit"]["models"]["family"]["family_rate"].keys() == {"a", "b"}  # "c" is an unseen family
+    assert "length_matched" in report and "trivial baselines" in format_heldout(report)

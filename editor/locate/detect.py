@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ..data.prompting import PromptStyle, build_prompt
 from ..errors import InputError
+from ..formats import ANSWER_SIGNALS
 from ..model.loading import LoadedModel
+from . import baselines
 from .features import cett_features
 from .settings import DetectSettings
 from .stage import FittedProbe, check_same_model, load_probe
@@ -187,25 +190,31 @@ def heldout_report(lm: LoadedModel, probe_path: str, questions: Sequence, *, loc
     The model answers every question greedily (collect's prompt); the judge labels each answer correct (0)
     or wrong (1) and drops hedged, refusing and truncated ones; the probe scores the answers from one
     teacher-forced pass. The same answers are scored by the classifiers of locate's baseline, refit on the
-    probe's training features: on the H-Neurons alone and on as many random neurons (locate's draws).
-    Returns AUROCs with stratified bootstrap 95% CIs. Questions the probe's collect stage asked are
-    excluded, so the probe never saw any of them.
-    """
-    import numpy as np
+    probe's training features: on the H-Neurons alone and on as many random neurons (locate's draws: matched
+    per layer, the same seeds). Returns AUROCs with stratified bootstrap 95% CIs. Questions the probe's collect
+    stage asked are excluded, so the probe never saw any of them.
 
+    The trivial baselines of :mod:`editor.locate.baselines` (answer length, question family, both, the model's
+    mean token log-probability of the answer) are fitted on the probe's training responses (their
+    log-probabilities from the locate folder's ``answer_signals.json``, or computed when it has none) and scored
+    on the same judged answers: ``baselines`` (AUROCs, the probe's and the H-Neuron classifier's margins with
+    paired CIs, ``fails_to_beat``, ``statement``) and ``length_matched``. A family absent from training gets the
+    training rate of all families.
+    """
     from .. import stats
     from ..collect.generation import generate
     from ..collect.settings import CollectSettings
     from ..collect.stage import load_responses
     from ..data.judge import judge
     from .origin import instruct_training
-    from .stage import random_columns, refit_on
+    from .stage import random_columns, refit_on, splits_of
 
     detector = Detector(lm, probe_path, style=style, settings=settings)
     batch_size = detector.batch_size  # "auto" resolved
     locate_dir = locate_dir or str(Path(probe_path).parent)
     train = instruct_training(Path(locate_dir), detector.meta, None)
-    seen = {str(r["id"]) for r in load_responses(train.report["responses"]["folder"])[0]}
+    collected = load_responses(train.report["responses"]["folder"])[0]
+    seen = {str(r["id"]) for r in collected}
     fresh = [q for q in questions if str(q.id) not in seen and not q.fabricated]
     if not fresh:
         raise InputError("every given question was already asked by the probe's collect stage: nothing held out")
@@ -242,15 +251,41 @@ def heldout_report(lm: LoadedModel, probe_path: str, questions: Sequence, *, loc
     h_cols = detector.positive
     result = {"n": len(y), "n_hallucinated": int(y.sum()), "n_questions": len(fresh),
               "n_dropped_uncertain": len(fresh) - len(y), "probe": auroc_ci(probe_scores), "answers": kept}
+    classifiers, random_scores = {"probe": probe_scores}, []
     if len(h_cols):
-        result["h_neurons_only"] = auroc_ci(refit_on(h_cols, train.x, train.y, detector.probe.C).scores(x[:, h_cols]))
-        draws = []
-        for d in range(train.random_draws):
-            cols = random_columns(x.shape[1], len(h_cols), h_cols, train.seed + d)
-            draws.append(stats.auroc(refit_on(cols, train.x, train.y, detector.probe.C).scores(x[:, cols]), y))
+        classifiers["h_neurons_only"] = refit_on(h_cols, train.x, train.y, detector.probe.C).scores(x[:, h_cols])
+        result["h_neurons_only"] = auroc_ci(classifiers["h_neurons_only"])
+        for d in range(train.random_draws):  # locate's draws: matched per layer, seeds seed + d
+            cols = random_columns(x.shape[1], len(h_cols), h_cols, train.seed + d, lm.d_ff)
+            random_scores.append(refit_on(cols, train.x, train.y, detector.probe.C).scores(x[:, cols]))
+        draws = [stats.auroc(s, y) for s in random_scores]
         result["random"] = {"draws": len(draws), "auroc_mean": float(np.mean(draws)), "auroc_std": float(np.std(draws)),
                             "auroc_min": float(np.min(draws)), "auroc_max": float(np.max(draws))}
+    # the trivial baselines, fitted on the probe's training responses, scored on the same judged answers
+    span = detector.meta.get("span", "response")
+    test_signals = baselines.Signals(baselines.answer_lengths(records, span),
+                                     baselines.mean_logprobs(lm, records, span, batch_size),
+                                     tuple(k["relation"] for k in kept))
+    train_split = splits_of(collected, False)["train"]
+    train_signals = _training_signals(lm, collected, train_split.ids, train_split.relation, span, batch_size,
+                                      Path(locate_dir) / ANSWER_SIGNALS, detector.meta["model"].get("weights_fingerprint"))
+    result["baselines"], result["length_matched"] = baselines.baseline_block(
+        train_signals, train_split.y, test_signals, y, classifiers, random_scores, bootstrap, seed)
     return result
+
+
+def _training_signals(lm: LoadedModel, records: Sequence[dict], ids: Sequence[str], families: Sequence[str],
+                      span: str, batch_size: int, signals_file: Path, fingerprint: str | None) -> baselines.Signals:
+    """The baselines' inputs for the probe's training responses: token counts from the records, log-probabilities
+    from locate's ``answer_signals.json`` when it has them all (else one forward pass over the records)."""
+    by_id = {str(r["id"]): r for r in records}
+    rows = [by_id[i] for i in ids]
+    stored = baselines.read_signals(signals_file, fingerprint, span)
+    if all(i in stored for i in ids):
+        logprobs = np.array([stored[i] for i in ids], dtype=np.float64)
+    else:
+        logprobs = baselines.mean_logprobs(lm, rows, span, batch_size)
+    return baselines.Signals(baselines.answer_lengths(rows, span), logprobs, tuple(families))
 
 
 def format_heldout(report: dict) -> str:
@@ -264,4 +299,5 @@ def format_heldout(report: dict) -> str:
         r = report["random"]
         lines.append(f"  random neurons     AUROC {r['auroc_mean']:.3f} +- {r['auroc_std']:.3f} "
                      f"(min {r['auroc_min']:.3f}, max {r['auroc_max']:.3f}, {r['draws']} draws)")
+    lines += baselines.format_lines(report.get("baselines"), report.get("length_matched"))
     return "\n".join(lines)

@@ -31,6 +31,10 @@ class LocateSettings(Settings):
         "sparsest_within", description="how C is chosen on validation AUROC: the sparsest C within --tol of the best, "
                                        "or the best")
     tol: float = Field(0.01, ge=0, description="AUROC tolerance of the sparsest_within rule")
+    c_choice: Literal["pooled", "within_family"] = Field(
+        "pooled", description="validation AUROC the rule reads: pooled over all validation responses, or within "
+                              "family (only pairs of a wrong and a right answer to questions of the same family count, "
+                              "so that C is chosen for the within-family signal; pooled where no family has both)")
     random_draws: int = Field(10, ge=1, description="random-neuron baselines")
     bootstrap: int = Field(1000, ge=1, description="bootstrap resamples of every CI")
     seed: int = Field(0, description="seed of the random draws and the bootstrap")

@@ -12,16 +12,20 @@ docs/METHOD.md sections 2-5. Inputs: a collect folder (``responses.jsonl``) and 
    narrowing one class and not the other would let the probe learn the span definition instead of the
    model's state, and a detector cannot narrow without a gold answer. ``span="answer"`` uses it anyway.
 4. C is chosen on the **validation** split only: by default the sparsest C whose validation AUROC is
-   within ``tol`` of the best. The detection threshold (for accuracy) is also chosen on validation.
-5. H-Neurons = neurons with positive weight at the chosen C.
+   within ``tol`` of the best (``c_choice: within_family``: the AUROC over same-family pairs only). The
+   detection threshold (for accuracy) is also chosen on validation.
+5. H-Neurons = neurons with positive weight at the chosen C; ``neurons_path.json`` names the sets at about
+   2x, 5x and 10x that count along the path (:func:`choose_path_points`).
 6. Report on the held-out **test** split, each with a bootstrap 95% CI: the probe; a classifier refit
    on the H-Neurons alone vs the same classifier refit on as many random neurons, the same count in each
    layer as the H-Neurons (several draws: the paper's random baseline, matched per layer); per relation;
    balanced within each relation (so that a probe cannot win by recognising the question family); cross-relation (train on half of the relations, test on the
-   others); and the fabricated-entity set when it has both classes.
+   others); the fabricated-entity set when it has both classes; and the trivial baselines on the same test
+   items (answer length, question family, both, the model's mean token logprob; editor.locate.baselines),
+   the probe's and the H-Neuron classifier's margins over each with paired CIs, and the length-matched subset.
 
-Outputs (docs/ARTIFACTS.md): ``features/``, ``neurons.json``, ``probe.safetensors``, ``locate.json`` and
-PNG plots (H-Neurons per layer, regularisation path, ROC curves).
+Outputs (docs/ARTIFACTS.md): ``features/``, ``answer_signals.json``, ``neurons.json``, ``neurons_path.json``,
+``probe.safetensors``, ``locate.json`` and PNG plots (H-Neurons per layer, regularisation path, ROC curves).
 """
 
 from __future__ import annotations
@@ -50,10 +54,13 @@ from ..artifacts import (
 from ..collect.stage import load_responses
 from ..errors import InputError, ModelMismatchError
 from ..formats import (
+    ANSWER_SIGNALS,
     LOCATE_FORMAT,
     LOCATE_REPORT,
     NEURONS,
     NEURONS_FORMAT,
+    NEURONS_PATH,
+    NEURONS_PATH_FORMAT,
     PREDICTIONS,
     PROBE,
     PROBE_FORMAT,
@@ -61,8 +68,14 @@ from ..formats import (
 from ..locking import locked
 from ..model.loading import LoadedModel
 from ..model.neuron_set import matched_random_pairs
+from . import baselines
 from . import probe as probe_lib
-from .features import FeatureSettings, FeatureStore, extract_features
+from .features import (
+    FeatureSettings,
+    FeatureStore,
+    extract_features,
+    feature_batch_size,
+)
 from .settings import LocateSettings
 
 SPLITS = ("train", "validation", "test")
@@ -152,19 +165,46 @@ class FittedProbe:
         return (((x_raw - mean) / std) @ self.weight + self.bias).numpy()
 
 
+@dataclass
+class PathFit:
+    """The fitted regularisation path, its validation AUROCs and the chosen point."""
+
+    path: list  # probe_lib.PathPoint, increasing C
+    val_auroc: list[float]  # pooled over the validation responses
+    val_auroc_within: list[float | None]  # within family (baselines.within_family_auroc); None: no family has both
+    chosen: int
+    standardiser: Standardiser
+    criterion: str  # what C was chosen by: "pooled" or "within_family"
+    note: str | None = None  # why the criterion differs from settings.c_choice
+
+
 def fit_probe_path(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: np.ndarray,
-                   settings: LocateSettings, progress: bool = False, *,
-                   in_place: bool = False) -> tuple[list, list[float], int, Standardiser]:
-    """Standardise, fit the path, score every point on validation, choose C by the rule. ``in_place``:
-    standardise ``x_train`` itself (no second copy of the training matrix; the caller's raw rows are gone)."""
+                   settings: LocateSettings, progress: bool = False, *, in_place: bool = False,
+                   val_families: Sequence[str] | None = None) -> PathFit:
+    """Standardise, fit the path, score every point on validation, choose C by the rule on the validation AUROC
+    that ``settings.c_choice`` names (``within_family`` needs ``val_families``). ``in_place``: standardise
+    ``x_train`` itself (no second copy of the training matrix; the caller's raw rows are gone)."""
     std = Standardiser.fit(x_train)
     xs = std.apply_(x_train) if in_place else std(x_train)
     grid = settings.C or probe_lib.default_C_grid(xs, y_train, n=settings.n_C)
     path = probe_lib.fit_path(xs, y_train, sorted(grid), progress=progress)
     xv = std.apply_(x_val.clone())  # = std(x_val), with one temporary copy instead of two
-    val_auroc = [stats.auroc((xv @ p.weight + p.bias).numpy(), y_val) if p.n_nonzero else 0.5 for p in path]
-    chosen = probe_lib.select_C(path, val_auroc, rule=settings.rule, tol=settings.tol)
-    return path, val_auroc, chosen, std
+    val_scores = [(xv @ p.weight + p.bias).numpy() if p.n_nonzero else None for p in path]
+    val_auroc = [stats.auroc(s, y_val) if s is not None else 0.5 for s in val_scores]
+    within: list[float | None] = [None] * len(path)
+    # whether any family holds both classes (the scores do not matter for that)
+    if val_families is not None and baselines.within_family_auroc(np.zeros(len(y_val)), y_val, val_families) is not None:
+        within = [baselines.within_family_auroc(s, y_val, val_families) if s is not None else 0.5
+                  for s in val_scores]
+    criterion, note, by = "pooled", None, val_auroc
+    if settings.c_choice == "within_family":
+        if within[0] is None:
+            note = ("c_choice within_family: no validation family holds both a wrong and a right answer, so C was "
+                    "chosen on the pooled validation AUROC")
+        else:
+            criterion, by = "within_family", [float(w) for w in within]
+    chosen = probe_lib.select_C(path, by, rule=settings.rule, tol=settings.tol)
+    return PathFit(path, val_auroc, within, chosen, std, criterion, note)
 
 
 def refit_on(columns: torch.Tensor, x_train: torch.Tensor, y_train: torch.Tensor, C: float) -> FittedProbe:
@@ -188,7 +228,7 @@ def detection_metrics(scores: np.ndarray, y: np.ndarray, threshold: float, n_boo
     auroc = stats.auroc(scores, y)
     acc = stats.accuracy(pred, y)
     return {
-        "n": int(len(y)), "n_hallucinated": int(y.sum()),
+        "n": len(y), "n_hallucinated": int(y.sum()),
         "auroc": auroc,
         "auroc_ci95": list(stats.bootstrap_ci(stats.auroc, scores, y, n_boot=n_boot, seed=seed, stratify=y)),
         "accuracy": acc, "accuracy_ci95": list(stats.bootstrap_ci(stats.accuracy, pred, y, n_boot=n_boot, seed=seed)),
@@ -261,6 +301,83 @@ def neurons_document(weight: torch.Tensor, identity: dict, store: FeatureStore, 
             "probe": {"C": C, "labels": settings.labels, "aggregate": settings.aggregate, "span": settings.span}}
 
 
+PATH_MULTIPLES = (2, 5, 10)  # the named sets of neurons_path.json: about 2x, 5x and 10x the chosen count
+PATH_PER_MILLE_CAP = 1.0  # ... each under 1 per mille of all FFN neurons where the path allows
+
+
+def choose_path_points(counts: Sequence[int], chosen: int, total: int, multiples: Sequence[int] = PATH_MULTIPLES,
+                       cap_per_mille: float = PATH_PER_MILLE_CAP) -> list[dict]:
+    """For each multiple m: the path point whose positive-weight count is nearest to m x the chosen point's count,
+    among the points with more neurons than the chosen one and under ``cap_per_mille`` of the ``total`` FFN
+    neurons (all points with more neurons when none is under the cap); ties go to the smaller set. Returns one
+    entry per multiple: ``name`` (``x<m>``), ``multiple``, ``target``, ``index`` (None: no such point),
+    ``reached`` (the candidates reach the target), ``within_cap``, ``same_as`` (an earlier name picking the same
+    point) and ``note`` (what fell short, in words)."""
+    base = int(counts[chosen])
+    cap = cap_per_mille * total / 1000
+    larger = [i for i, c in enumerate(counts) if c > base]
+    under = [i for i in larger if counts[i] < cap]
+    pool = under or larger
+    out: list[dict] = []
+    for m in multiples:
+        entry: dict[str, Any] = {"name": f"x{m}", "multiple": m, "target": m * base, "index": None, "reached": False,
+                                 "within_cap": False, "same_as": None, "note": None}
+        out.append(entry)
+        if base == 0:
+            entry["note"] = "the chosen C selects no H-Neuron: no multiple of its count"
+            continue
+        if not pool:
+            entry["note"] = f"no point of the path has more than the chosen {base} positive weights"
+            continue
+        index = min(pool, key=lambda i: (abs(counts[i] - m * base), counts[i], i))
+        entry.update(index=index, reached=max(counts[i] for i in pool) >= m * base, within_cap=bool(under))
+        notes = []
+        if not under:
+            notes.append(f"no point of the path with more than {base} neurons stays under {cap_per_mille:g} per mille "
+                         f"({cap:.4g} of {total} FFN neurons): the nearest point is taken regardless")
+        if not entry["reached"]:
+            notes.append(f"the path {'under the cap ' if under else ''}reaches at most {max(counts[i] for i in pool)} "
+                         f"positive weights, short of {m} x {base} = {m * base}")
+        earlier = [e["name"] for e in out[:-1] if e["index"] == index]
+        if earlier:
+            entry["same_as"] = earlier[0]
+            notes.append(f"the same point as {earlier[0]}")
+        entry["note"] = "; ".join(notes) or None
+    return out
+
+
+def neurons_path_document(path: Sequence, chosen: int, identity: dict, store: FeatureStore, train: Split,
+                          settings: LocateSettings) -> dict:
+    """``neurons_path.json``: the neuron sets along the regularisation path at about 2x, 5x and 10x the chosen
+    count (:func:`choose_path_points`), each in the neurons.json schema plus its place on the path."""
+    total = identity["num_layers"] * identity["d_ff"]
+    picks = choose_path_points([p.n_positive for p in path], chosen, total)
+    sets, missing = {}, {}
+    for pick in picks:
+        if pick["index"] is None:
+            missing[pick["name"]] = pick["note"]
+            continue
+        point = path[pick["index"]]
+        doc = neurons_document(point.weight, identity, store, train, settings, point.C)
+        doc["path_set"] = {"name": pick["name"], "multiple": pick["multiple"], "target_count": pick["target"],
+                       "index": pick["index"], "C": point.C, "reached": pick["reached"],
+                       "within_cap": pick["within_cap"], "same_as": pick["same_as"], "note": pick["note"]}
+        sets[pick["name"]] = doc
+    return {"format": NEURONS_PATH_FORMAT, "model": identity,
+            "chosen": {"index": chosen, "C": path[chosen].C, "count": int(path[chosen].n_positive)},
+            "total_ffn_neurons": total, "per_mille_cap": PATH_PER_MILLE_CAP, "multiples": list(PATH_MULTIPLES),
+            "names": list(sets), "sets": sets, "missing": missing}
+
+
+def path_summary(doc: dict) -> dict:
+    """The ``neuron_path_sets`` block of locate.json: each named set's C, count and notes (no neuron lists)."""
+    return {"file": NEURONS_PATH, "sets": {name: {"C": s["probe"]["C"], "count": s["count"], "per_mille": s["per_mille"],
+                                                  **{k: s["path_set"][k] for k in ("multiple", "target_count", "reached",
+                                                                               "within_cap", "same_as", "note")}}
+                                           for name, s in doc["sets"].items()},
+            "missing": doc["missing"]}
+
+
 # ------------------------------------------------------------------------------------------- the stage
 @dataclass
 class LocateResult:
@@ -319,12 +436,20 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
                                              batch_size=settings.batch_size),
                              progress=progress)
 
+    # the trivial baselines' inputs: token counts and the model's mean token logprob (one forward pass, cached)
+    by_id = {str(r["id"]): r for r in chosen_records}
+    signal_records = [by_id[i] for name in ("train", "test") for i in facts[name].ids]
+    found = baselines.cached_signals(lm, signal_records, settings.span,
+                                     feature_batch_size(lm, signal_records, settings.batch_size), out / ANSWER_SIGNALS)
+    signals = {name: baselines.signals_of(facts[name].ids, facts[name].relation, found) for name in ("train", "test")}
+
     x_train, y_train = training_rows(store, facts["train"], settings.labels)
     x_val = store.load(facts["validation"].ids, "answer")
     x_test = store.load(facts["test"].ids, "answer")
     # standardised in place: one copy of the training matrix in memory (the refits read their columns again)
-    path, val_auroc, chosen, std = fit_probe_path(x_train, y_train, x_val, facts["validation"].y, settings, progress,
-                                                  in_place=True)
+    fit = fit_probe_path(x_train, y_train, x_val, facts["validation"].y, settings, progress, in_place=True,
+                         val_families=facts["validation"].relation)
+    path, val_auroc, chosen, std = fit.path, fit.val_auroc, fit.chosen, fit.standardiser
     del x_train
     point = path[chosen]
     probe = FittedProbe(point.weight, point.bias, std, point.C)
@@ -344,13 +469,18 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
         "settings": settings.model_dump(),
         "counts": {name: {"n": len(s.ids), "hallucinated": int(s.y.sum())} for name, s in facts.items()},
         "path": [{"C": p.C, "n_nonzero": p.n_nonzero, "n_positive": p.n_positive, "val_auroc": a,
-                  "converged": p.converged} for p, a in zip(path, val_auroc)],
+                  "val_auroc_within_family": w, "converged": p.converged}
+                 for p, a, w in zip(path, val_auroc, fit.val_auroc_within)],
         "chosen": {"index": chosen, "C": point.C, "rule": settings.rule, "tol": settings.tol,
-                   "val_auroc": val_auroc[chosen], "threshold": float(threshold)},
+                   "val_auroc": val_auroc[chosen], "val_auroc_within_family": fit.val_auroc_within[chosen],
+                   "c_choice": settings.c_choice, "criterion": fit.criterion, "note": fit.note,
+                   "threshold": float(threshold)},
         "h_neurons": {"count": neurons["count"], "per_mille": neurons["per_mille"]},
         "force": {"given": force, "accepted": accepted},
     }
-    report["test"] = _test_report(probe, h_cols, y_train, x_val, x_test, facts, threshold, store, settings)
+    path_doc = neurons_path_document(path, chosen, identity, store, facts["train"], settings)
+    report["neuron_path_sets"] = path_summary(path_doc)
+    report["test"] = _test_report(probe, h_cols, y_train, x_val, x_test, facts, threshold, store, settings, signals)
     report["cross_relation"] = _cross_relation(store, facts, settings)
     report["fabricated"] = _fabricated_report(probe, store, fabricated, threshold, settings)
     report["wall_time_s"] = round(time.time() - started, 2)
@@ -359,6 +489,7 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
     write_probe(out / PROBE, probe, settings, identity)
     _write_predictions(out / PREDICTIONS, probe, store, facts, fabricated)
     atomic_write_json(out / NEURONS, neurons)
+    atomic_write_json(out / NEURONS_PATH, path_doc)
     from ..plots import plot_locate
 
     report["plots"] = plot_locate(out, neurons, report)
@@ -367,7 +498,7 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
 
 
 def _test_report(probe: FittedProbe, h_cols: torch.Tensor, y_train, x_val, x_test, facts, threshold,
-                 store: FeatureStore, settings: LocateSettings) -> dict:
+                 store: FeatureStore, settings: LocateSettings, signals: dict[str, baselines.Signals]) -> dict:
     test, val = facts["test"], facts["validation"]
     nb, seed = settings.bootstrap, settings.seed
     scores = probe.scores(x_test)
@@ -376,6 +507,8 @@ def _test_report(probe: FittedProbe, h_cols: torch.Tensor, y_train, x_val, x_tes
     k = len(h_cols)
     if k == 0:
         result["note"] = "the chosen C selects no neuron with positive weight: no H-Neurons, no baseline"
+        result["baselines"], result["length_matched"] = baselines.baseline_block(
+            signals["train"], facts["train"].y, signals["test"], test.y, {"probe": scores}, [], nb, seed)
         return result
     # H-Neurons alone vs the same number of random neurons, same classifier and C (the paper's baseline)
     restricted = {}
@@ -410,7 +543,11 @@ def _test_report(probe: FittedProbe, h_cols: torch.Tensor, y_train, x_val, x_tes
     keep = balanced_within_relation(test, seed)
     if len(keep) and len(set(test.y[keep])) == 2:
         rand = [stats.auroc(s[keep], test.y[keep]) for n, (s, _) in restricted.items() if n.startswith("random_")]
+        per_class = int(test.y[keep].sum())
+        kept_rel = [test.relation[i] for i in keep]
         result["balanced_within_relation"] = {
+            "n_per_class": {"hallucinated": per_class, "faithful": len(keep) - per_class},
+            "per_relation_per_class": {r: kept_rel.count(r) // 2 for r in sorted(set(kept_rel))},
             "probe": detection_metrics(scores[keep], test.y[keep], threshold, nb, seed),
             "h_neurons_only": detection_metrics(restricted["h_neurons"][0][keep], test.y[keep], threshold, nb, seed),
             "random_auroc_mean": float(np.mean(rand)), "random_auroc_min": float(np.min(rand)),
@@ -418,6 +555,13 @@ def _test_report(probe: FittedProbe, h_cols: torch.Tensor, y_train, x_val, x_tes
         }
         b = result["balanced_within_relation"]
         b["probe_beats_random"] = bool(b["probe"]["auroc_ci95"][0] > b["random_auroc_mean"])
+        if per_class < baselines.MIN_PER_CLASS:
+            b["note"] = f"only {per_class} per class (fewer than {baselines.MIN_PER_CLASS}): too few to decide"
+    # the trivial baselines on the same test items, and the length-matched subset
+    random_scores = [s for n, (s, _) in restricted.items() if n.startswith("random_")]
+    result["baselines"], result["length_matched"] = baselines.baseline_block(
+        signals["train"], facts["train"].y, signals["test"], test.y,
+        {"probe": scores, "h_neurons_only": restricted["h_neurons"][0]}, random_scores, nb, seed)
     return result
 
 
@@ -491,9 +635,10 @@ def _cross_relation(store: FeatureStore, facts: dict[str, Split], settings: Loca
             continue
         x_tr, y_tr = training_rows(store, sub["train"], settings.labels)
         x_val = store.load(sub["validation"].ids, "answer")
-        path, val_auroc, chosen, std = fit_probe_path(x_tr, y_tr, x_val, sub["validation"].y, settings, in_place=True)
-        p = path[chosen]
-        fitted = FittedProbe(p.weight, p.bias, std, p.C)
+        fit = fit_probe_path(x_tr, y_tr, x_val, sub["validation"].y, settings, in_place=True,
+                             val_families=sub["validation"].relation)
+        p = fit.path[fit.chosen]
+        fitted = FittedProbe(p.weight, p.bias, fit.standardiser, p.C)
         thr = stats.best_threshold(fitted.scores(x_val), sub["validation"].y)
         x_te = store.load(sub["test"].ids, "answer")
         folds.append({"train_relations": train_rel, "test_relations": test_rel, "C": p.C,
@@ -533,7 +678,11 @@ def format_report(report: dict) -> str:
     test = report["test"]
     ch = report["chosen"]
     lines = [f"H-Neurons: {report['h_neurons']['count']} ({report['h_neurons']['per_mille']:.3f} per mille of FFN "
-             f"neurons) at C={ch['C']:.4g} (validation AUROC {ch['val_auroc']:.3f}, rule {ch['rule']})",
+             f"neurons) at C={ch['C']:.4g} (validation AUROC {ch['val_auroc']:.3f}"
+             + (f", within family {ch['val_auroc_within_family']:.3f}"
+                if ch.get("val_auroc_within_family") is not None else "")
+             + f", rule {ch['rule']}" + (", chosen within family" if ch.get("criterion") == "within_family" else "")
+             + ")",
              "test split:", row("probe (all weights)", test.get("probe")),
              row("classifier on H-Neurons only", test.get("h_neurons_only"))]
     if "random" in test:
@@ -544,11 +693,23 @@ def format_report(report: dict) -> str:
     b = test.get("balanced_within_relation")
     if b:
         lines.append(row("probe, balanced within relation", b["probe"]))
+        per_class = b.get("n_per_class")
         lines.append(f"  {'random, balanced within relation':<34} AUROC {b['random_auroc_mean']:.3f}   "
-                     f"probe beats random: {'yes' if b['probe_beats_random'] else 'NO'}")
+                     f"probe beats random: {'yes' if b['probe_beats_random'] else 'NO'}"
+                     + (f"   ({per_class['hallucinated']} per class)" if per_class else "")
+                     + (f"   {b['note']}" if b.get("note") else ""))
+    lines += baselines.format_lines(test.get("baselines"), test.get("length_matched"))
     for fold in report.get("cross_relation", {}).get("folds", []):
         if "auroc" in fold:
             lines.append(row(f"cross-relation -> {'+'.join(fold['test_relations'])[:20]}", fold))
     fab = report.get("fabricated", {})
     lines.append(row("fabricated entities", fab.get("probe")) if "probe" in fab else f"  fabricated: {fab.get('note')}")
+    if ch.get("note"):
+        lines.append(f"note: {ch['note']}")
+    sets = report.get("neuron_path_sets")
+    if sets:
+        parts = [f"{name} {s['count']} at C={s['C']:.4g}" + ("" if s["reached"] else " (short of the multiple)")
+                 for name, s in sets["sets"].items()]
+        parts += [f"{name}: none" for name in sets.get("missing", {})]
+        lines.append(f"neuron sets along the path ({sets['file']}): " + (", ".join(parts) or "none"))
     return "\n".join(lines)

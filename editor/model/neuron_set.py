@@ -8,6 +8,12 @@ The file format is documented in docs/ARTIFACTS.md. The minimal form anyone can 
 key is allowed and kept. A neuron may carry its own ``"alpha"``, which overrides any alpha given to the
 edit.
 
+``locate`` also writes ``neurons_path.json``: named neuron sets along its regularisation path (``x2``, ``x5``,
+``x10``: about that multiple of the chosen count), each in the neurons.json schema. Wherever a neuron file is
+accepted, ``<locate_dir>/neurons_path.json#x5`` (or ``<locate_dir>#x5``, or :meth:`NeuronSet.load` with
+``name="x5"``) names one of them; such a set has no ``path`` of its own (it is no neuron file: an edit ships its
+document as neurons.json) and ``source`` says where it came from.
+
 Alpha precedence (most specific wins): per-neuron ``alpha`` in the file > per-layer alpha
 (``layer_alpha`` / ``--layer-alpha L=A``) > the edit's global alpha (default 0.0 = full suppression).
 Every alpha must be a finite number >= 0 (the paper's range is [0, 3]; alpha < 1 suppresses).
@@ -24,7 +30,12 @@ from typing import Any
 
 from ..artifacts import read_json, sha256_json
 from ..errors import InputError, ModelMismatchError
-from ..formats import NEURONS_FORMAT
+from ..formats import (
+    NEURONS_FORMAT,
+    NEURONS_PATH,
+    NEURONS_PATH_FORMAT,
+    NEURONS_PATH_SEPARATOR,
+)
 from .hooks import LayerScale, group_by_layer
 from .registry import architecture_hash, get_arch
 
@@ -61,14 +72,55 @@ class NeuronSet:
     neurons: tuple[Pair, ...]  # in file order
     neuron_alpha: Mapping[Pair, float] = field(default_factory=dict)  # per-neuron overrides from the file
     model: Mapping[str, Any] | None = None  # identity of the model the set was located in, if recorded
-    path: Path | None = None  # the file it was read from
+    path: Path | None = None  # the file it was read from (None for a named set of neurons_path.json)
     document: Mapping[str, Any] = field(default_factory=dict)  # the parsed file, all keys kept
+    reference: str | None = None  # "<file>#<name>" for a named set of neurons_path.json
 
     # ---------------------------------------------------------------------------------------- reading
     @classmethod
-    def load(cls, path: str | Path) -> NeuronSet:
+    def load(cls, path: str | Path, name: str | None = None) -> NeuronSet:
+        """A neuron file, or the set ``name`` of a ``neurons_path.json`` (also written ``FILE#NAME`` or
+        ``LOCATE_DIR#NAME``)."""
         p = Path(path)
-        return cls.from_dict(read_json(p, "neuron file"), where=str(p), path=p)
+        text = str(path)
+        if name is None and NEURONS_PATH_SEPARATOR in text and not p.exists():
+            text, _, name = text.rpartition(NEURONS_PATH_SEPARATOR)
+            p = Path(text)
+        if name is not None and p.is_dir():
+            p = p / NEURONS_PATH
+        doc = read_json(p, "neuron file")
+        fmt = doc.get("format") if isinstance(doc, dict) else None
+        if name is not None or (isinstance(fmt, str) and fmt.startswith("hneurons.neurons_path/")):
+            return cls.from_path_document(doc, name, p)
+        return cls.from_dict(doc, where=str(p), path=p)
+
+    @classmethod
+    def from_path_document(cls, doc: Any, name: str | None, path: Path) -> NeuronSet:
+        """The set ``name`` of a parsed ``neurons_path.json`` read from ``path``."""
+        fmt = doc.get("format") if isinstance(doc, dict) else None
+        if not (isinstance(fmt, str) and fmt.startswith("hneurons.neurons_path/")) or not isinstance(
+                doc.get("sets"), dict):
+            raise InputError(f"{path} is not a neurons_path file (format {fmt!r}, expected {NEURONS_PATH_FORMAT!r}), "
+                             f"so it holds no set named {name!r}; name sets as <locate_dir>/{NEURONS_PATH}"
+                             f"{NEURONS_PATH_SEPARATOR}x5")
+        names = sorted(doc["sets"], key=lambda n: (len(n), n))
+        missing = doc.get("missing") or {}
+        if name is None or name not in doc["sets"]:
+            example = f"{path}{NEURONS_PATH_SEPARATOR}{names[0] if names else 'x5'}"
+            if name is None:
+                what = f"{path} holds named neuron sets along locate's regularisation path: name one (e.g. {example})"
+            else:
+                what = f"{path} has no neuron set named {name!r}" + (
+                    f" (locate: {missing[name]})" if name in missing else "")
+            raise InputError(f"{what}; available sets: {', '.join(names) or 'none'}")
+        reference = f"{path}{NEURONS_PATH_SEPARATOR}{name}"
+        found = cls.from_dict(doc["sets"][name], where=reference)
+        return cls(found.neurons, found.neuron_alpha, found.model, None, found.document, reference)
+
+    @property
+    def source(self) -> str | None:
+        """Where the set came from: its file, ``FILE#NAME`` for a named path set, or None (built in Python)."""
+        return str(self.path) if self.path is not None else self.reference
 
     @classmethod
     def from_dict(cls, doc: Any, where: str = "neuron set", path: Path | None = None) -> NeuronSet:
@@ -166,7 +218,7 @@ class NeuronSet:
         config = getattr(target, "config", target)
         arch = get_arch(config)
         layers, d_ff = arch.num_layers(config), arch.d_ff(config)
-        where = str(self.path) if self.path else "neuron set"
+        where = self.source or "neuron set"
         for layer, index in self.neurons:
             if layer >= layers:
                 raise InputError(f"{where}: neuron (layer {layer}, index {index}): layer out of range; the model "
@@ -213,7 +265,8 @@ class NeuronSet:
 
 
 def as_neuron_set(neurons: Any) -> NeuronSet:
-    """Accept a NeuronSet, a path to a neuron file, a parsed document, or (layer, index) pairs."""
+    """Accept a NeuronSet, a path to a neuron file (or ``<locate_dir>/neurons_path.json#x5``: a named set along
+    locate's regularisation path), a parsed document, or (layer, index) pairs."""
     if isinstance(neurons, NeuronSet):
         return neurons
     if isinstance(neurons, (str, Path)):
