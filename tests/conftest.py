@@ -12,6 +12,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _own_results_cache(monkeypatch, tmp_path):
+    """Each test gets an empty eval results cache (editor.evaluate.lm_eval_run.results_cache_folder), so that no
+    test's numbers come from another test's run; the tests of the cache itself share one folder on purpose."""
+    monkeypatch.setenv("HNEURONS_RESULTS_CACHE", str(tmp_path / "results-cache"))
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The embedded default model (SmolLM2-135M-Instruct), loaded once per test session."""

@@ -259,7 +259,7 @@ def test_reproduce_commands_parse_with_the_real_cli_and_match_the_edit(run, tmp_
     assert (s.kl_max_prompts, s.kl_new_tokens, s.kl) == (2, 4, True)
     assert parsed["locate"].settings.n_C == 24 and parsed["locate"].settings.rule == "sparsest_within"
     lm_eval = code_blocks(text, "## Reproduce")[1]
-    assert lm_eval.count("lm_eval --model hf") == 2  # base and edited, verbatim from eval_results.json
+    assert lm_eval.count("hneurons lm-eval --model hneurons") == 2  # base and edited, verbatim from eval_results.json
 
 
 def test_ia3_card_is_a_peft_card_and_its_load_snippet_works(run, tmp_path, monkeypatch):

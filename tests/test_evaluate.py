@@ -172,16 +172,19 @@ def test_run_time_edit_equals_written_checkpoint(tiny, tmp_path):
 
 
 def test_printed_lm_eval_command_reproduces_the_runner(tiny, tmp_path):
+    """The printed command (`hneurons lm-eval --model hneurons`: lm_eval's own CLI with the class registered)
+    gives the runner's numbers exactly; lm-eval's plain `hf` model with the same arguments gives them up to float
+    rounding (editor/evaluate/lm_eval_model.py), with the same greedy texts."""
     from editor.edit.stage import edit_model
 
     edit_model(str(tiny["ckpt"]), NEURONS, alpha=0.0, mode="weights", out=tmp_path / "weights", device="cpu")
     report = evaluate(edited=str(tmp_path / "weights"), settings=settings(tiny, limit=6), out=tmp_path / "ev",
                       load=LoadOptions(device="cpu"))
     command = report.results["lm_eval_commands"]["edited"]
-    assert command.startswith("lm_eval --model hf --model_args pretrained=") and "--limit 6" in command
+    assert command.startswith("hneurons lm-eval --model hneurons --model_args pretrained=") and "--limit 6" in command
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    cli = Path(sys.executable).with_name("lm_eval")
-    subprocess.run(command.replace("lm_eval", str(cli), 1), shell=True, cwd=tmp_path, env=env, check=True,
+    hneurons = Path(sys.executable).with_name("hneurons")
+    subprocess.run(command.replace("hneurons", str(hneurons), 1), shell=True, cwd=tmp_path, env=env, check=True,
                    capture_output=True)
     (results_file,) = (tmp_path / "lm_eval_cli/edited").rglob("results_*.json")
     cli_results = json.loads(results_file.read_text())["results"]
@@ -191,6 +194,15 @@ def test_printed_lm_eval_command_reproduces_the_runner(tiny, tmp_path):
     for task in ("tiny_gen", "tiny_mc"):
         # The CLI's sample log writes log-likelihood tuples as strings: compare the texts.
         assert _texts(responses(cli_folder, task)) == _texts(responses(tmp_path / "ev/lm_eval/edited", task))
+
+    plain = command.replace("hneurons lm-eval --model hneurons", str(Path(sys.executable).with_name("lm_eval"))
+                            + " --model hf", 1).replace("lm_eval_cli/edited", "lm_eval_cli/hf")
+    subprocess.run(plain, shell=True, cwd=tmp_path, env=env, check=True, capture_output=True)
+    hf_folder = next((tmp_path / "lm_eval_cli/hf").rglob("results_*.json")).parent
+    assert _texts(responses(hf_folder, "tiny_gen")) == _texts(responses(cli_folder, "tiny_gen"))
+    ours = [float(r[0]) for item in responses(cli_folder, "tiny_mc") for r in item]
+    theirs = [float(r[0]) for item in responses(hf_folder, "tiny_mc") for r in item]
+    assert len(ours) == len(theirs) > 6 and np.allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
 def _texts(value):
@@ -329,7 +341,7 @@ def test_eval_cli_writes_the_documented_outputs_and_resumes(tiny, tmp_path, caps
             "--device", "cpu", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "tiny_mc" in printed and "KL(base || edited)" in printed and "lm_eval --model hf" in printed
+    assert "tiny_mc" in printed and "KL(base || edited)" in printed and "lm-eval --model hneurons" in printed
 
     doc = json.loads((out / "eval_results.json").read_text())
     assert doc["format"] == "hneurons.eval/1"
@@ -347,7 +359,7 @@ def test_eval_cli_writes_the_documented_outputs_and_resumes(tiny, tmp_path, caps
     assert doc["kl"]["n_prompts"] == 4 and doc["kl"]["mean"] > 0 and len(doc["kl"]["control"]["seeds"]) == 2
     assert doc["tasks"]["tiny_mc"]["split"] == "validation"
     assert doc["lm_eval_commands"]["edited"].startswith("random-neuron controls")
-    assert doc["lm_eval_commands"]["base"].startswith("lm_eval --model hf")
+    assert doc["lm_eval_commands"]["base"].startswith("hneurons lm-eval --model hneurons")
     assert (out / "eval_deltas.png").stat().st_size > 1000
     for variant in ("base", "edited", "control-seed0", "control-seed1"):
         assert (out / "lm_eval" / variant / "results.json").is_file()
@@ -474,5 +486,6 @@ def test_smollm2_base_vs_edited_on_every_bundled_task(smollm2, tmp_path):
     # SmolLM2 answers "What is the capital of France?"-style questions: some facts are right at baseline.
     facts = next(r for r in report.metrics if r["task"] == "hneurons_facts" and r["metric"] == "accuracy")
     assert 0 <= facts["base"] <= 1
-    assert report.results["lm_eval_commands"]["base"].startswith("lm_eval --model hf --model_args pretrained=")
+    assert report.results["lm_eval_commands"]["base"].startswith(
+        "hneurons lm-eval --model hneurons --model_args pretrained=")
     print(report.table())

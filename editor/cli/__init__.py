@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "recipe_cmd",
     "inspect_cmd",
     "judge_check_cmd",
+    "lm_eval_cmd",
 ]
 
 DESCRIPTION = """\
@@ -48,7 +49,8 @@ The pipeline, one command per stage, or all of them with `hneurons run RECIPE`:
   push     publish the fixed model with its card to the Hugging Face Hub
 Tools: detect (score answers for hallucination risk with a probe), origin (compare with the base
 model), recipe (validate / show a recipe), inspect (how hneurons sees a model), judge-check (the
-judges' agreement with hand-labelled responses).
+judges' agreement with hand-labelled responses), lm-eval (lm-eval's command line with the hneurons
+model class).
 
 MODEL arguments accept a Hub repo id, a local checkpoint folder, a .gguf file, or an embedded
 alias (smollm2-135m-instruct, gemma3-270m) that works without Hub access.
@@ -102,6 +104,10 @@ def prepared(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lm-eval"]:
+        from .lm_eval_cmd import run as lm_eval_passthrough
+
+        return lm_eval_passthrough(argv[1:])  # lm_eval parses its own flags
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not args.verbose:  # lm-eval narrates every task at INFO level; keep its warnings and errors

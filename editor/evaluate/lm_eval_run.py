@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..artifacts import (
 )
 from ..errors import InputError
 from ..formats import EVAL_RUN
+from ..model.loading import cache_dir
 from .settings import EvalSettings
 from .variants import Variant
 
@@ -177,14 +179,71 @@ def run_lm_eval(variant: Variant, settings: EvalSettings, folder: str | Path, ma
     if marker.is_file() and read_json(marker).get("key_sha256") == sha256_json(key):
         log.info("%s: lm-eval results found in %s (same settings): not re-run", variant.name, folder)
         return LmEvalRun.load(variant.name, folder)
-    manager = manager or task_manager(settings)
-    from lm_eval import simple_evaluate
+    cached = results_cache_folder(variant, key) if settings.results_cache else None
+    if cached is not None and (cached / EVAL_RUN).is_file():
+        log.info("%s: the same model's lm-eval results found in the results cache (%s): copied, not re-run",
+                 variant.name, cached)
+        copy_run(cached, folder)
+        return LmEvalRun.load(variant.name, folder)
+    _run(variant, settings, folder, key, manager or task_manager(settings))
+    if cached is not None:
+        copy_run(folder, cached)
+    return LmEvalRun.load(variant.name, folder)
+
+
+def results_cache_folder(variant: Variant, key: Mapping[str, Any]) -> Path | None:
+    """Where an unedited model's results for ``key`` are kept for every later eval of the same weights (None for
+    edited variants: adapters and run-time scalings are evaluated where they are asked for). The key adds a
+    sha256 of every weight and of the tokenizer to the run's key, so another checkpoint at the same path, or
+    an edit written over it, never hits."""
+    if variant.kind != "model":
+        return None
+    full = {"run": dict(key), "weights_sha256": variant.lm.weights_sha256(),
+            "tokenizer_sha256": tokenizer_sha256(variant.lm.tokenizer)}
+    return results_cache_root() / sha256_json(full)
+
+
+def results_cache_root() -> Path:
+    """$HNEURONS_RESULTS_CACHE, else $HNEURONS_CACHE/lm_eval (~/.cache/hneurons/lm_eval)."""
+    root = os.environ.get("HNEURONS_RESULTS_CACHE")
+    return Path(root).expanduser() if root else cache_dir() / "lm_eval"
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """The vocabulary, the special tokens and the chat template: what turns task text into the same ids."""
+    return sha256_json({"vocab": sorted(tokenizer.get_vocab().items()),
+                        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+                        "chat_template": getattr(tokenizer, "chat_template", None), "class": type(tokenizer).__name__})
+
+
+def copy_run(source: Path, target: Path) -> None:
+    """Copy one run folder (results, sample logs, marker) into ``target``, atomically."""
+    with atomic_dir(target, overwrite=True) as tmp:
+        for path in source.iterdir():
+            if path.is_file():
+                shutil.copyfile(path, tmp / path.name)
+
+
+def lm_eval_model_class(name: str):
+    """The lm-eval model class behind ``EvalSettings.lm_eval_model``."""
+    if name == "hneurons":
+        from .lm_eval_model import HneuronsLM
+
+        return HneuronsLM
     from lm_eval.models.huggingface import HFLM
+
+    return HFLM
+
+
+def _run(variant: Variant, settings: EvalSettings, folder: Path, key: Mapping[str, Any], manager) -> None:
+    from lm_eval import simple_evaluate
     from lm_eval.utils import handle_non_serializable
 
     log.info("%s: running lm-eval on %s", variant.name, ", ".join(settings.tasks))
+    model_class = lm_eval_model_class(settings.lm_eval_model)
+    chat = settings.chat_for(variant.lm.tokenizer)
     with variant.active() as module:
-        lm = HFLM(pretrained=module, tokenizer=variant.lm.tokenizer, batch_size=settings.batch_size)
+        lm = model_class(pretrained=module, tokenizer=variant.lm.tokenizer, batch_size=settings.batch_size)
         python_seed, numpy_seed, torch_seed, fewshot_seed = settings.seeds
         output = simple_evaluate(
             model=lm, tasks=list(settings.tasks), task_manager=manager, limit=settings.limit,
@@ -201,7 +260,6 @@ def run_lm_eval(variant: Variant, settings: EvalSettings, folder: str | Path, ma
                                                      ensure_ascii=False) + "\n", encoding="utf-8")
         atomic_write_json(tmp / EVAL_RUN, {"key": key, "key_sha256": sha256_json(key),
                                            "variant": variant.describe(), "provenance": provenance()})
-    return LmEvalRun.load(variant.name, folder)
 
 
 def metadata_key(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -220,7 +278,9 @@ def _variant_key(variant: Variant) -> dict[str, Any]:
 
 def lm_eval_command(variant: Variant, settings: EvalSettings, output_path: str | Path | None = None,
                     metadata: Mapping[str, Any] | None = None) -> str | None:
-    """The ``lm_eval`` command line that reproduces ``variant``'s numbers without hneurons (None for hooks)."""
+    """The lm-eval command line that reproduces ``variant``'s numbers without hneurons' eval code (None for
+    hooks): ``hneurons lm-eval --model hneurons ...`` (lm_eval's CLI with the class registered), or plain
+    ``lm_eval --model hf ...`` with ``lm_eval_model: hf``."""
     if variant.kind == "hooks":
         return None
     lm = variant.lm
@@ -235,7 +295,9 @@ def lm_eval_command(variant: Variant, settings: EvalSettings, output_path: str |
     if variant.adapter is not None:
         model_args += f",peft={Path(variant.adapter).resolve()}"
     device = str(lm.model.device)
-    parts = ["lm_eval", "--model", "hf", "--model_args", model_args, "--tasks", ",".join(settings.tasks)]
+    # --model hneurons needs its class registered: `hneurons lm-eval` is lm_eval's CLI with it (lm_eval_cmd.py)
+    program = ["hneurons", "lm-eval"] if settings.lm_eval_model == "hneurons" else ["lm_eval"]
+    parts = [*program, "--model", settings.lm_eval_model, "--model_args", model_args, "--tasks", ",".join(settings.tasks)]
     for path in settings.task_paths:
         parts += ["--include_path", str(path)]
     if settings.limit is not None:

@@ -284,7 +284,7 @@ def reproduce(inputs: CardInputs) -> dict:
     commands = "\n\n".join(f"# {stage}\n{cmd}" for stage, cmd in stage_commands(inputs))
     lm_eval = (inputs.eval.doc.get("lm_eval_commands") or {}) if inputs.eval else {}
     plain = [(role, lm_eval[role]) for role in ("base", "edited") if isinstance(lm_eval.get(role), str)
-             and lm_eval[role].startswith("lm_eval")]
+             and lm_eval[role].startswith(("lm_eval", "hneurons lm-eval"))]
     return {"recipe": recipe, "commands": code_block(commands, "bash"),
             "lm_eval": code_block("\n\n".join(f"# {role}\n{cmd}" for role, cmd in plain), "bash") if plain else None,
             "versions": _versions(inputs), "hashes": _hashes(inputs)}

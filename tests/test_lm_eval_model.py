@@ -1,0 +1,140 @@
+"""The ``hneurons`` lm-eval model class against lm-eval's own ``hf`` class, and the eval results cache.
+
+The class replaces two of ``hf``'s loops (prompt-shared log-likelihoods, compacting greedy decoding); these tests
+run both classes on the same requests and require the same numbers (to float rounding) and the same texts, on
+tiny random models of two architectures (llama; gemma3 with its sliding-window layers)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+from tinymodels import tiny_model, tiny_tokenizer
+
+from editor.evaluate.lm_eval_model import HneuronsLM, _common_prefix
+
+
+def _pair(model_type: str):
+    model = tiny_model(model_type, seed=3)
+    tok = tiny_tokenizer()
+    return HFLM(pretrained=model, tokenizer=tok, batch_size=3), HneuronsLM(pretrained=model, tokenizer=tok, batch_size=3)
+
+
+def _requests(tok) -> list:
+    """Contexts with 1-4 choices: multi-token choices sharing a prefix, one-token choices, a lone choice,
+    contexts of different lengths in one batch, and two requests with the same context and continuation."""
+    contexts = ["What is the capital of France?", "Question: What is the symbol of gold? Answer:",
+                "abc", "The currency of Japan is the yen. Lome is the capital of Togo. Respond with the answer only."]
+    choices = [[" The capital of France is Paris.", " The capital of France is Lome.", " I don't know."],
+               [" A", " Au", " B", " Au"],
+               [" d"],
+               [" yen", " the yen, I'm not sure", " There is no such country."]]
+    out = []
+    for ctx, conts in zip(contexts, choices):
+        for cont in conts:
+            c, t = tok.encode(ctx, add_special_tokens=False), tok.encode(cont, add_special_tokens=False)
+            out.append(((ctx, cont), c, t))
+    return out
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3"])
+def test_prompt_shared_log_likelihoods_equal_hf_and_run_fewer_tokens(model_type):
+    hf, ours = _pair(model_type)
+    requests = _requests(ours.tokenizer)
+    assert any(len(t) == 1 for _, _, t in requests) and any(len(t) > 3 for _, _, t in requests)
+    theirs = hf._loglikelihood_tokens(requests, disable_tqdm=True)
+    mine = ours._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert len(mine) == len(theirs) == len(requests)
+    np.testing.assert_allclose([m[0] for m in mine], [t[0] for t in theirs], atol=1e-4, rtol=0)
+    assert [m[1] for m in mine] == [t[1] for t in theirs]
+    per_choice = sum(len(c) + len(t) - 1 for _, c, t in requests)
+    assert ours.forward_tokens < per_choice  # each context once, shared choice prefixes once
+
+
+def test_prompt_sharing_can_be_turned_off_and_then_is_hf():
+    hf, _ = _pair("llama")
+    plain = HneuronsLM(pretrained=hf.model, tokenizer=hf.tokenizer, batch_size=3, prefix_sharing="False")
+    requests = _requests(hf.tokenizer)
+    assert plain._loglikelihood_tokens(requests, disable_tqdm=True) == hf._loglikelihood_tokens(requests,
+                                                                                                disable_tqdm=True)
+
+
+def test_common_prefix_leaves_every_continuation_a_token():
+    assert _common_prefix([[1, 2, 3], [1, 2, 4]]) == [1, 2]
+    assert _common_prefix([[1, 2], [1, 2, 3]]) == [1]
+    assert _common_prefix([[5, 6, 7]]) == [5, 6]
+    assert _common_prefix([[5], [5]]) == []
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3"])
+def test_compacting_greedy_generation_equals_hf(model_type):
+    hf, ours = _pair(model_type)
+    prompts = ["What is the capital of France?", "Hi", "Question: What is the symbol of gold? Answer:", "abc d",
+               "The currency of Japan is"]
+    for kwargs in ({"until": [], "max_gen_toks": 9, "do_sample": False},
+                   {"until": ["e", "."], "max_gen_toks": 12, "do_sample": False}):
+        requests = [Instance("generate_until", {}, (p, dict(kwargs)), i) for i, p in enumerate(prompts)]
+        theirs = hf.generate_until(requests, disable_tqdm=True)
+        mine = ours.generate_until(requests, disable_tqdm=True)
+        assert mine == theirs
+        assert any(t for t in theirs)  # the random model does write something
+
+
+def test_generation_config_penalties_fall_back_to_hf():
+    hf, ours = _pair("llama")
+    assert ours._plain_greedy()
+    ours.model.generation_config.repetition_penalty = 1.3
+    try:
+        assert not ours._plain_greedy()
+        requests = [Instance("generate_until", {}, ("What is the capital", {"until": [], "max_gen_toks": 8,
+                                                                           "do_sample": False}), 0)]
+        assert ours.generate_until(requests, disable_tqdm=True) == hf.generate_until(requests, disable_tqdm=True)
+    finally:
+        ours.model.generation_config.repetition_penalty = 1.0
+
+
+# ==================================================================================== the results cache
+def test_base_results_are_reused_across_output_folders_and_never_for_other_weights(tmp_path, caplog,
+                                                                                   monkeypatch):
+    """The unedited model's lm-eval run is stored in the results cache and copied into a second output folder
+    without running lm-eval; a checkpoint with one changed down-projection column at the same path (the cheap
+    strided fingerprint can miss such a column in a large model; the key hashes every weight) misses it."""
+    from test_evaluate import write_task_folder
+
+    from editor.evaluate.lm_eval_run import run_lm_eval
+    from editor.evaluate.settings import EvalSettings
+    from editor.evaluate.variants import Variant
+    from editor.model.loading import load_model
+
+    monkeypatch.setenv("HNEURONS_RESULTS_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "ckpt"
+    tiny_model("llama", seed=1).save_pretrained(ckpt)
+    tiny_tokenizer().save_pretrained(ckpt)
+    tasks = write_task_folder(tmp_path / "tasks")
+    settings = EvalSettings.of(tasks=["tiny_mc", "tiny_gen"], include_paths=[tasks], batch_size=4, kl=False)
+    lm = load_model(str(ckpt), device="cpu")
+    first = run_lm_eval(Variant("base", lm), settings, tmp_path / "a")
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    caplog.set_level(logging.INFO, logger="editor.evaluate.lm_eval_run")
+    second = run_lm_eval(Variant("base", lm), settings, tmp_path / "b")
+    assert "results cache" in caplog.text and "running lm-eval" not in caplog.text
+    assert second.results["results"] == first.results["results"]
+    assert (tmp_path / "b" / "samples_tiny_mc.jsonl").read_bytes() == (tmp_path / "a" / "samples_tiny_mc.jsonl").read_bytes()
+
+    edited = load_model(str(ckpt), device="cpu")
+    with torch.no_grad():
+        edited.model.model.layers[0].mlp.down_proj.weight[:, 1] *= 0.5
+    assert edited.weights_sha256() != lm.weights_sha256()
+    caplog.clear()
+    run_lm_eval(Variant("base", edited), settings, tmp_path / "c")
+    assert "running lm-eval" in caplog.text
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+    off = settings.model_copy(update={"results_cache": False})
+    caplog.clear()
+    run_lm_eval(Variant("base", lm), off, tmp_path / "d")
+    assert "running lm-eval" in caplog.text
