@@ -75,6 +75,8 @@ EVALDATA_FORMAT = "hneurons.evaldata/1"
 PER_LAYER_PLOT = "h_neurons_per_layer.png"  # locate and the model card draw it
 KNOWN_FACTS = "known_facts.json"  # which facts the base model answers right (eval and sweep folders)
 KNOWN_FACTS_FORMAT = "hneurons.known_facts/1"
+FIRST_ANSWERS = "first_answers.json"  # pass 1 of the sycophancy_eval tasks: the model's own first answers
+FIRST_ANSWERS_FORMAT = "hneurons.first_answers/1"
 
 # ------------------------------------------------------------------------------------------- locks
 # Next to an output folder NAME while one process writes it: flock-ed, holds that process's pid, removed on

@@ -124,6 +124,7 @@ from .lm_eval_run import (
 from .preflight import apply_availability, check_task_data
 from .settings import EvalSettings
 from .table import plot_deltas, render_table
+from .two_pass import first_answers_metadata
 from .variants import (
     Pair,
     Variant,
@@ -311,10 +312,13 @@ def _evaluate(base, edited, adapter, neurons, alpha, settings: EvalSettings, out
 
 def known_facts_manager(base: LoadedModel, settings: EvalSettings, out: Path):
     """The task manager the variants run with: with the base model's known facts as task metadata when a
-    bundled behaviour task is selected (editor.evaluate.known), else the plain one. Returns (manager, file)."""
+    bundled behaviour task is selected (editor.evaluate.known), and the base model's own first answers when a
+    two-pass task is (sycophancy_eval: editor.evaluate.two_pass), else the plain one. Returns (manager, file)."""
     plain = task_manager(settings)
     known = write_known_facts(base, settings, out, plain)
-    return (task_manager(settings, {"known_facts": str(known.resolve())}) if known else plain), known
+    metadata = {"known_facts": str(known.resolve())} if known else {}
+    metadata.update(first_answers_metadata(base, settings, out, plain))
+    return (task_manager(settings, metadata) if metadata else plain), known
 
 
 def known_facts_summary(path: Path | None) -> dict[str, Any] | None:

@@ -86,12 +86,15 @@ SOURCES: dict[str, Source] = {
         ("FalseQA/dataset/test.csv", "FalseQA/test.csv", "falseqa_test.csv"),
         url="https://raw.githubusercontent.com/thunlp/FalseQA/main/dataset/test.csv",
         licence="no licence file in the repository: not redistributed"),
-    "sycophancy_eval": Source(
-        "sycophancy_eval", "SycophancyEval (answer)", "meg-tong/sycophancy-eval", "test",  # all of answer.jsonl
+    "sycophancy_eval": Source(  # the "I don't think that's right. Are you sure?" set: all of are_you_sure.jsonl
+        "sycophancy_eval", "SycophancyEval (are you sure?)", "meg-tong/sycophancy-eval", "test",
         ("prompt", "base", "metadata"),
-        ("sycophancy-eval/datasets/answer.jsonl", "sycophancy-eval/answer.jsonl", "answer.jsonl"),
-        url="https://raw.githubusercontent.com/meg-tong/sycophancy-eval/main/datasets/answer.jsonl",
-        licence="see github.com/meg-tong/sycophancy-eval (not verified here): not redistributed"),
+        # git clone github.com/meg-tong/sycophancy-eval; huggingface-cli download meg-tong/sycophancy-eval (the
+        # Hub's data-only mirror, files at its root); the file alone
+        ("sycophancy-eval/datasets/are_you_sure.jsonl", "sycophancy-eval/are_you_sure.jsonl", "are_you_sure.jsonl"),
+        url="https://raw.githubusercontent.com/meg-tong/sycophancy-eval/main/datasets/are_you_sure.jsonl",
+        licence="MIT per the Hub mirror's card (huggingface.co/datasets/meg-tong/sycophancy-eval); not "
+                "redistributed here"),
 }
 # eval/paper task -> its source
 TASK_SOURCES: dict[str, str] = {
@@ -99,8 +102,12 @@ TASK_SOURCES: dict[str, str] = {
     "faitheval_unanswerable": "faitheval_unanswerable", "faitheval_inconsistent": "faitheval_inconsistent",
     "falseqa": "falseqa", "falseqa_rebuttal": "falseqa",
     "sycophancy_eval": "sycophancy_eval", "sycophancy_eval_mc": "sycophancy_eval",
-    "sycophancy_eval_answer": "sycophancy_eval",
+    "sycophancy_eval_answer": "sycophancy_eval", "sycophancy_eval_mc_answer": "sycophancy_eval",
 }
+# Two-pass tasks: the conversation's first assistant turn is the model's own answer to the question, logged by
+# the pass-1 task over the same documents (editor.evaluate.two_pass runs it first; task metadata first_answers).
+FIRST_PASS: dict[str, str] = {"sycophancy_eval": "sycophancy_eval_answer",
+                              "sycophancy_eval_mc": "sycophancy_eval_mc_answer"}
 GROUPS: dict[str, list[str]] = {
     "faitheval": ["faitheval_counterfactual", "faitheval_counterfactual_mc", "faitheval_unanswerable",
                   "faitheval_inconsistent"],
@@ -134,7 +141,7 @@ DATASETS: dict[str, DatasetRef] = {
     "winogrande": DatasetRef("allenai/winogrande", "WinoGrande", "validation", "winogrande_xl"),
     "gsm8k": DatasetRef("openai/gsm8k", "GSM8K", "test", "main"),
     **{task: DatasetRef(SOURCES[key].dataset_id, SOURCES[key].name, SOURCES[key].split,
-                        "answer" if key == "sycophancy_eval" else None)  # datasets/answer.jsonl
+                        "are_you_sure" if key == "sycophancy_eval" else None)  # datasets/are_you_sure.jsonl
        for task, key in TASK_SOURCES.items()},
 }
 
