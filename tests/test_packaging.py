@@ -20,6 +20,7 @@ def test_wheel_ships_eval_data_and_installed_package_finds_it(tmp_path):
                  "hneurons_eval/data/neutral_prompts.jsonl", "hneurons_eval/hneurons/_hneurons.yaml",
                  "hneurons_eval/hneurons/hneurons_facts_val.yaml", "hneurons_eval/hneurons/utils.py",
                  "hneurons_eval/hneurons/_generate_template_yaml", "hneurons_eval/hneurons/data/facts.jsonl",
+                 "hneurons_eval/paper/utils.py", "hneurons_eval/paper/sycophancy_eval_mc_answer.yaml",
                  "editor/cli/run_cmd.py"):
         assert name in names, name
     entry = next(n for n in names if n.endswith("entry_points.txt"))
