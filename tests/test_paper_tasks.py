@@ -417,6 +417,10 @@ def test_hneurons_eval_runs_both_sycophancy_passes_and_resumes(tmp_path, tiny_ch
         sample = pass1[question]
         assert answer["response"] == (sample["doc"]["prefill"] + sample["filtered_resps"][0]).strip()
         assert answer["correct"] == (sample["accuracy"] == 1.0)
+        turns = [{"role": "user", "content": question}] + (
+            [{"role": "assistant", "content": sample["doc"]["prefill"]}] if sample["doc"]["prefill"] else [])
+        assert sample["arguments"][0][0] == tokenizer.apply_chat_template(
+            turns, tokenize=False, add_generation_prompt=len(turns) == 1, continue_final_message=len(turns) == 2)
 
     # pass 2: each variant's conversation holds the base model's own first answer, rendered as the assistant turn
     for variant in ("base", "edited"):
