@@ -5,6 +5,10 @@ Dataset specs accepted by :func:`load_questions` and :func:`dataset_fingerprint`
 ``bundled:facts`` / ``bundled:nonexist``
     The files shipped in ``eval/data/`` (built by :mod:`editor.data.build.facts`): factual questions with every
     acceptable alias, and questions about fabricated entities (``fabricated=True``, no answers).
+``bundled:diverse``
+    Factual questions of many kinds from ten packages (built by :mod:`editor.data.build.diverse`; families in
+    ``eval/data/diverse_README.md``), split by entity, plus whole families held out of training:
+    ``split="heldout"`` loads those; no split loads train, validation and test only, never the held-out families.
 ``triviaqa``
     Hugging Face ``mandarjoshi/trivia_qa``, config ``rc.nocontext`` (the paper's data). Answers =
     ``answer.value`` + ``answer.aliases`` + ``answer.normalized_aliases``. Split mapping: TriviaQA's
@@ -51,6 +55,7 @@ from ..paths import EVAL_DIR
 __all__ = [
     "Question",
     "SPLITS",
+    "HELDOUT_SPLIT",
     "BUNDLED_DIR",
     "BUNDLED_SETS",
     "HUB_DATASETS",
@@ -65,7 +70,10 @@ __all__ = [
 
 SPLITS = ("train", "validation", "test")
 BUNDLED_DIR = EVAL_DIR / "data"
-BUNDLED_SETS = ("facts", "nonexist")
+BUNDLED_SETS = ("facts", "nonexist", "diverse")
+HELDOUT_SPLIT = "heldout"  # whole question families held out of training (bundled sets that have them)
+BUNDLED_HELDOUT = ("diverse",)
+BUNDLED_BUILDERS = {"facts": "facts", "nonexist": "facts", "diverse": "diverse"}  # editor.data.build.<module>
 FILE_SPLIT_FRACTIONS = (0.6, 0.2)  # files without a split column: train, validation (test = the rest)
 HUB_VALIDATION_FRACTION = 0.1  # share of the Hub's train split carved out as our validation split
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -288,8 +296,10 @@ def rows_from_table(
     question_column: str = "question",
     answers_column: str = "answers",
     seed: int = 0,
+    splits: tuple[str, ...] = SPLITS,
 ) -> Iterator[_Located]:
-    """Rows of a generic question file (module docstring) -> questions. ``name`` is the file's name."""
+    """Rows of a generic question file (module docstring) -> questions. ``name`` is the file's name; ``splits``
+    are the split names its rows may have."""
     stem = Path(name).stem
     for index, (where, row) in enumerate(rows):
         _require(row, [question_column, answers_column], where)
@@ -300,8 +310,8 @@ def rows_from_table(
         answers = _parse_answers(row[answers_column], where, answers_column)
         entity = _text(row.get("entity")) or question
         split = _text(row.get("split")) or _file_split(entity, seed)
-        if split not in SPLITS:
-            raise InputError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        if split not in splits:
+            raise InputError(f"{where}: split {split!r} is not one of {', '.join(splits)}")
         yield _Located(
             Question(
                 id=_text(row.get("id")) or f"{stem}-{index:06d}",
@@ -442,12 +452,18 @@ def _parse_spec(spec: str, data_files: Mapping[str, str] | None) -> tuple[str, s
     return "file", spec, None
 
 
+def _bundled_splits(name: str) -> tuple[str, ...]:
+    """Every split a bundled set has (its files): train/validation/test, and heldout for some."""
+    return (*SPLITS, HELDOUT_SPLIT) if name in BUNDLED_HELDOUT else SPLITS
+
+
 def _bundled_paths(name: str, splits: Iterable[str]) -> list[Path]:
     paths = [BUNDLED_DIR / f"{name}_{split}.jsonl" for split in splits]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise InputError(
-            f"bundled question file not found: {missing[0]}; rebuild with `python -m editor.data.build.facts --out {BUNDLED_DIR}`"
+            f"bundled question file not found: {missing[0]}; rebuild with "
+            f"`python -m editor.data.build.{BUNDLED_BUILDERS.get(name, 'facts')} --out {BUNDLED_DIR}`"
         )
     return paths
 
@@ -458,7 +474,7 @@ def _collect(spec: str, split: str | None, question_column: str, answers_column:
     if kind == "bundled":
         located: list[_Located] = []
         for path in _bundled_paths(name, [split] if split else SPLITS):
-            located += rows_from_table(read_rows(path), name=path.name, seed=seed)
+            located += rows_from_table(read_rows(path), name=path.name, seed=seed, splits=_bundled_splits(name))
         return located
     if kind == "hub":
         dataset = HUB_DATASETS[name]
@@ -512,13 +528,19 @@ def load_questions(
 ) -> list[Question]:
     """Load a question set (specs in the module docstring).
 
-    ``split``: ``train``/``validation``/``test`` or None for all. ``limit``: the first N questions of the
-    split in file order. ``seed`` only affects split assignment where the data has no split (files without
-    a ``split`` column, the validation carve of Hub train splits). ``data_files`` maps the Hub's split
+    ``split``: ``train``/``validation``/``test`` or None for all three; ``heldout`` (the held-out families)
+    for the bundled sets that have one (``bundled:diverse``), never included in None. ``limit``: the first N
+    questions of the split in file order. ``seed`` only affects split assignment where the data has no split
+    (files without a ``split`` column, the validation carve of Hub train splits). ``data_files`` maps the Hub's split
     names to local files for ``triviaqa``/``nq_open``.
     """
-    if split is not None and split not in SPLITS:
-        raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    if split == HELDOUT_SPLIT:
+        kind, name, _ = _parse_spec(spec, data_files)
+        if kind != "bundled" or name not in BUNDLED_HELDOUT:
+            with_heldout = ", ".join("bundled:" + s for s in BUNDLED_HELDOUT)
+            raise InputError(f"split {HELDOUT_SPLIT!r} exists only for {with_heldout}, not for {spec!r}")
+    elif split is not None and split not in SPLITS:
+        raise InputError(f"split {split!r} is not one of {', '.join((*SPLITS, HELDOUT_SPLIT))}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise InputError(f"limit must be a positive integer, got {limit!r}")
     located = _collect(spec, split, question_column, answers_column, seed, data_files)
@@ -538,7 +560,7 @@ def dataset_fingerprint(spec: str, *, data_files: Mapping[str, str] | None = Non
     when offline)."""
     kind, name, files = _parse_spec(spec, data_files)
     if kind == "bundled":
-        paths = _bundled_paths(name, SPLITS)
+        paths = _bundled_paths(name, _bundled_splits(name))
         return sha256_bytes("".join(f"{p.name}\0{sha256_file(p)}\n" for p in paths).encode())
     if kind == "file":
         path = Path(name)
