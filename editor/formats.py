@@ -57,6 +57,9 @@ DOSE_REPORT = "dose_response.json"
 DOSE_FORMAT = "hneurons.dose_response/1"
 DOSE_TASK_PLOT = "dose_{task}.png"  # one per task: each metric vs alpha, H-Neurons and matched random sets
 DOSE_SLOPES_PLOT = "dose_slopes.png"
+DOSE_COUNTS = "dose_counts.json"  # the dose-response slopes vs neuron count (--neuron-sets)
+DOSE_COUNTS_FORMAT = "hneurons.dose_counts/1"
+DOSE_COUNTS_PLOT = "dose_counts.png"
 
 # ----------------------------------------------------------------------------------- card and push
 CARD = "README.md"

@@ -134,3 +134,70 @@ def test_a_recipe_dose_section_adds_the_stage(tmp_path):
     recipe = load_recipe(path)
     assert recipe.dose.controls == 5 and recipe.dose.grid == [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]
     assert active_stages(recipe)[:3] == ["collect", "locate", "dose"]
+
+
+def test_neuron_count_dimension_runs_each_path_set_with_its_own_matched_controls(tmp_path):
+    """--neuron-sets x2 runs the same dose-response for a larger set of locate's path (neurons_path.json beside
+    the neuron file): its random sets match its own per-layer counts, the unedited model's run is reused from the
+    results cache, and dose_counts.json orders the slopes by neuron count."""
+    from test_evaluate import NEURONS, write_task_folder
+    from tinymodels import tiny_model, tiny_tokenizer
+
+    from editor.evaluate.dose import dose_response
+    from editor.formats import NEURONS_PATH, NEURONS_PATH_FORMAT
+
+    ckpt = tmp_path / "ckpt"
+    tiny_model("llama", seed=1).save_pretrained(ckpt)
+    tiny_tokenizer().save_pretrained(ckpt)
+    locate = tmp_path / "locate"
+    locate.mkdir()
+    (locate / "neurons.json").write_text(json.dumps(NEURONS))
+    bigger = {"neurons": NEURONS["neurons"] + [{"layer": 0, "index": j} for j in range(20, 44, 2)]}
+    (locate / NEURONS_PATH).write_text(json.dumps({"format": NEURONS_PATH_FORMAT, "sets": {"x2": bigger}}))
+    tasks = write_task_folder(tmp_path / "tasks", split="test")
+    out = tmp_path / "dose"
+    report = dose_response(str(ckpt), locate / "neurons.json", out=out, tasks=["tiny_mc"],
+                           include_paths=[str(tasks)], limit=6, alphas=[0, 2], controls=2, batch_size=4, kl=False,
+                           ci_iters=200, neuron_sets=["x2"])
+    sub = json.loads((out / "count_x2" / "dose_response.json").read_text())
+    assert sub["neurons"]["count"] == len(bigger["neurons"]) and sub["neurons"]["source_file"].endswith("#x2")
+    assert all(s["per_layer"] == sub["neurons"]["per_layer"] for s in sub["sets"])
+    assert (out / "count_x2" / "lm_eval" / "alpha_1" / "results.json").read_bytes() == (
+        out / "lm_eval" / "alpha_1" / "results.json").read_bytes()  # copied from the results cache
+    counts = json.loads((out / "dose_counts.json").read_text())
+    (row,) = counts["rows"]
+    assert [c["count"] for c in row["counts"]] == [len(NEURONS["neurons"]), len(bigger["neurons"])]
+    assert row["counts"][1]["h_slope"] == sub["rows"][0]["sets"]["H"]["slope"]
+    assert report.results["neuron_count"]["sets"]["x2"]["folder"] == "count_x2"
+    assert (out / "dose_counts.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_neuron_sets_without_a_path_file_are_refused_before_any_model_loads(tmp_path):
+    from test_evaluate import NEURONS
+
+    from editor.errors import InputError
+    from editor.evaluate.dose import dose_response
+
+    (tmp_path / "neurons.json").write_text(json.dumps(NEURONS))
+    with pytest.raises(InputError, match="neurons_path.json not found"):
+        dose_response(str(tmp_path / "no-model"), tmp_path / "neurons.json", out=tmp_path / "o", neuron_sets=["x5"])
+
+
+def test_known_only_keeps_the_known_behaviour_documents_and_drops_the_repeated_metrics(tmp_path):
+    import importlib.util
+
+    from editor.paths import EVAL_DIR
+
+    spec = importlib.util.spec_from_file_location("hneurons_task_utils", EVAL_DIR / "hneurons" / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    rows = [json.loads(line) for line in (EVAL_DIR / "hneurons/data/false_premise.jsonl").read_text().splitlines()]
+    known = {r["source_id"]: {"correct": i % 3 == 0, "response": "x"} for i, r in enumerate(rows)}
+    facts = tmp_path / "known.json"
+    facts.write_text(json.dumps({"format": "hneurons.known_facts/1", "facts": known}))
+    kept = utils.load("false_premise.jsonl", known_facts=str(facts), known_only=True)["test"]
+    assert len(kept) == sum(f["correct"] for f in known.values()) and all(kept["known"])
+    mc = utils.load("knowledge_mc.jsonl", known_facts=str(facts), known_only=True)["test"]
+    assert len(mc) == len((EVAL_DIR / "hneurons/data/knowledge_mc.jsonl").read_text().splitlines())  # not behaviour
+    with pytest.raises(ValueError, match="known_facts"):
+        utils.load("false_premise.jsonl", known_only=True)

@@ -43,14 +43,23 @@ import numpy as np
 from .. import stats
 from ..artifacts import atomic_write_json, provenance, sha256_file
 from ..errors import InputError
-from ..formats import DOSE_FORMAT, DOSE_REPORT, DOSE_SLOPES_PLOT, DOSE_TASK_PLOT
+from ..formats import (
+    DOSE_COUNTS,
+    DOSE_COUNTS_FORMAT,
+    DOSE_COUNTS_PLOT,
+    DOSE_FORMAT,
+    DOSE_REPORT,
+    DOSE_SLOPES_PLOT,
+    DOSE_TASK_PLOT,
+    NEURONS_PATH,
+)
 from ..locking import output_lock
 from ..model.loading import LoadedModel, LoadOptions, load_model
 from ..model.neuron_set import NeuronSet, as_neuron_set
 from ..plots import figure, save_png
 from ..text import fmt
 from .kl import kl_divergence, kl_sequences, write_kl_files
-from .lm_eval_run import LmEvalRun, prepare_environment, run_lm_eval
+from .lm_eval_run import LmEvalRun, prepare_environment, run_lm_eval, task_manager
 from .settings import DoseSettings
 from .stage import check_out, known_facts_manager, known_facts_summary, preflight
 from .variants import Variant, random_control
@@ -197,22 +206,47 @@ def dose_response(
     if nset.neuron_alpha:
         raise InputError(f"{nset.path or 'the neuron set'} gives {len(nset.neuron_alpha)} neuron(s) their own alpha; "
                          f"the dose-response scales every neuron by the grid's alpha. Remove the per-neuron alphas")
+    count_sets = path_sets(nset, settings.neuron_sets)  # named before any model loads
     preflight(settings, [base], load)
     with output_lock(out):
-        return _dose(base, nset, settings, out, force, overwrite, load)
+        check_out(out, settings, overwrite, DOSE_REPORT, "a dose-response")
+        lm = base if isinstance(base, LoadedModel) else load_model(str(base), load)
+        for members in (nset, *count_sets.values()):
+            members.validate(lm, force=force)
+        report = _dose(lm, nset, settings, out, force)
+        if count_sets:
+            # the unedited model's runs (alpha 1, known facts) come from the results cache after the first set
+            by_count = {"chosen": report.results} | {
+                name: _dose(lm, members, settings, out / f"count_{name}", force).results
+                for name, members in count_sets.items()}
+            report.results["neuron_count"] = write_count_summary(out, by_count)
+            atomic_write_json(out / DOSE_REPORT, report.results)
+        return report
 
 
-def _dose(base, nset: NeuronSet, settings: DoseSettings, out: Path, force: bool, overwrite: bool,
-          load: LoadOptions | None) -> DoseReport:
+def path_sets(nset: NeuronSet, names: Sequence[str]) -> dict[str, NeuronSet]:
+    """The named sets of ``neurons_path.json`` beside the neuron file (locate writes both)."""
+    if not names:
+        return {}
+    if nset.path is None:
+        raise InputError(f"--neuron-sets {','.join(names)} names sets of locate's neurons_path.json, which is found "
+                         f"beside the neuron file; this neuron set was not read from a file")
+    path_file = nset.path.parent / NEURONS_PATH
+    if not path_file.is_file():
+        raise InputError(f"--neuron-sets {','.join(names)}: {path_file} not found (locate writes it beside "
+                         f"{nset.path.name}; re-run locate, or leave --neuron-sets out)")
+    return {name: NeuronSet.load(path_file, name=name) for name in names}
+
+
+def _dose(lm: LoadedModel, nset: NeuronSet, settings: DoseSettings, out: Path, force: bool) -> DoseReport:
     started = time.time()
-    check_out(out, settings, overwrite, DOSE_REPORT, "a dose-response")
-    lm = base if isinstance(base, LoadedModel) else load_model(str(base), load)
-    nset.validate(lm, force=force)
     grid = settings.grid
     sets: dict[str, NeuronSet] = {H_SET: nset}
     for seed in settings.control_seeds:
         sets[f"random_seed{seed}"] = random_control(nset, lm.num_layers, lm.d_ff, seed, settings.match_layers)
     manager, known = known_facts_manager(lm, settings, out)
+    if settings.known_only and known is not None:
+        manager = task_manager(settings, {**(manager.metadata or {}), "known_only": True})
     base_variant = Variant("alpha_1", lm)
     reference = run_lm_eval(base_variant, settings, out / "lm_eval" / "alpha_1", manager)  # scored once
     runs: dict[str, dict[float, LmEvalRun]] = {}
@@ -229,11 +263,12 @@ def _dose(base, nset: NeuronSet, settings: DoseSettings, out: Path, force: bool,
             variants[(name, alpha)] = variant
             runs[name][alpha] = run_lm_eval(variant, settings, out / "lm_eval" / variant.name, manager)
     kl = _kl(lm, base_variant, variants, grid, settings, out) if settings.kl else None
-    rows = analyse(reference, runs, grid, settings.ci_iters, settings.ci_seed)
+    rows = analyse(reference, runs, grid, settings.ci_iters, settings.ci_seed,
+                   known_only=settings.known_only and known is not None)
     results = {
         "format": DOSE_FORMAT,
         "model": lm.identity(),
-        "neurons": _describe_set(nset) | {"source_file": str(nset.path) if nset.path else None},
+        "neurons": _describe_set(nset) | {"source_file": nset.source},
         "sets": [{"name": name, "kind": "h_neurons" if name == H_SET else "random_matched",
                   "seed": None if name == H_SET else int(name.removeprefix("random_seed"))} | _describe_set(members)
                  for name, members in sets.items()],
@@ -298,12 +333,16 @@ def _item_matrix(runs: Mapping[float, LmEvalRun], grid, key) -> tuple[np.ndarray
 
 
 def analyse(reference: LmEvalRun, runs: Mapping[str, Mapping[float, LmEvalRun]], grid: Sequence[float],
-            iters: int, seed: int) -> list[dict[str, Any]]:
-    """One row per (task, metric, filter) the reference run reports: the dose-response statistics."""
+            iters: int, seed: int, known_only: bool = False) -> list[dict[str, Any]]:
+    """One row per (task, metric, filter) the reference run reports: the dose-response statistics. With
+    ``known_only`` (only known facts scored) a metric with a ``_known`` twin repeats it and is left out."""
     rows = []
     for task in reference.leaf_tasks():
         primary = reference.primary_metric(task)
-        for metric, filt in reference.metric_keys(task):
+        keys = reference.metric_keys(task)
+        for metric, filt in keys:
+            if known_only and (f"{metric}_known", filt) in keys:
+                continue
             key = (task, metric, filt)
             if reference.value(task, metric, filt) is None or not math.isfinite(reference.value(task, metric, filt)):
                 continue
@@ -324,6 +363,69 @@ def analyse(reference: LmEvalRun, runs: Mapping[str, Mapping[float, LmEvalRun]],
             rows.append(row)
     holm_rows(rows)
     return rows
+
+
+# ============================================================================================ neuron count
+def count_rows(by_count: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per (task, metric): H's slope, the random sets' mean slope (sd) and H - random with its CI, at every
+    neuron count (the chosen set and the path sets), ordered by count."""
+    order = sorted(by_count, key=lambda name: by_count[name]["neurons"]["count"])
+    table: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for name in order:
+        doc = by_count[name]
+        for r in doc["rows"]:
+            row = table.setdefault((r["task"], r["metric"], r["filter"]), {
+                "task": r["task"], "metric": r["metric"], "filter": r["filter"], "primary": r["primary"],
+                "higher_is_better": r["higher_is_better"], "counts": []})
+            d = r["h_minus_random"]
+            row["counts"].append({"set": name, "count": doc["neurons"]["count"], "n": r["n"],
+                                  "h_slope": r["sets"][H_SET]["slope"], "h_slope_ci95": r["sets"][H_SET]["slope_ci95"],
+                                  "random_slope_mean": r["random"]["slope_mean"],
+                                  "random_slope_sd": r["random"]["slope_sd"],
+                                  "h_minus_random": d["slope_difference"], "h_minus_random_ci95": d["ci95"],
+                                  "p_holm": d.get("p_holm"), "h_rank": r["h_rank"]})
+    return list(table.values())
+
+
+def write_count_summary(out: Path, by_count: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``dose_counts.json`` and ``dose_counts.png``: the slopes vs neuron count; returns the report's block."""
+    rows = count_rows(by_count)
+    doc = {"format": DOSE_COUNTS_FORMAT,
+           "sets": {name: {"count": d["neurons"]["count"], "source": d["neurons"].get("source_file"),
+                           "folder": "." if name == "chosen" else f"count_{name}"} for name, d in by_count.items()},
+           "rows": rows, "provenance": provenance()}
+    atomic_write_json(out / DOSE_COUNTS, doc)
+    figure_file = _counts_figure(out, [r for r in rows if r["primary"]] or rows)
+    return {"file": DOSE_COUNTS, "figure": figure_file, "sets": doc["sets"]}
+
+
+def _counts_figure(out: Path, rows) -> str:
+    cols = min(3, len(rows))
+    n_rows = math.ceil(len(rows) / cols)
+    plt, fig, axes = figure(4.0 * cols, 3.0 * n_rows, rows=n_rows, cols=cols, dpi=100)
+    for ax, r in zip(axes.flat, rows):
+        counts = [c["count"] for c in r["counts"]]
+        h = [c["h_slope"] for c in r["counts"]]
+        lo = [c["h_slope_ci95"][0] if c["h_slope_ci95"] else c["h_slope"] for c in r["counts"]]
+        hi = [c["h_slope_ci95"][1] if c["h_slope_ci95"] else c["h_slope"] for c in r["counts"]]
+        mean = np.array([c["random_slope_mean"] for c in r["counts"]])
+        sd = np.array([c["random_slope_sd"] or 0.0 for c in r["counts"]])
+        ax.fill_between(counts, mean - sd, mean + sd, color=_RANDOM_COLOR, alpha=0.25, lw=0,
+                        label="random sets, mean +- sd")
+        ax.plot(counts, mean, color=_RANDOM_COLOR, lw=1)
+        ax.fill_between(counts, lo, hi, color=_H_COLOR, alpha=0.18, lw=0)
+        ax.plot(counts, h, "o-", color=_H_COLOR, ms=3.5, label="H-Neurons (95% CI)")
+        ax.axhline(0, color="black", lw=0.5, alpha=0.4)
+        ax.set_xscale("log")
+        ax.set_title(f"{r['task']}\n{'[primary] ' if r['primary'] else ''}{r['metric']}", fontsize=8)
+        ax.set_xlabel("neurons in the set", fontsize=8)
+        ax.set_ylabel("slope per unit alpha", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="best")
+    fig.suptitle("dose-response slope vs neuron count (locate's regularisation path)", fontsize=10)
+    return save_png(plt, fig, out / DOSE_COUNTS_PLOT)
 
 
 # ============================================================================================= rendering

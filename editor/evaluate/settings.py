@@ -275,6 +275,14 @@ class DoseSettings(EvalSettings):
     controls: int = Field(3, ge=2, description="matched random-neuron sets run at every alpha (3 by default, 5 in "
                                                "the longer documented run; at least 2 for a between-set variance)")
     ci_iters: int = Field(2_000, ge=100, description="bootstrap resamples over items (value and slope CIs)")
+    known_only: bool = Field(
+        False, description="score the behaviour tasks only on the facts the base model knows (their _known "
+                           "metrics, about a third of the items on SmolLM2, for a third of the forward passes); the "
+                           "all-item metrics that would repeat them are left out of the report")
+    neuron_sets: Annotated[list[str], Cli(many="comma", metavar="NAMES")] = Field(
+        [], description="also run the dose-response for these sets of locate's regularisation path (names in "
+                        "neurons_path.json beside the neuron file, e.g. x2,x5,x10): effect vs neuron count, each "
+                        "with its own matched random sets")
 
     @field_validator("alphas")
     @classmethod
@@ -290,7 +298,8 @@ class DoseSettings(EvalSettings):
         return sorted({float(a) for a in self.alphas} | {1.0})
 
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"alphas": self.grid}
+        return super().describe() | {"alphas": self.grid, "known_only": self.known_only,
+                                     "neuron_sets": list(self.neuron_sets)}
 
 
 def task_files_hash(include_paths: Iterable[str | Path]) -> str:

@@ -39,15 +39,21 @@ except ImportError:  # a checkout that is not installed: eval/hneurons/utils.py 
 
 
 # ------------------------------------------------------------------------------------------------ data
-def load(hneurons_file: str, known_facts: str | None = None, only_facts: str | None = None, **_metadata):
+BEHAVIOUR_FILES = ("false_premise.jsonl", "misleading_context.jsonl", "sycophancy.jsonl")
+
+
+def load(hneurons_file: str, known_facts: str | None = None, only_facts: str | None = None,
+         known_only: bool = False, **_metadata):
     """``custom_dataset`` hook: the JSONL file named in ``dataset_kwargs``, read next to this module.
 
     lm-eval resolves ``dataset_kwargs.data_files`` against the working directory; this path does not
     depend on it, so ``--include_path eval/`` works from anywhere. ``known_facts`` (task metadata) marks each
     behaviour document ``known`` or not and puts the base model's own answer into the sycophancy history
     (module docstring); ``only_facts`` (a JSON list of ids) keeps only those documents: ``hneurons eval
-    --limit`` asks the base model just the facts behind the behaviour items it keeps. Other keyword
-    arguments are task metadata lm-eval passes along (ignored).
+    --limit`` asks the base model just the facts behind the behaviour items it keeps; ``known_only`` keeps
+    only the behaviour documents on facts the base model knows (``hneurons dose-response --known-only``:
+    the same ``_known`` metrics for a third of the forward passes). Other keyword arguments are task
+    metadata lm-eval passes along (ignored).
     """
     import datasets
 
@@ -64,6 +70,10 @@ def load(hneurons_file: str, known_facts: str | None = None, only_facts: str | N
         row["known"] = None if fact is None else bool(fact["correct"])
         if fact and fact["correct"] and "first_answer" in row:
             row["first_answer"] = fact["response"]
+    if known_only and Path(hneurons_file).name in BEHAVIOUR_FILES:
+        if not facts:
+            raise ValueError(f"{hneurons_file}: known_only needs the known_facts metadata (written by hneurons eval)")
+        rows = [row for row in rows if row["known"] is True]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
