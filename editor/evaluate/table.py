@@ -73,6 +73,9 @@ def plot_deltas(out: Path, rows: Sequence[Mapping[str, Any]], name: str = EVAL_P
     deltas = [r["delta"] for r in rows]
     errs = np.array([[r["delta"] - r["delta_ci95"][0], r["delta_ci95"][1] - r["delta"]] if r["delta_ci95"]
                      else [0.0, 0.0] for r in rows]).T
+    # an interval's end can sit a rounding error beside the point (1/24 * (2 * 0 - 1) vs a difference of means,
+    # when every changed item moved one way): matplotlib refuses negative error bars
+    errs = np.clip(errs, 0.0, None)
     colors = ["#c0392b" if r["significant"] else "#95a5a6" for r in rows]
     ax.barh(ys, deltas, xerr=errs, color=colors, ecolor="#2c3e50", capsize=3, height=0.6, label="edited - base")
     labelled = False
