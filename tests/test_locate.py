@@ -24,8 +24,11 @@ def tiny_lm(seed=0) -> LoadedModel:
     return LoadedModel(model, tiny_tokenizer(), ModelSource("tiny", "folder", "tiny"), get_arch(model.config))
 
 
-def synthetic_collect(folder, lm, n_per_split=(80, 30, 30), relations=("a", "b"), seed=0, fabricated=10):
-    """A collect folder whose hallucinated answers carry token MARK (a signal the FFN can see)."""
+def synthetic_collect(folder, lm, n_per_split=(80, 30, 30), relations=("a", "b"), seed=0, fabricated=10, heldout=0,
+                      heldout_relations=("h1", "h2"), heldout_label=lambda i: i % 2):
+    """A collect folder whose hallucinated answers carry token MARK (a signal the FFN can see); ``heldout``
+    records of the split heldout (families ``heldout_relations``) come last, as collect writes them, so that the
+    records before them are the same with or without them."""
     g = np.random.default_rng(seed)
     records = []
     for split, n in zip(("train", "validation", "test"), n_per_split):
@@ -42,6 +45,14 @@ def synthetic_collect(folder, lm, n_per_split=(80, 30, 30), relations=("a", "b")
         if i % 2:
             answer[0] = MARK
         records.append(_record(f"fab{i}", "test", "nonexist", True, i % 2, prompt, answer))
+    for i in range(heldout):
+        y = int(heldout_label(i))
+        prompt = g.integers(10, 300, size=int(g.integers(5, 9))).tolist()
+        answer = g.integers(10, 300, size=3).tolist()
+        if y:
+            answer[:2] = [MARK, MARK]
+        records.append(_record(f"heldout{i}", "heldout", heldout_relations[i // 2 % len(heldout_relations)], False, y,
+                               prompt, answer))
     folder.mkdir(parents=True)
     (folder / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     atomic_write_json(folder / "collect.json", {"model": lm.identity(), "questions_sha256": "x", "data": {},
@@ -267,3 +278,101 @@ def test_detect_evaluate_reports_the_baselines(located, monkeypatch):
     assert passes == [16], "the training responses' log-probabilities come from locate's answer_signals.json"
     assert block["fit"]["models"]["family"]["family_rate"].keys() == {"a", "b"}  # "c" is an unseen family
     assert "length_matched" in report and "trivial baselines" in format_heldout(report)
+
+
+SETTINGS = dict(random_draws=5, bootstrap=200, n_C=12)  # the `located` fixture's
+
+
+def test_heldout_families_are_reported_like_test_and_never_trained_on(located, tmp_path):
+    """Responses of the split heldout get the test split's blocks under `heldout`, and change nothing else: the
+    probe, the H-Neurons, the path and the test report equal those of the same folder without them."""
+    from editor.locate.stage import format_report
+
+    lm, tmp, without = located
+    synthetic_collect(tmp_path / "collect", lm, heldout=40)
+    result = locate(lm, tmp_path / "collect", tmp_path / "locate", LocateSettings(**SETTINGS), progress=False)
+    report, base = result.report, without.report
+    # never trained on, never choosing C: the same probe file, neurons, path and choice
+    for name in ("probe.safetensors", "neurons.json", "neurons_path.json"):
+        assert (tmp_path / "locate" / name).read_bytes() == (tmp / "locate" / name).read_bytes(), name
+    assert report["path"] == base["path"] and report["chosen"] == base["chosen"]
+    for key in ("probe", "h_neurons_only", "random", "per_relation", "balanced_within_relation"):
+        assert report["test"][key] == base["test"][key], key
+    assert report["cross_relation"] == base["cross_relation"] and "heldout" not in base
+    # the same blocks as test (plus the families), over the 40 held-out responses
+    held = report["heldout"]
+    assert set(held) == set(report["test"]) | {"families", "unseen_families"}
+    assert held["families"] == held["unseen_families"] == ["h1", "h2"]
+    assert report["counts"]["heldout"] == {"n": 40, "hallucinated": 20}
+    for block in (held["probe"], held["h_neurons_only"], held["baselines"]):
+        assert block["n"] == 40 and block["n_hallucinated"] == 20
+    assert held["length_matched"]["n_items"] == 40 and held["random"]["draws"] == 5
+    assert set(held["probe"]) == set(report["test"]["probe"]) and len(held["random"]["per_draw"]) == 5
+    assert held["random"]["auroc_min"] <= held["random"]["auroc_mean"] <= held["random"]["auroc_max"]
+    assert set(held["per_relation"]) == {"h1", "h2"}
+    assert held["balanced_within_relation"]["n_per_class"] == {"hallucinated": 20, "faithful": 20}
+    # the same planted signal: the probe carries to the unseen families, random neurons do not match it
+    assert held["probe"]["auroc"] > 0.8 and held["probe"]["auroc"] > held["random"]["auroc_mean"] + 0.05
+    lo, hi = held["probe"]["auroc_ci95"]
+    assert lo <= held["probe"]["auroc"] <= hi
+    # the baselines are fitted on train (as for test) and scored on the held-out items; unseen families get the
+    # overall training rate, which the report says
+    blk = held["baselines"]
+    assert blk["fit"] == report["test"]["baselines"]["fit"]
+    assert blk["classifiers"]["probe"]["auroc"] == held["probe"]["auroc"]
+    assert blk["baselines"]["family"]["auroc"] == 0.5 and "never seen in training" in blk["note"]
+    assert set(blk["margins"]) == {"probe", "h_neurons_only"}
+    signals = json.loads((tmp_path / "locate" / "answer_signals.json").read_text())
+    assert sum(v["split"] == "heldout" for v in signals["records"].values()) == 40
+    preds = [json.loads(x) for x in (tmp_path / "locate" / "predictions.jsonl").read_text().splitlines()]
+    assert sum(p["split"] == "heldout" for p in preds) == 40
+    text = format_report(report)
+    assert "held-out families (split heldout" in text and "the same 40 held-out items" in text
+    assert "never seen in training" in text
+    test_part = lambda t: t.split("test split:")[1].split("  trivial baselines")[0]  # noqa: E731
+    assert test_part(text) == test_part(format_report(base))
+    # the baselines of the test split see the same items (their log-probabilities may differ in the last bits:
+    # the held-out responses share the last batch of the forward pass)
+    for name, row in report["test"]["baselines"]["baselines"].items():
+        assert row["auroc"] == pytest.approx(base["test"]["baselines"]["baselines"][name]["auroc"], abs=1e-6)
+
+
+def test_heldout_with_one_class_gets_a_note_not_a_score(tmp_path):
+    lm = tiny_lm()
+    synthetic_collect(tmp_path / "collect", lm, n_per_split=(40, 16, 16), fabricated=0, heldout=6,
+                      heldout_label=lambda i: 1)
+    report = locate(lm, tmp_path / "collect", tmp_path / "locate", LocateSettings(**SETTINGS), progress=False).report
+    assert report["heldout"]["n"] == 6 and report["heldout"]["n_hallucinated"] == 6
+    assert "AUROC needs both" in report["heldout"]["note"] and "probe" not in report["heldout"]
+
+
+def test_detect_evaluate_takes_the_heldout_split(located, tmp_path, monkeypatch, capsys):
+    """`hneurons detect --evaluate bundled:diverse --split heldout` scores the held-out families; a source without
+    them is one error naming it, before the model loads."""
+    from types import SimpleNamespace
+
+    import editor.data.judge as judge_module
+    from editor.cli import main
+
+    lm, tmp, _ = located
+    ckpt = tmp_path / "tiny"
+    lm.model.save_pretrained(ckpt)
+    lm.tokenizer.save_pretrained(ckpt)
+    verdicts = iter(["wrong", "correct"] * 50)
+    monkeypatch.setattr(judge_module, "judge", lambda text, answers, **kw: SimpleNamespace(label=next(verdicts)))
+    out = tmp_path / "heldout.json"
+    probe = str(tmp / "locate" / "probe.safetensors")
+    assert main(["detect", "--model", str(ckpt), "--device", "cpu", "--probe", probe, "--evaluate", "bundled:diverse",
+                 "--split", "heldout", "--limit", "8", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["data"]["splits"] == ["heldout"] and doc["n_questions"] == 8
+    assert {a["relation"] for a in doc["answers"]} <= {"element_discoverer", "star_constellation", "us_city_state",
+                                                        "us_state_abbreviation", "us_state_capital",
+                                                        "us_state_from_abbreviation", "us_statehood_year",
+                                                        "weekday_name"}
+    assert doc["baselines"]["n"] == doc["n"] and "h_neurons_only" in doc
+    capsys.readouterr()
+    assert main(["detect", "--model", str(tmp_path / "no-such-model"), "--probe", probe, "--evaluate", "bundled:facts",
+                 "--split", "heldout"]) == 2
+    err = capsys.readouterr().err
+    assert "'bundled:facts'" in err and "heldout" in err and "no-such-model" not in err

@@ -25,7 +25,9 @@ The probe records the model it was trained on: another model is an error unless 
 --evaluate DATA measures the detector on questions its collect stage never asked: the model answers
 them (greedy), the judge labels the answers right or wrong, and the report gives the probe's AUROC with
 a bootstrap 95% CI next to classifiers on the H-Neurons alone and on as many random neurons, refit on
-the probe's training features (locate's baseline).
+the probe's training features (locate's baseline). --split heldout evaluates on whole question families
+that bundled:diverse holds out of training (questions the probe's collect stage already asked are left out:
+a locate run whose collect folder has the heldout split reports them itself, under "heldout").
 
 examples:
   hneurons detect --probe runs/smollm2/locate/probe.safetensors --question "What is the capital of Togo?"
@@ -33,6 +35,8 @@ examples:
   hneurons detect --model M --probe probe.safetensors --input qa.jsonl --out scored.jsonl
   hneurons detect --probe runs/smollm2/locate/probe.safetensors --evaluate bundled:facts --split test \\
       --limit 300 --out heldout.json
+  hneurons detect --probe runs/smollm2-135m-instruct/locate/probe.safetensors \\
+      --evaluate bundled:diverse --split heldout --limit 400 --out heldout-families.json
 """
 
 
@@ -48,7 +52,8 @@ def register(subparsers) -> None:
     ev = p.add_argument_group("held-out evaluation")
     ev.add_argument("--evaluate", metavar="DATA", help="question source to evaluate the detector on (bundled:facts, a "
                                                         "file, ...); questions the probe's collect stage asked are left out")
-    ev.add_argument("--split", default="test", help="split of --evaluate (default test)")
+    ev.add_argument("--split", default="test", help="split of --evaluate: train, validation, test (default) or heldout "
+                                                    "(the question families bundled:diverse holds out of training)")
     ev.add_argument("--limit", type=int, default=None, help="questions of --evaluate (a relation-balanced subset)")
     ev.add_argument("--locate", metavar="DIR", help="the probe's locate folder (default: the probe's folder)")
     add_arguments(p, DetectSettings)

@@ -23,6 +23,10 @@ docs/METHOD.md sections 2-5. Inputs: a collect folder (``responses.jsonl``) and 
    others); the fabricated-entity set when it has both classes; and the trivial baselines on the same test
    items (answer length, question family, both, the model's mean token logprob; editor.locate.baselines),
    the probe's and the H-Neuron classifier's margins over each with paired CIs, and the length-matched subset.
+7. When the collect folder holds responses of the split **heldout** (whole question families held out of
+   training, e.g. ``bundled:diverse``), the same report on them (:func:`split_report`, the same H-Neuron and
+   random-neuron refits, thresholds and seeds) under ``heldout``: they are never training rows and never
+   choose C or a threshold; the family baseline gives their unseen families the overall training rate.
 
 Outputs (docs/ARTIFACTS.md): ``features/``, ``answer_signals.json``, ``neurons.json``, ``neurons_path.json``,
 ``probe.safetensors``, ``locate.json`` and PNG plots (H-Neurons per layer, regularisation path, ROC curves).
@@ -52,6 +56,7 @@ from ..artifacts import (
     sha256_json,
 )
 from ..collect.stage import load_responses
+from ..data.questions import HELDOUT_SPLIT
 from ..errors import InputError, ModelMismatchError
 from ..formats import (
     ANSWER_SIGNALS,
@@ -79,6 +84,7 @@ from .features import (
 from .settings import LocateSettings
 
 SPLITS = ("train", "validation", "test")
+HELDOUT = HELDOUT_SPLIT  # question families held out of training: evaluated as test, never trained on or chosen by
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -89,9 +95,10 @@ class Split:
     relation: list[str]
 
 
-def splits_of(records: Sequence[dict], fabricated: bool) -> dict[str, Split]:
+def splits_of(records: Sequence[dict], fabricated: bool, splits: Sequence[str] = SPLITS) -> dict[str, Split]:
+    """The selected (class-balanced) responses of each of ``splits``, in file order."""
     out = {}
-    for split in SPLITS:
+    for split in splits:
         rows = [r for r in records if r["selected"] and r["split"] == split and bool(r["fabricated"]) == fabricated]
         out[split] = Split([str(r["id"]) for r in rows], np.array([int(r["hallucinated"]) for r in rows]),
                            [r["relation"] for r in rows])
@@ -425,12 +432,15 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
     accepted = check_same_model(manifest["model"], lm, f"collect output {responses_dir}", force)
     facts, fabricated = splits_of(records, False), splits_of(records, True)
     _check_classes(facts, f"collect output {responses_dir}")
+    # the held-out families (collect's split heldout): scored like test, never trained on, never choosing C
+    asked_heldout = any(r["split"] == HELDOUT and not r["fabricated"] for r in records)
+    heldout = splits_of(records, False, (HELDOUT,))[HELDOUT]
     out = Path(out_dir)
     check_no_outside_links(out)
     out.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(out)  # half-written files of a killed run; this run rewrites them all
 
-    chosen_records = [r for r in records if r["selected"]]
+    chosen_records = [r for r in records if r["selected"]]  # every split's, heldout included
     store = extract_features(lm, chosen_records, out / "features",
                              FeatureSettings(aggregate=settings.aggregate, span=settings.span,
                                              batch_size=settings.batch_size),
@@ -438,10 +448,11 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
 
     # the trivial baselines' inputs: token counts and the model's mean token logprob (one forward pass, cached)
     by_id = {str(r["id"]): r for r in chosen_records}
-    signal_records = [by_id[i] for name in ("train", "test") for i in facts[name].ids]
+    scored = {"train": facts["train"], "test": facts["test"], **({HELDOUT: heldout} if heldout.ids else {})}
+    signal_records = [by_id[i] for split in scored.values() for i in split.ids]
     found = baselines.cached_signals(lm, signal_records, settings.span,
                                      feature_batch_size(lm, signal_records, settings.batch_size), out / ANSWER_SIGNALS)
-    signals = {name: baselines.signals_of(facts[name].ids, facts[name].relation, found) for name in ("train", "test")}
+    signals = {name: baselines.signals_of(split.ids, split.relation, found) for name, split in scored.items()}
 
     x_train, y_train = training_rows(store, facts["train"], settings.labels)
     x_val = store.load(facts["validation"].ids, "answer")
@@ -467,7 +478,8 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
                       "collect_settings_sha256": sha256_json({k: manifest.get(k) for k in ("data", "sampling",
                                                                                            "prompt")})},
         "settings": settings.model_dump(),
-        "counts": {name: {"n": len(s.ids), "hallucinated": int(s.y.sum())} for name, s in facts.items()},
+        "counts": {name: {"n": len(s.ids), "hallucinated": int(s.y.sum())}
+                   for name, s in {**facts, **({HELDOUT: heldout} if asked_heldout else {})}.items()},
         "path": [{"C": p.C, "n_nonzero": p.n_nonzero, "n_positive": p.n_positive, "val_auroc": a,
                   "val_auroc_within_family": w, "converged": p.converged}
                  for p, a, w in zip(path, val_auroc, fit.val_auroc_within)],
@@ -480,14 +492,19 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
     }
     path_doc = neurons_path_document(path, chosen, identity, store, facts["train"], settings)
     report["neuron_path_sets"] = path_summary(path_doc)
-    report["test"] = _test_report(probe, h_cols, y_train, x_val, x_test, facts, threshold, store, settings, signals)
+    restricted = restricted_classifiers(h_cols, y_train, x_val, facts, store, settings, probe.C)
+    report["test"] = split_report(probe, restricted, x_test, facts["test"], threshold, settings, facts["train"],
+                                  signals["train"], signals["test"])
+    if asked_heldout:
+        report[HELDOUT] = _heldout_report(probe, restricted, heldout, store, threshold, settings, facts["train"],
+                                          signals)
     report["cross_relation"] = _cross_relation(store, facts, settings)
     report["fabricated"] = _fabricated_report(probe, store, fabricated, threshold, settings)
     report["wall_time_s"] = round(time.time() - started, 2)
     report["provenance"] = provenance()
 
     write_probe(out / PROBE, probe, settings, identity)
-    _write_predictions(out / PREDICTIONS, probe, store, facts, fabricated)
+    _write_predictions(out / PREDICTIONS, probe, store, {**facts, HELDOUT: heldout}, fabricated)
     atomic_write_json(out / NEURONS, neurons)
     atomic_write_json(out / NEURONS_PATH, path_doc)
     from ..plots import plot_locate
@@ -497,59 +514,87 @@ def locate(lm: LoadedModel, responses_dir: str | Path, out_dir: str | Path,
     return LocateResult(out, neurons, report)
 
 
-def _test_report(probe: FittedProbe, h_cols: torch.Tensor, y_train, x_val, x_test, facts, threshold,
-                 store: FeatureStore, settings: LocateSettings, signals: dict[str, baselines.Signals]) -> dict:
-    test, val = facts["test"], facts["validation"]
-    nb, seed = settings.bootstrap, settings.seed
-    scores = probe.scores(x_test)
-    result = {"probe": detection_metrics(scores, test.y, threshold, nb, seed)}
-    result["probe"]["roc"] = _roc_points(scores, test.y)
+@dataclass
+class Restricted:
+    """A classifier refit on a subset of the neurons (the H-Neurons, or a random draw of as many), with its
+    validation threshold."""
+
+    name: str  # "h_neurons" or "random_<d>"
+    columns: torch.Tensor
+    fitted: FittedProbe
+    threshold: float
+
+
+def restricted_classifiers(h_cols: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, facts: dict[str, Split],
+                           store: FeatureStore, settings: LocateSettings, C: float) -> list[Restricted]:
+    """The H-Neuron classifier and the matched random-neuron draws (the paper's baseline: the same L1 logistic
+    regression at the same C, refit on the training rows of those columns; seeds seed + d), thresholds chosen on
+    validation. Fitted once and scored on every evaluated split (test, heldout). None when there are no
+    H-Neurons."""
     k = len(h_cols)
     if k == 0:
-        result["note"] = "the chosen C selects no neuron with positive weight: no H-Neurons, no baseline"
-        result["baselines"], result["length_matched"] = baselines.baseline_block(
-            signals["train"], facts["train"].y, signals["test"], test.y, {"probe": scores}, [], nb, seed)
-        return result
-    # H-Neurons alone vs the same number of random neurons, same classifier and C (the paper's baseline)
-    restricted = {}
+        return []
     column_sets = [("h_neurons", h_cols)] + [
-        (f"random_{d}", random_columns(store.n_features, k, h_cols, seed + d, store.meta["d_ff"]))
+        (f"random_{d}", random_columns(store.n_features, k, h_cols, settings.seed + d, store.meta["d_ff"]))
         for d in range(settings.random_draws)]
     union = torch.unique(torch.cat([cols for _, cols in column_sets]))  # the training rows' raw columns, read once
     raw, _ = training_rows(store, facts["train"], settings.labels, columns=union)
+    out = []
     for name, cols in column_sets:
-        fitted = refit_columns(cols, raw[:, torch.searchsorted(union, cols)], y_train, probe.C, store.n_features)
-        thr = stats.best_threshold(fitted.scores(x_val[:, cols]), val.y)
-        s = fitted.scores(x_test[:, cols])
-        restricted[name] = (s, detection_metrics(s, test.y, thr, nb, seed))
-    result["h_neurons_only"] = restricted["h_neurons"][1]
-    result["h_neurons_only"]["roc"] = _roc_points(restricted["h_neurons"][0], test.y)
-    draws = [m for n, (_, m) in restricted.items() if n.startswith("random_")]
+        fitted = refit_columns(cols, raw[:, torch.searchsorted(union, cols)], y_train, C, store.n_features)
+        out.append(Restricted(name, cols, fitted,
+                              stats.best_threshold(fitted.scores(x_val[:, cols]), facts["validation"].y)))
+    return out
+
+
+def split_report(probe: FittedProbe, restricted: Sequence[Restricted], x_eval: torch.Tensor, evaluated: Split,
+                 threshold: float, settings: LocateSettings, train: Split, train_signals: baselines.Signals,
+                 eval_signals: baselines.Signals) -> dict:
+    """The detection report on one evaluated split (``test``, or ``heldout``: the same blocks): the probe, the
+    H-Neuron classifier and the random draws (``restricted``), per relation, balanced within relation, and the
+    trivial baselines (fitted on ``train``) with the length-matched subset, every entry with its bootstrap CI."""
+    nb, seed = settings.bootstrap, settings.seed
+    scores = probe.scores(x_eval)
+    result = {"probe": detection_metrics(scores, evaluated.y, threshold, nb, seed)}
+    result["probe"]["roc"] = _roc_points(scores, evaluated.y)
+    if not restricted:
+        result["note"] = "the chosen C selects no neuron with positive weight: no H-Neurons, no baseline"
+        result["baselines"], result["length_matched"] = baselines.baseline_block(
+            train_signals, train.y, eval_signals, evaluated.y, {"probe": scores}, [], nb, seed)
+        return result
+    # H-Neurons alone vs the same number of random neurons, same classifier and C (the paper's baseline)
+    scored = {}
+    for r in restricted:
+        s = r.fitted.scores(x_eval[:, r.columns])
+        scored[r.name] = (s, detection_metrics(s, evaluated.y, r.threshold, nb, seed))
+    result["h_neurons_only"] = scored["h_neurons"][1]
+    result["h_neurons_only"]["roc"] = _roc_points(scored["h_neurons"][0], evaluated.y)
+    draws = [m for n, (_, m) in scored.items() if n.startswith("random_")]
     result["random"] = _summarise_draws(draws)
-    result["random"]["roc"] = _roc_points(restricted["random_0"][0], test.y)
+    result["random"]["roc"] = _roc_points(scored["random_0"][0], evaluated.y)
+    random_scores = [s for n, (s, _) in scored.items() if n.startswith("random_")]
     # per relation, and balanced within relation
     result["per_relation"] = {}
-    rel = np.array(test.relation)
-    for r in sorted(set(test.relation)):
+    rel = np.array(evaluated.relation)
+    for r in sorted(set(evaluated.relation)):
         rows = rel == r
-        if len(set(test.y[rows])) < 2:
+        if len(set(evaluated.y[rows])) < 2:
             result["per_relation"][r] = {"n": int(rows.sum()), "note": "one class only: AUROC undefined"}
             continue
         result["per_relation"][r] = {
-            "probe": detection_metrics(scores[rows], test.y[rows], threshold, nb, seed),
-            "random_auroc_mean": float(np.mean([stats.auroc(s[rows], test.y[rows])
-                                                for n, (s, _) in restricted.items() if n.startswith("random_")])),
+            "probe": detection_metrics(scores[rows], evaluated.y[rows], threshold, nb, seed),
+            "random_auroc_mean": float(np.mean([stats.auroc(s[rows], evaluated.y[rows]) for s in random_scores])),
         }
-    keep = balanced_within_relation(test, seed)
-    if len(keep) and len(set(test.y[keep])) == 2:
-        rand = [stats.auroc(s[keep], test.y[keep]) for n, (s, _) in restricted.items() if n.startswith("random_")]
-        per_class = int(test.y[keep].sum())
-        kept_rel = [test.relation[i] for i in keep]
+    keep = balanced_within_relation(evaluated, seed)
+    if len(keep) and len(set(evaluated.y[keep])) == 2:
+        rand = [stats.auroc(s[keep], evaluated.y[keep]) for s in random_scores]
+        per_class = int(evaluated.y[keep].sum())
+        kept_rel = [evaluated.relation[i] for i in keep]
         result["balanced_within_relation"] = {
             "n_per_class": {"hallucinated": per_class, "faithful": len(keep) - per_class},
             "per_relation_per_class": {r: kept_rel.count(r) // 2 for r in sorted(set(kept_rel))},
-            "probe": detection_metrics(scores[keep], test.y[keep], threshold, nb, seed),
-            "h_neurons_only": detection_metrics(restricted["h_neurons"][0][keep], test.y[keep], threshold, nb, seed),
+            "probe": detection_metrics(scores[keep], evaluated.y[keep], threshold, nb, seed),
+            "h_neurons_only": detection_metrics(scored["h_neurons"][0][keep], evaluated.y[keep], threshold, nb, seed),
             "random_auroc_mean": float(np.mean(rand)), "random_auroc_min": float(np.min(rand)),
             "random_auroc_max": float(np.max(rand)),
         }
@@ -557,17 +602,67 @@ def _test_report(probe: FittedProbe, h_cols: torch.Tensor, y_train, x_val, x_tes
         b["probe_beats_random"] = bool(b["probe"]["auroc_ci95"][0] > b["random_auroc_mean"])
         if per_class < baselines.MIN_PER_CLASS:
             b["note"] = f"only {per_class} per class (fewer than {baselines.MIN_PER_CLASS}): too few to decide"
-    # the trivial baselines on the same test items, and the length-matched subset
-    random_scores = [s for n, (s, _) in restricted.items() if n.startswith("random_")]
+    # the trivial baselines on the same items, and the length-matched subset
     result["baselines"], result["length_matched"] = baselines.baseline_block(
-        signals["train"], facts["train"].y, signals["test"], test.y,
-        {"probe": scores, "h_neurons_only": restricted["h_neurons"][0]}, random_scores, nb, seed)
+        train_signals, train.y, eval_signals, evaluated.y,
+        {"probe": scores, "h_neurons_only": scored["h_neurons"][0]}, random_scores, nb, seed)
     return result
+
+
+def _heldout_report(probe: FittedProbe, restricted: Sequence[Restricted], heldout: Split, store: FeatureStore,
+                    threshold: float, settings: LocateSettings, train: Split,
+                    signals: dict[str, baselines.Signals]) -> dict:
+    """The ``heldout`` block: :func:`split_report` on the held-out families' responses, with what the family
+    baseline can know of them; a note instead when they lack a class."""
+    n, wrong = len(heldout.ids), int(heldout.y.sum()) if len(heldout.y) else 0
+    families = sorted(set(heldout.relation))
+    unseen = [f for f in families if f not in set(train.relation)]
+    if n == 0 or len(set(heldout.y.tolist())) < 2:
+        return {"n": n, "n_hallucinated": wrong, "families": families,
+                "note": f"the held-out split has {n - wrong} faithful and {wrong} hallucinated selected responses: "
+                        f"AUROC needs both; collect more held-out questions"}
+    result = split_report(probe, restricted, store.load(heldout.ids, "answer"), heldout, threshold, settings, train,
+                          signals["train"], signals[HELDOUT])
+    result["families"], result["unseen_families"] = families, unseen
+    n_unseen = sum(f in set(unseen) for f in heldout.relation)
+    if n_unseen:
+        result["baselines"]["note"] = (
+            f"{n_unseen} of the {n} held-out items are of families never seen in training "
+            f"({', '.join(unseen)}): the family baseline gives them the overall training rate of hallucination "
+            + ("(one constant score for every item: AUROC 0.5), and length + family reduces to length"
+               if n_unseen == n else "(a constant score for those items)"))
+    return result
+
+
+def _split_lines(block: dict, row, items: str = "test") -> list[str]:
+    """The printed rows of one evaluated split's block (:func:`split_report`)."""
+    lines = [row("probe (all weights)", block.get("probe")), row("classifier on H-Neurons only",
+                                                                  block.get("h_neurons_only"))]
+    if "random" in block:
+        r = block["random"]
+        lines.append(f"  {'random neurons, same count':<34} AUROC {r['auroc_mean']:.3f} +- {r['auroc_std']:.3f} "
+                     f"(min {r['auroc_min']:.3f}, max {r['auroc_max']:.3f}, {r['draws']} draws)   "
+                     f"accuracy {r['accuracy_mean']:.3f}")
+    b = block.get("balanced_within_relation")
+    if b:
+        lines.append(row("probe, balanced within relation", b["probe"]))
+        per_class = b.get("n_per_class")
+        lines.append(f"  {'random, balanced within relation':<34} AUROC {b['random_auroc_mean']:.3f}   "
+                     f"probe beats random: {'yes' if b['probe_beats_random'] else 'NO'}"
+                     + (f"   ({per_class['hallucinated']} per class)" if per_class else "")
+                     + (f"   {b['note']}" if b.get("note") else ""))
+    found = baselines.format_lines(block.get("baselines"), None)
+    if items != "test" and found:  # the baselines' header names the items it was given
+        found[0] = found[0].replace(" test items", f" {items} items")
+    lines += found
+    if (block.get("baselines") or {}).get("note"):
+        lines.append(f"    note: {block['baselines']['note']}")
+    return lines + baselines.format_lines(None, block.get("length_matched"))
 
 
 def _write_predictions(path: Path, probe: FittedProbe, store: FeatureStore, facts: dict[str, Split],
                        fabricated: dict[str, Split]) -> None:
-    """The probe's hallucination probability for every held-out response (validation, test, fabricated)."""
+    """The probe's hallucination probability for every held-out response (validation, test, heldout, fabricated)."""
     from ..artifacts import atomic_write_text
 
     lines = []
@@ -675,7 +770,6 @@ def format_report(report: dict) -> str:
         return (f"  {name:<34} AUROC {m['auroc']:.3f} [{lo:.3f}, {hi:.3f}]   "
                 f"accuracy {m['accuracy']:.3f} [{alo:.3f}, {ahi:.3f}]   n={m['n']}")
 
-    test = report["test"]
     ch = report["chosen"]
     lines = [f"H-Neurons: {report['h_neurons']['count']} ({report['h_neurons']['per_mille']:.3f} per mille of FFN "
              f"neurons) at C={ch['C']:.4g} (validation AUROC {ch['val_auroc']:.3f}"
@@ -683,22 +777,12 @@ def format_report(report: dict) -> str:
                 if ch.get("val_auroc_within_family") is not None else "")
              + f", rule {ch['rule']}" + (", chosen within family" if ch.get("criterion") == "within_family" else "")
              + ")",
-             "test split:", row("probe (all weights)", test.get("probe")),
-             row("classifier on H-Neurons only", test.get("h_neurons_only"))]
-    if "random" in test:
-        r = test["random"]
-        lines.append(f"  {'random neurons, same count':<34} AUROC {r['auroc_mean']:.3f} +- {r['auroc_std']:.3f} "
-                     f"(min {r['auroc_min']:.3f}, max {r['auroc_max']:.3f}, {r['draws']} draws)   "
-                     f"accuracy {r['accuracy_mean']:.3f}")
-    b = test.get("balanced_within_relation")
-    if b:
-        lines.append(row("probe, balanced within relation", b["probe"]))
-        per_class = b.get("n_per_class")
-        lines.append(f"  {'random, balanced within relation':<34} AUROC {b['random_auroc_mean']:.3f}   "
-                     f"probe beats random: {'yes' if b['probe_beats_random'] else 'NO'}"
-                     + (f"   ({per_class['hallucinated']} per class)" if per_class else "")
-                     + (f"   {b['note']}" if b.get("note") else ""))
-    lines += baselines.format_lines(test.get("baselines"), test.get("length_matched"))
+             "test split:", *_split_lines(report["test"], row)]
+    held = report.get(HELDOUT)
+    if held is not None:
+        families = ", ".join(held.get("families", []))
+        lines.append(f"held-out families (split {HELDOUT}; never trained on, C not chosen on them): {families}")
+        lines += _split_lines(held, row, "held-out") if "probe" in held else [f"  {held.get('note')}"]
     for fold in report.get("cross_relation", {}).get("folds", []):
         if "auroc" in fold:
             lines.append(row(f"cross-relation -> {'+'.join(fold['test_relations'])[:20]}", fold))
