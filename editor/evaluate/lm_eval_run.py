@@ -243,7 +243,8 @@ def _run(variant: Variant, settings: EvalSettings, folder: Path, key: Mapping[st
     model_class = lm_eval_model_class(settings.lm_eval_model)
     chat = settings.chat_for(variant.lm.tokenizer)
     with variant.active() as module:
-        lm = model_class(pretrained=module, tokenizer=variant.lm.tokenizer, batch_size=settings.batch_size)
+        extra = {"gen_batch_size": settings.gen_batch_size} if settings.lm_eval_model == "hneurons" else {}
+        lm = model_class(pretrained=module, tokenizer=variant.lm.tokenizer, batch_size=settings.batch_size, **extra)
         python_seed, numpy_seed, torch_seed, fewshot_seed = settings.seeds
         output = simple_evaluate(
             model=lm, tasks=list(settings.tasks), task_manager=manager, limit=settings.limit,
@@ -294,6 +295,8 @@ def lm_eval_command(variant: Variant, settings: EvalSettings, output_path: str |
     model_args = f"{pretrained},dtype={dtype}"
     if variant.adapter is not None:
         model_args += f",peft={Path(variant.adapter).resolve()}"
+    if settings.lm_eval_model == "hneurons":
+        model_args += f",gen_batch_size={settings.gen_batch_size}"
     device = str(lm.model.device)
     # --model hneurons needs its class registered: `hneurons lm-eval` is lm_eval's CLI with it (lm_eval_cmd.py)
     program = ["hneurons", "lm-eval"] if settings.lm_eval_model == "hneurons" else ["lm_eval"]

@@ -66,6 +66,10 @@ class EvalSettings(Settings):
         "hneurons", description="lm-eval model class: hneurons = lm-eval's hf model with each prompt run once for all "
                                 "its choices and greedy generation by the compacting decoder (the same numbers up to "
                                 "float rounding, docs/METHOD.md section 8); hf = lm-eval's own")
+    gen_batch_size: int = Field(
+        64, ge=1, description="generation batch of the hneurons lm-eval model class (finished rows leave it, so a "
+                              "large batch costs little: on a CPU a decoding step reads every weight once whatever "
+                              "the batch); batch_size stays the log-likelihood batch")
     results_cache: Annotated[bool, Cli(flag="--no-results-cache", negate=True)] = Field(
         True, description="do not reuse (or store) unedited models' lm-eval results across output folders (the "
                           "cache, under $HNEURONS_CACHE/lm_eval, is keyed by a hash of the weights, the tokenizer, "
@@ -192,14 +196,17 @@ class EvalSettings(Settings):
         """The settings that change lm-eval's numbers, plus a hash of the task files and the package versions."""
         return {"tasks": list(self.tasks), "limit": self.limit, "batch_size": self.batch_size,
                 "apply_chat_template": chat, "gen_kwargs": self.gen_kwargs, "seeds": list(self.seeds),
-                "lm_eval_model": self.lm_eval_model, "bootstrap_iters": self.lm_eval_bootstrap_iters,
+                "lm_eval_model": self.lm_eval_model,
+                "gen_batch_size": self.gen_batch_size if self.lm_eval_model == "hneurons" else None,
+                "bootstrap_iters": self.lm_eval_bootstrap_iters,
                 "task_files_sha256": task_files_hash(self.task_paths),
                 "versions": package_versions(("hneurons", "lm-eval", "transformers", "torch", "peft"))}
 
     def describe(self) -> dict[str, Any]:
         """What eval_results.json records under ``settings``."""
         return {"tasks": list(self.tasks), "limit": self.limit, "batch_size": self.batch_size,
-                "lm_eval_model": self.lm_eval_model, "apply_chat_template": self.apply_chat_template, "gen_kwargs": self.gen_kwargs,
+                "lm_eval_model": self.lm_eval_model, "gen_batch_size": self.gen_batch_size,
+                "apply_chat_template": self.apply_chat_template, "gen_kwargs": self.gen_kwargs,
                 "seeds": list(self.seeds), "include_paths": self.task_paths,
                 "lm_eval_bootstrap_iters": self.lm_eval_bootstrap_iters, "paired_test": self.paired_test,
                 "ci_iters": self.ci_iters,
