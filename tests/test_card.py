@@ -177,7 +177,7 @@ def parsed_commands(text: str, block: int = 0) -> dict:
         argv = shlex.split(lines.replace("\\\n", " "))  # bash line continuations
         assert argv[0] == "hneurons"
         args = parse(argv[1:])
-        module = importlib.import_module(f"editor.cli.{argv[1]}_cmd")
+        module = importlib.import_module(f"editor.cli.{ {'dose-response': 'dose'}.get(argv[1], argv[1])}_cmd")
         plan = module.resolve(args) if hasattr(module, "resolve") else None
         parsed[argv[1]] = SimpleNamespace(args=args, plan=plan, settings=getattr(plan, "settings", None),
                                           load=load_options(args) if hasattr(args, "model") else None)
@@ -548,3 +548,210 @@ def test_escaping_helpers():
     assert md_text("x\u202eevil\u200by") == "x evil y"  # bidi override / zero-width: no hidden text
     block = code_block("a\n`````\nb", "yaml")
     assert block.startswith("``````yaml\n") and block.endswith("\n``````") and "\n`````\n" in block
+
+
+# ============================================================================================ dose-response
+DOSE_SECTION = "## Dose-response"
+
+
+@pytest.fixture(scope="module")
+def dose_run(run):
+    """A real reduced dose-response of the fixture's model and neurons (tests/test_dose.py's tiny tasks, each with a
+    declared primary metric, so tiny_gen's has_e is a secondary row)."""
+    from test_evaluate import write_task_folder
+
+    from editor.evaluate.dose import dose_response
+
+    tasks = write_task_folder(run["root"] / "dose-tasks", split="test")
+    for name, metric in (("tiny_gen", "accuracy"), ("tiny_mc", "acc")):
+        with (tasks / f"{name}.yaml").open("a") as f:
+            f.write(f"metadata:\n  primary_metric: {metric}\n")
+    out = run["root"] / "dose"
+    report = dose_response(run["lm"], run["locate"] / "neurons.json", out=out, tasks=["tiny_gen", "tiny_mc"],
+                           include_paths=[str(tasks)], limit=6, alphas=[0, 2], controls=2, batch_size=4, kl=False,
+                           ci_iters=200)
+    return {"out": out, "file": out / "dose_response.json", "doc": report.results}
+
+
+def p_cell(p) -> str:
+    return "n/a" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def ci_cell(interval) -> str:
+    return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
+
+
+def test_dose_response_section_shows_the_primary_slopes_the_verdict_and_the_figure(run, dose_run, tmp_path):
+    folder = fresh(run, tmp_path)
+    doc = dose_run["doc"]
+    primary = [r for r in doc["rows"] if r["primary"]]
+    assert {(r["task"], r["metric"]) for r in primary} == {("tiny_gen", "accuracy"), ("tiny_mc", "acc")}
+    assert len(doc["rows"]) == 3  # has_e: not primary, not in the table
+    readme = write_card(folder, eval_results=run["root"] / "eval-weights", dose=dose_run["out"])  # its folder
+    text = readme.read_text()
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    at = next(i for i, h in enumerate(headings) if h.startswith(DOSE_SECTION))
+    assert headings[at - 1] == "## Evaluation" and headings[at + 1] == "## Limitations"
+    part = section(text, DOSE_SECTION)
+
+    # what was run: the grid, the number of matched random sets, n, the split, the date
+    assert "alpha = 0, 1, 2" in part and "2 random-neuron sets matched to them per layer" in part
+    assert "the 4 H-Neurons" in part and "at most 6 items per task, n = 6 per task" in part and "test split" in part
+    assert f"Run on {doc['provenance']['created'][:10]} with hneurons" in part
+
+    # the table: one row per primary metric, every number the report's
+    header, _, *lines = table_lines(text, DOSE_SECTION)
+    assert len(lines) == len(primary) and all(cells(line) == cells(header) == 9 for line in lines)
+    for row, line in zip(primary, lines):
+        h, rnd, d = row["sets"]["H"], row["random"], row["h_minus_random"]
+        got = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+        assert got == [md_text(row["task"]), md_text(row["metric"]), "higher", "6",
+                       f"{h['slope']:+.3f} {ci_cell(h['slope_ci95'])}",
+                       f"{rnd['slope_mean']:+.3f} ({rnd['slope_sd']:.3f})",
+                       f"{d['slope_difference']:+.3f} {ci_cell(d['ci95'])}", p_cell(d["p_holm_primary"]),
+                       f"{row['h_rank']['rank']:g} of 3"]
+    assert "Holm-adjusted across the 2 primary metrics" in part
+
+    # the verdict, computed from the Holm-adjusted p-values
+    significant = [r for r in primary if r["h_minus_random"]["p_holm_primary"] <= 0.05]
+    if significant:
+        assert f"{len(significant)} of 2 H-minus-random slopes" in part
+    else:
+        assert "No H-minus-random slope is significant after Holm correction across the 2 primary metrics" in part
+        assert "smaller effects are not measured here" in part
+        widths = {(r["task"], r["metric"]): r["h_minus_random"]["ci95"][1] - r["h_minus_random"]["ci95"][0]
+                  for r in primary}
+        moved = sorted(w for w in widths.values() if w > 0)
+        if len(moved) > 1:
+            assert f"{moved[0]:.3f} wide per unit alpha at the narrowest" in part
+            assert f"{moved[-1]:.3f} at the widest" in part
+        elif moved:
+            assert f"is {moved[0]:.3f} wide per unit alpha" in part
+        flat = [f"{md_text(task)} {metric}" for (task, metric), width in widths.items() if width == 0]
+        assert ("Zero-width intervals, which bound nothing" in part) is bool(flat)  # a metric that never moved
+        if flat:
+            assert "the metric did not move): " + "; ".join(flat) + "." in part
+    every = sum(bool(r["h_minus_random"]["significant"]) for r in doc["rows"])
+    assert f"Across all 3 rows of the report (Holm over every row), {every}" in part
+    assert "KL(base" not in part  # the dose-response ran without KL
+
+    # the slopes figure: copied into plots/, shown, listed; the report copied and hashed
+    assert "](plots/dose_slopes.png)" in part and "dose_counts" not in part
+    assert (folder / "plots" / "dose_slopes.png").read_bytes() == (dose_run["out"] / "dose_slopes.png").read_bytes()
+    publish = json.loads((folder / PUBLISH_MANIFEST).read_text())
+    assert {"dose_response.json", "plots/dose_slopes.png"} <= set(publish["files"])
+    assert publish["inputs"]["dose"]["sha256"] == sha256_file(dose_run["file"])
+    assert f"dose\\_response.json (copied from dose/dose\\_response.json) | {sha256_file(dose_run['file'])}" in text
+    assert "- dose\\_response.json: dose report" in text
+    validate_card_metadata(readme)
+    check_written_card(folder)
+    assert not re.search(r"\bTODO\b|\bNone\b|\b[Nn]a[Nn]\b|\bnull\b|[{}]", outside_code(text))
+
+    # Reproduce: the dose-response command parses with the real CLI into the settings that ran
+    parsed = parsed_commands(text)
+    dose, s = parsed["dose-response"].plan, parsed["dose-response"].settings
+    assert (dose.model, dose.neurons, s.grid, s.controls, s.control_seed, s.limit, s.kl, s.tasks, s.ci_iters) == (
+        str(run["src"]), "neurons.json", [0.0, 1.0, 2.0], 2, 0, 6, False, ["tiny_gen", "tiny_mc"], 200)
+    assert parsed["card"].args.dose == "dose/dose_response.json"
+
+    # without a dose report there is no section (and nothing found in a folder that never had one)
+    plain = write_card(fresh(run, tmp_path, name="plain"), eval_results=run["root"] / "eval-weights").read_text()
+    assert DOSE_SECTION not in plain and "dose-response" not in plain
+
+
+def test_dose_response_of_another_model_or_neuron_set_is_refused(run, dose_run, tmp_path):
+    folder = fresh(run, tmp_path)
+    doc = dose_run["doc"]
+    cases = []
+    other_weights = copy.deepcopy(doc)
+    other_weights["model"]["weights_fingerprint"] = "0" * 16
+    cases.append((other_weights, "another model"))
+    other_arch = copy.deepcopy(doc)
+    other_arch["model"]["architecture_hash"] = "deadbeef"
+    cases.append((other_arch, "another architecture"))
+    other_set = copy.deepcopy(doc)
+    other_set["neurons"]["sha256"] = "f" * 64
+    cases.append((other_set, "another neuron set"))
+    not_dose = copy.deepcopy(doc)
+    not_dose["format"] = "hneurons.sweep/1"
+    cases.append((not_dose, "hneurons.dose_response/1"))
+    no_rows = {k: v for k, v in doc.items() if k != "rows"}
+    cases.append((no_rows, "lacks key 'rows'"))
+    for i, (bad, message) in enumerate(cases):
+        path = tmp_path / f"bad{i}" / "dose_response.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps(bad))
+        with pytest.raises((ModelMismatchError, InputError), match=re.escape(message)):
+            write_card(folder, dose=path)
+    assert not (folder / "README.md").exists() and not (folder / PUBLISH_MANIFEST).exists()
+
+
+def test_dose_section_with_neuron_counts_hostile_names_and_a_significant_row(run, dose_run, tmp_path):
+    """Hand-made variants of the real report: dose_counts.png shown when the neuron_count block names it, task
+    names that cannot break the table, a significant row stated as such, KL per alpha, and a report whose tasks
+    declare no primary metric (every row, Holm over all rows)."""
+    folder = fresh(run, tmp_path)
+    doc = copy.deepcopy(dose_run["doc"])
+    shutil.copy(dose_run["out"] / "dose_slopes.png", tmp_path / "dose_slopes.png")
+    plot_per_layer(tmp_path, json.loads((run["locate"] / "neurons.json").read_text()), name="dose_counts.png")
+    doc["neuron_count"] = {"file": "dose_counts.json", "figure": "dose_counts.png",
+                           "sets": {"chosen": {"count": 4, "folder": "."}, "x2": {"count": 9, "folder": "count_x2"}}}
+    doc["kl"] = {"n_prompts": 3, "mean_per_alpha": {"H": [0.25, 0.0, 0.5], "random_seed0": [0.1, 0.0, 0.2],
+                                                    "random_seed1": [0.3, 0.0, 0.4]}}
+    first = next(r for r in doc["rows"] if r["primary"])
+    first["task"] = HOSTILE
+    first["h_minus_random"].update(slope_difference=-0.25, ci95=[-0.4, -0.1], p_holm_primary=0.004)
+    (tmp_path / "dose_response.json").write_text(json.dumps(doc))
+    text = write_card(folder, dose=tmp_path / "dose_response.json").read_text()
+    part = section(text, DOSE_SECTION)
+    header, _, *lines = table_lines(text, DOSE_SECTION)
+    assert all(cells(line) == cells(header) for line in lines) and "<script" not in outside_code(text)
+    assert "After Holm correction across the 2 primary metrics, 1 of 2 H-minus-random slopes is significant" in part
+    assert "falls with alpha more than under random neurons" in part and "-0.250 [-0.400, -0.100]" in part
+    assert "H-Neurons 0.2500 at 0, 0.0000 at 1, 0.5000 at 2" in part
+    assert "random sets (mean of 2) 0.2000 at 0, 0.0000 at 1, 0.3000 at 2" in part
+    assert "chosen: 4, x2: 9 neurons" in part
+    assert "](plots/dose_counts.png)" in part and "](plots/dose_slopes.png)" in part
+    assert (folder / "plots" / "dose_counts.png").is_file()
+    check_written_card(folder)
+
+    for r in doc["rows"]:
+        r["primary"] = False
+    (tmp_path / "dose_response.json").write_text(json.dumps(doc))
+    part = section(build_card(folder, dose=tmp_path / "dose_response.json").text, DOSE_SECTION)
+    assert "No task declares a primary metric, so every row is shown; p: Holm-adjusted across all 3 rows" in part
+    assert len([line for line in part.splitlines() if line.startswith("|")]) == 2 + 3
+
+
+def test_card_cli_takes_dose_and_a_rerun_finds_the_copied_report(run, dose_run, tmp_path, capsys):
+    folder = fresh(run, tmp_path)
+    assert main(["card", str(folder), "--eval", str(run["root"] / "eval-weights"), "--dose",
+                 str(dose_run["file"])]) == 0
+    capsys.readouterr()
+    before = section((folder / "README.md").read_text(), DOSE_SECTION)
+    assert main(["card", str(folder)]) == 0  # no flags: the copies in the folder (plots/ included)
+    assert section((folder / "README.md").read_text(), DOSE_SECTION) == before
+    check_written_card(folder)
+
+
+def test_recipe_card_stage_passes_the_dose_report_when_the_recipe_has_a_dose_section(run, dose_run, tmp_path):
+    from editor.pipeline.recipe import load_recipe
+    from editor.pipeline.run import RunContext, run_card
+
+    out = tmp_path / "out"
+    shutil.copytree(run["root"] / "edit-weights", out / "model")
+    shutil.copytree(run["root"] / "eval-weights", out / "eval")
+    shutil.copytree(run["locate"], out / "locate")
+    (out / "dose").mkdir()
+    shutil.copy(dose_run["file"], out / "dose" / "dose_response.json")
+    shutil.copy(dose_run["out"] / "dose_slopes.png", out / "dose" / "dose_slopes.png")
+    recipe_path = tmp_path / "recipe.yaml"
+    for dose_section, shown in (("", False), ("dose: {controls: 2}\n", True)):
+        recipe_path.write_text(f"model: {{id: {json.dumps(str(run['src']))}}}\noutput: {json.dumps(str(out))}\n"
+                               f"edit: {{alpha: 0}}\n{dose_section}")
+        for stale in ("README.md", "dose_response.json", PUBLISH_MANIFEST):
+            (out / "model" / stale).unlink(missing_ok=True)
+        run_card(RunContext(load_recipe(recipe_path), recipe_path, out, progress=False))
+        text = (out / "model" / "README.md").read_text()
+        assert (DOSE_SECTION in text) is shown
+        assert ("dose_response.json" in json.loads((out / "model" / PUBLISH_MANIFEST).read_text())["files"]) is shown

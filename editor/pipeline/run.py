@@ -233,10 +233,11 @@ def run_card(ctx: RunContext) -> str:
     written = []
     for mode in ctx.recipe.edit.modes:
         folder = ctx.path(EDIT_FOLDERS[mode])
-        sweep = ctx.path("sweep", SWEEP_REPORT)
+        sweep, dose = ctx.path("sweep", SWEEP_REPORT), ctx.path("dose", DOSE_REPORT)
         path = write_card(folder, locate_report=ctx.path("locate", LOCATE_REPORT),
                           eval_results=ctx.path("eval", EVAL_RESULTS),
                           sweep=sweep if sweep.is_file() and ctx.recipe.edit.alpha == "auto" else None,
+                          dose=dose if dose.is_file() and ctx.recipe.dose is not None else None,
                           recipe=ctx.recipe_path, repo_id=ctx.recipe.publish.repo)
         written.append(str(path))
     return ", ".join(written)

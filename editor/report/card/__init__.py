@@ -6,10 +6,10 @@ them in ``hneurons_publish.json``, so that ``hneurons push`` uploads them with t
 ``build_card(...)`` returns the card without writing anything.
 
 Modules: ``inputs`` (reading and cross-checking the inputs), ``metadata`` (the front matter), ``sections``,
-``evidence`` and ``limitations`` (the values of the body's sections), ``commands`` (the Reproduce section's stage
-commands), ``figures`` (the plots the card shows), ``text`` (escaping and number formatting), ``validate``
-(checks of the rendered and the written card), ``render`` (plan, build and write); ``README.md.j2`` lays out
-the card.
+``evidence``, ``dose`` and ``limitations`` (the values of the body's sections), ``commands`` (the Reproduce
+section's stage commands), ``figures`` (the plots the card shows), ``text`` (escaping and number formatting),
+``validate`` (checks of the rendered and the written card), ``render`` (plan, build and write); ``README.md.j2``
+lays out the card.
 
 Inputs (each optional except the edit folder; read, never modified)
 -------------------------------------------------------------------
@@ -25,6 +25,15 @@ Inputs (each optional except the edit folder; read, never modified)
   ``lm_eval_commands``, ``files.plot``, ``provenance``.
 * ``sweep``: ``sweep.json`` (:mod:`editor.evaluate.sweep`): ``model``, ``neurons``, ``grid``, ``splits``,
   ``constraints``, ``chosen``, ``settings``, ``files.plot``.
+* ``dose``: ``dose_response.json`` (format ``hneurons.dose_response/1``, :mod:`editor.evaluate.dose`; a file or its
+  folder). Default: the copy in the edit folder (``hneurons run`` passes OUT/dose/dose_response.json when the recipe
+  has a ``dose`` section). Keys read: ``model``, ``neurons.sha256`` / ``count``, ``sets`` (names and kinds),
+  ``grid``, ``splits``, ``settings`` (``limit``, ``controls``, ``control_seed``, ``known_only``, ``neuron_sets`` and
+  the eval settings), ``rows`` (``task``, ``metric``, ``filter``, ``primary``, ``higher_is_better``, ``n``,
+  ``sets.<H>.slope`` / ``slope_ci95``, ``random.slope_mean`` / ``slope_sd``, ``h_minus_random``
+  {``slope_difference``, ``ci95``, ``p_holm``, ``p_holm_primary``, ``significant``}, ``h_rank``), ``kl``,
+  ``known_facts``, ``force``, ``files.slopes``, ``neuron_count`` {``figure``, ``sets``}, ``wall_time_s``,
+  ``provenance``. The section's rules: :mod:`editor.report.card.dose`.
 * ``origin``: ``origin.json`` (format ``hneurons.origin/1``, :mod:`editor.locate.origin`, docs/METHOD.md section 7). Keys
   read (either block may be absent, not both; values may be null): ``model`` (the probe's model),
   ``probe`` {``sha256``, ``h_neurons``}, ``backward_transfer`` {``auroc``, ``auroc_ci95`` [lo, hi],
@@ -38,8 +47,9 @@ Inputs (each optional except the edit folder; read, never modified)
 
 Consistency is checked, not assumed: every report must be of the same architecture as the edit; the
 eval's base model must be the edit's source (weights fingerprint), and its edited model must be this
-edit (the same checkpoint, adapter files, or run-time scaling of the same neurons and alphas); locate and
-sweep must describe the same neuron set. A mismatch is a :class:`~editor.errors.ModelMismatchError`.
+edit (the same checkpoint, adapter files, or run-time scaling of the same neurons and alphas); locate,
+sweep and the dose-response must describe the same neuron set, and the dose-response must have scaled it in
+the edit's source model (weights fingerprint). A mismatch is a :class:`~editor.errors.ModelMismatchError`.
 
 Metadata (hneurons' choices)
 ----------------------------
@@ -75,8 +85,8 @@ is rendered without autoescaping (it writes Markdown, not HTML) and adds only it
 
 ``hneurons_publish.json``: ``{"format": "hneurons.publish/1", "files": {relpath: sha256}, "repo_id",
 "inputs": {role: {"source": "folder/name", "sha256"}}, "provenance": {...}}``. ``files`` lists README.md,
-the copied plots (``plots/*.png``) and reports (``eval_results.json``, ``locate.json``, ``sweep.json``, ``origin.json``,
-``recipe.yaml``); it is written last, atomically, after every listed file.
+the copied plots (``plots/*.png``) and reports (``eval_results.json``, ``locate.json``, ``sweep.json``,
+``dose_response.json``, ``origin.json``, ``recipe.yaml``); it is written last, atomically, after every listed file.
 """
 
 from __future__ import annotations

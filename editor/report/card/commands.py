@@ -145,6 +145,28 @@ def _sweep_command(inputs: CardInputs) -> str | None:
         *_eval_flags(settings), f"--out {_q(inputs.sweep.folder.resolve().name)}")
 
 
+def _dose_command(inputs: CardInputs) -> str | None:
+    """The dose-response's command. Its report records no KL settings beyond the prompt file and their count: a
+    KL run is rebuilt with that file and that many prompts, and the default continuation length."""
+    if inputs.dose is None:
+        return None
+    doc = inputs.dose.doc
+    settings = dict(doc.get("settings") or {})
+    kl = doc.get("kl")
+    settings["kl"] = ({"enabled": False} if not isinstance(kl, dict) else
+                      {"enabled": True, "prompts": kl.get("prompts_file"), "max_prompts": kl.get("n_prompts")})
+    spec = (doc["model"].get("source") or {}).get("spec")
+    neuron_sets = settings.get("neuron_sets") or []
+    return _command(
+        f"hneurons dose-response --model {_q(spec)} --neurons neurons.json" + (
+            " --force" if (doc.get("force") or {}).get("given") else ""),
+        f"--alphas {_q(','.join(f'{a:g}' for a in doc['grid']))}",
+        f"--controls {settings.get('controls', 3)} --control-seed {settings.get('control_seed', 0)}",
+        "--known-only" if settings.get("known_only") else "",
+        f"--neuron-sets {_q(','.join(neuron_sets))}" if neuron_sets else "",
+        *_eval_flags(settings), f"--out {_q(inputs.dose.folder.resolve().name)}")
+
+
 def _control_flags(seeds: list[int]) -> str:
     """The sweep's control seeds as flags: a run of N seeds from S is --controls N --control-seed S."""
     if not seeds:
@@ -158,13 +180,14 @@ def stage_commands(inputs: CardInputs) -> list[tuple[str, str]]:
     """(stage, shell command) for every stage with a report, rebuilt from the recorded settings."""
     card = [f"hneurons card {_q(inputs.folder.resolve().name)}"]
     for flag, report in (("--locate", inputs.locate), ("--eval", inputs.eval), ("--sweep", inputs.sweep),
-                         ("--origin", inputs.origin), ("--recipe", inputs.recipe)):
+                         ("--dose", inputs.dose), ("--origin", inputs.origin), ("--recipe", inputs.recipe)):
         if report is not None:
             card.append(f"{flag} {_q(f'{report.folder.resolve().name}/{report.path.name}')}")
     if inputs.repo_id:
         card.append(f"--repo {_q(inputs.repo_id)}")
     out = [("collect", _collect_command(inputs)), ("locate", _locate_command(inputs)),
-           ("sweep", _sweep_command(inputs)), ("edit", _edit_command(inputs)), ("eval", _eval_command(inputs)),
+           ("dose-response", _dose_command(inputs)), ("sweep", _sweep_command(inputs)),
+           ("edit", _edit_command(inputs)), ("eval", _eval_command(inputs)),
            ("card", _command(*card))]
     return [(stage, cmd) for stage, cmd in out if cmd]
 

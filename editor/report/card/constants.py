@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ...formats import EVAL_RESULTS, LOCATE_REPORT, ORIGIN_REPORT, SWEEP_REPORT
+from ...formats import DOSE_REPORT, EVAL_RESULTS, LOCATE_REPORT, ORIGIN_REPORT, SWEEP_REPORT
 
 PAPER_URL = "https://arxiv.org/abs/2512.01797"
 HUB_URL = "https://huggingface.co"
@@ -16,7 +16,7 @@ RELATION = {"weights": "finetune", "ia3": "adapter", "lora": "adapter", "gguf": 
 REQUIRED_METADATA = ("library_name", "pipeline_tag", "tags")
 PLOTS_DIR = "plots"
 # Where the copied reports live in the edit folder (and on the Hub).
-REPORT_NAMES = {"eval": EVAL_RESULTS, "locate": LOCATE_REPORT, "sweep": SWEEP_REPORT,
+REPORT_NAMES = {"eval": EVAL_RESULTS, "locate": LOCATE_REPORT, "sweep": SWEEP_REPORT, "dose": DOSE_REPORT,
                 "origin": ORIGIN_REPORT, "recipe": "recipe.yaml"}
 PAPER_PER_MILLE = (0.01, 0.35)  # H-Neuron counts in the paper (Llama-3.3-70B ... Mistral-7B), docs/METHOD.md section 10
 SMALL_SAMPLE = 100  # items per task below which the card warns about wide intervals

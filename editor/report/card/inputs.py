@@ -15,6 +15,8 @@ from ...artifacts import read_json
 from ...errors import InputError, ModelMismatchError
 from ...formats import (
     COLLECT_MANIFEST,
+    DOSE_FORMAT,
+    DOSE_REPORT,
     EDIT_FORMAT,
     EDIT_MANIFEST,
     EVAL_FORMAT,
@@ -52,6 +54,7 @@ class CardInputs:
     locate: Report | None = None
     eval: Report | None = None
     sweep: Report | None = None
+    dose: Report | None = None  # dose_response.json
     origin: Report | None = None
     recipe: Report | None = None  # doc = the recipe's text
     collect: Report | None = None  # collect.json found through the locate report
@@ -133,8 +136,8 @@ def _need(doc: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
         raise InputError(f"{where} lacks key {missing[0]!r} (expected keys: {', '.join(keys)})")
 
 
-def load_inputs(edit_dir: str | os.PathLike, *, locate_report=None, eval_results=None, sweep=None, origin=None,
-                recipe=None, repo_id: str | None = None) -> CardInputs:
+def load_inputs(edit_dir: str | os.PathLike, *, locate_report=None, eval_results=None, sweep=None, dose=None,
+                origin=None, recipe=None, repo_id: str | None = None) -> CardInputs:
     """Read and cross-check every input of the card (module docstring of :mod:`editor.report.card`)."""
     folder = Path(edit_dir)
     edit = _read_edit(folder)
@@ -150,12 +153,14 @@ def load_inputs(edit_dir: str | os.PathLike, *, locate_report=None, eval_results
     inputs.eval = _read_report(_report_path(eval_results, EVAL_RESULTS, [folder / REPORT_NAMES["eval"]]),
                                "eval results", EVAL_FORMAT)
     inputs.sweep = _read_report(_report_path(sweep, SWEEP_REPORT, [folder / REPORT_NAMES["sweep"]]), "sweep report")
+    inputs.dose = _read_report(_report_path(dose, DOSE_REPORT, [folder / REPORT_NAMES["dose"]]),
+                               "dose-response report", DOSE_FORMAT)
     inputs.origin = _read_report(_report_path(origin, ORIGIN_REPORT, [folder / REPORT_NAMES["origin"]]),
                                  "origin report")
     recipe_path = _report_path(recipe, "recipe.yaml", [folder / REPORT_NAMES["recipe"]])
     if recipe_path is not None:
         inputs.recipe = _read_recipe(recipe_path, inputs)
-    for check in (_check_locate, _check_eval, _check_sweep, _check_origin):
+    for check in (_check_locate, _check_eval, _check_sweep, _check_dose, _check_origin):
         check(inputs)
     return inputs
 
@@ -288,6 +293,34 @@ def _check_sweep(inputs: CardInputs) -> None:
     if (report.doc["neurons"] or {}).get("sha256") != inputs.edit["neurons"]["sha256"]:
         raise ModelMismatchError(f"{where} swept another neuron set than the one this edit used "
                                  f"({inputs.folder / 'neurons.json'})")
+
+
+def _check_dose(inputs: CardInputs) -> None:
+    """The dose-response must be of this edit's source model (architecture and weights, as the eval's base) and of
+    the neuron set this edit scales (as the sweep)."""
+    report = inputs.dose
+    if report is None:
+        return
+    where = f"dose-response report {report.path}"
+    _need(report.doc, ("model", "neurons", "sets", "grid", "settings", "rows"), where)
+    if not isinstance(report.doc["rows"], list) or not isinstance(report.doc["grid"], list):
+        raise InputError(f"{where}: 'rows' and 'grid' must be lists")
+    for i, row in enumerate(report.doc["rows"]):
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: rows[{i}] must be an object")
+        _need(row, ("task", "metric", "n", "sets", "random", "h_minus_random", "h_rank"), f"{where} rows[{i}]")
+    model = report.doc["model"] or {}
+    _same_architecture(model, inputs, where)
+    if model.get("weights_fingerprint") != inputs.identity.get("weights_fingerprint"):
+        raise ModelMismatchError(
+            f"{where}: it scaled the neurons of another model ({source_name(model)}, fingerprint "
+            f"{model.get('weights_fingerprint')}) than the one this edit was made from "
+            f"({source_name(inputs.identity)}, fingerprint {inputs.identity.get('weights_fingerprint')})")
+    theirs = (report.doc["neurons"] or {}).get("sha256")
+    if theirs != inputs.edit["neurons"]["sha256"]:
+        raise ModelMismatchError(f"{where} scaled another neuron set (sha256 {str(theirs)[:12]}...) than the one this "
+                                 f"edit used ({inputs.folder / 'neurons.json'}, sha256 "
+                                 f"{inputs.edit['neurons']['sha256'][:12]}...); give the dose-response of that set")
 
 
 def _check_origin(inputs: CardInputs) -> None:

@@ -28,6 +28,7 @@ from ...formats import (
     PUBLISH_MANIFEST,
 )
 from ...locking import locked
+from . import dose as dose_section
 from . import evidence, sections
 from .constants import PAPER_URL, REPORT_NAMES
 from .figures import Plots
@@ -55,8 +56,8 @@ class CardPlan:
 def _reports(inputs: CardInputs) -> dict[str, Path]:
     """The reports the card copies: name in the edit folder -> the file read."""
     return {REPORT_NAMES[role]: report.path for role, report in (
-        ("eval", inputs.eval), ("locate", inputs.locate), ("sweep", inputs.sweep), ("origin", inputs.origin),
-        ("recipe", inputs.recipe)) if report is not None}
+        ("eval", inputs.eval), ("locate", inputs.locate), ("sweep", inputs.sweep), ("dose", inputs.dose),
+        ("origin", inputs.origin), ("recipe", inputs.recipe)) if report is not None}
 
 
 def template_values(inputs: CardInputs, plots: Plots) -> dict[str, Any]:
@@ -65,18 +66,19 @@ def template_values(inputs: CardInputs, plots: Plots) -> dict[str, Any]:
     values = {"names": NAMES, "paper_url": PAPER_URL, "title": sections.title(inputs),
               "summary": sections.summary(inputs), "edit": sections.edit(inputs, plots),
               "detection": evidence.detection(inputs, plots), "evaluation": evidence.evaluation(inputs, plots),
+              "dose": dose_section.dose(inputs, plots),
               "limitations": limitations(inputs), "origin": evidence.origin(inputs, plots),
               "load": sections.load(inputs), "reproduce": sections.reproduce(inputs)}
     values["files"] = sections.files(inputs, [*plots.sources, *_reports(inputs)])
     return values
 
 
-def plan_card(edit_dir: str | os.PathLike, *, locate_report=None, eval_results=None, sweep=None, origin=None,
-              recipe=None, repo_id: str | None = None) -> CardPlan:
+def plan_card(edit_dir: str | os.PathLike, *, locate_report=None, eval_results=None, sweep=None, dose=None,
+              origin=None, recipe=None, repo_id: str | None = None) -> CardPlan:
     """Read the inputs and render the card; nothing is written."""
     from huggingface_hub import ModelCard
 
-    inputs = load_inputs(edit_dir, locate_report=locate_report, eval_results=eval_results, sweep=sweep,
+    inputs = load_inputs(edit_dir, locate_report=locate_report, eval_results=eval_results, sweep=sweep, dose=dose,
                          origin=origin, recipe=recipe, repo_id=repo_id)
     plots = Plots()
     values = template_values(inputs, plots)
@@ -89,19 +91,19 @@ def plan_card(edit_dir: str | os.PathLike, *, locate_report=None, eval_results=N
     return CardPlan(card, files, inputs)
 
 
-def build_card(edit_dir: str | os.PathLike, *, locate_report=None, eval_results=None, sweep=None, origin=None,
-               recipe=None, repo_id: str | None = None):
+def build_card(edit_dir: str | os.PathLike, *, locate_report=None, eval_results=None, sweep=None, dose=None,
+               origin=None, recipe=None, repo_id: str | None = None):
     """The model card of an edit folder as a ``huggingface_hub.ModelCard`` (nothing is written)."""
-    return plan_card(edit_dir, locate_report=locate_report, eval_results=eval_results, sweep=sweep, origin=origin,
-                     recipe=recipe, repo_id=repo_id).card
+    return plan_card(edit_dir, locate_report=locate_report, eval_results=eval_results, sweep=sweep, dose=dose,
+                     origin=origin, recipe=recipe, repo_id=repo_id).card
 
 
 @locked("edit_dir", "edit folder")
-def write_card(edit_dir: str | os.PathLike, *, locate_report=None, eval_results=None, sweep=None, origin=None,
-               recipe=None, repo_id: str | None = None) -> Path:
+def write_card(edit_dir: str | os.PathLike, *, locate_report=None, eval_results=None, sweep=None, dose=None,
+               origin=None, recipe=None, repo_id: str | None = None) -> Path:
     """Write README.md, the plots and reports it cites, then hneurons_publish.json; returns README.md's path."""
-    plan = plan_card(edit_dir, locate_report=locate_report, eval_results=eval_results, sweep=sweep, origin=origin,
-                     recipe=recipe, repo_id=repo_id)
+    plan = plan_card(edit_dir, locate_report=locate_report, eval_results=eval_results, sweep=sweep, dose=dose,
+                     origin=origin, recipe=recipe, repo_id=repo_id)
     folder = plan.inputs.folder
     check_no_outside_links(folder)
     outputs = [CARD, *plan.files]
@@ -131,7 +133,8 @@ def _write_publish_manifest(plan: CardPlan, outputs: list[str]) -> None:
     folder = plan.inputs.folder
     inputs = {role: {"source": short_path(report.path), "sha256": sha256_file(report.path)}
               for role, report in (("locate", plan.inputs.locate), ("eval", plan.inputs.eval),
-                                   ("sweep", plan.inputs.sweep), ("origin", plan.inputs.origin),
+                                   ("sweep", plan.inputs.sweep), ("dose", plan.inputs.dose),
+                                   ("origin", plan.inputs.origin),
                                    ("recipe", plan.inputs.recipe)) if report is not None}
     atomic_write_json(folder / PUBLISH_MANIFEST, {
         "format": PUBLISH_FORMAT, "files": {rel: sha256_file(folder / rel) for rel in sorted(outputs)},

@@ -293,7 +293,8 @@ def reproduce(inputs: CardInputs) -> dict:
 def _versions(inputs: CardInputs) -> dict | None:
     """Package versions per stage: stage names and one row per package (None when no stage recorded any)."""
     stages = [("edit", inputs.edit.get("provenance"))]
-    for name, report in (("locate", inputs.locate), ("eval", inputs.eval), ("sweep", inputs.sweep)):
+    for name, report in (("locate", inputs.locate), ("eval", inputs.eval), ("sweep", inputs.sweep),
+                         ("dose", inputs.dose)):
         if report is not None and isinstance(report.doc.get("provenance"), dict):
             stages.append((name, report.doc["provenance"]))
     stages = [(n, p) for n, p in stages if isinstance(p, dict)]
@@ -313,7 +314,7 @@ def _hashes(inputs: CardInputs) -> dict:
     rows = [[md_text(name), digest if _SHA256.fullmatch(str(digest)) else md_text(digest)]
             for name, digest in sorted(inputs.edit["files"].items())]
     for role, report in (("locate", inputs.locate), ("eval", inputs.eval), ("sweep", inputs.sweep),
-                         ("origin", inputs.origin), ("recipe", inputs.recipe)):
+                         ("dose", inputs.dose), ("origin", inputs.origin), ("recipe", inputs.recipe)):
         if report is not None:
             rows.append([f"{md_text(REPORT_NAMES[role])} (copied from {md_text(short_path(report.path))})",
                          sha256_file(report.path)])
