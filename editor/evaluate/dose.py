@@ -311,7 +311,8 @@ def _kl(lm, base_variant, variants, grid, settings: DoseSettings, out: Path) -> 
     for (name, alpha), variant in variants.items():
         means.setdefault(name, [0.0] * len(grid))[grid.index(alpha)] = float(np.mean(per_variant[variant.name]))
     return {"direction": "KL(base || edited), nats per position, mean over positions then prompts",
-            "n_prompts": len(seqs.prompts), "prompts_file": str(Path(settings.kl_prompts).resolve()),
+            "n_prompts": len(seqs.prompts), "new_tokens": settings.kl_new_tokens,
+            "chat_template": settings.chat_for(lm.tokenizer), "prompts_file": str(Path(settings.kl_prompts).resolve()),
             "prompts_sha256": sha256_file(settings.kl_prompts), "mean_per_alpha": means}
 
 

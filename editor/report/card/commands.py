@@ -146,15 +146,16 @@ def _sweep_command(inputs: CardInputs) -> str | None:
 
 
 def _dose_command(inputs: CardInputs) -> str | None:
-    """The dose-response's command. Its report records no KL settings beyond the prompt file and their count: a
-    KL run is rebuilt with that file and that many prompts, and the default continuation length."""
+    """The dose-response's command; the KL flags from the report's ``kl`` block (reports written before it
+    recorded ``new_tokens`` get the default continuation length)."""
     if inputs.dose is None:
         return None
     doc = inputs.dose.doc
     settings = dict(doc.get("settings") or {})
     kl = doc.get("kl")
     settings["kl"] = ({"enabled": False} if not isinstance(kl, dict) else
-                      {"enabled": True, "prompts": kl.get("prompts_file"), "max_prompts": kl.get("n_prompts")})
+                      {"enabled": True, "prompts": kl.get("prompts_file"), "max_prompts": kl.get("n_prompts"),
+                       "new_tokens": kl.get("new_tokens", 32)})
     spec = (doc["model"].get("source") or {}).get("spec")
     neuron_sets = settings.get("neuron_sets") or []
     return _command(
