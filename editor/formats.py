@@ -44,6 +44,13 @@ SINGLE_SAFETENSORS = "model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 GGUF_SOURCE = "hneurons_source.json"  # written into the cached safetensors folder converted from a GGUF file
+# mode abstain (editor/edit/abstain.py): the learned deltas, and the training state a killed run resumes from
+ABSTAIN_DELTA = "abstain_delta.safetensors"
+ABSTAIN_DELTA_FORMAT = "hneurons.abstain_delta/1"
+ABSTAIN_TRAINING = "training"  # folder inside the output folder
+ABSTAIN_STATE = "state.pt"  # in it: deltas, Adam's state, best epoch, history (torch.save; read weights_only)
+ABSTAIN_HISTORY = "training.json"
+ABSTAIN_TRAIN_FORMAT = "hneurons.abstain_train/1"
 
 # ------------------------------------------------------------------------------------------ evaluate
 EVAL_RESULTS = "eval_results.json"
@@ -70,7 +77,7 @@ PUBLISH_FORMAT = "hneurons.publish/1"
 RUN_STATE = "run_state.json"
 RUN_REPORT = "report.md"
 # The folder of each edit mode inside a recipe's output folder.
-EDIT_FOLDERS = {"weights": "model", "ia3": "adapter-ia3", "lora": "adapter-lora", "gguf": "gguf"}
+EDIT_FOLDERS = {"weights": "model", "ia3": "adapter-ia3", "lora": "adapter-lora", "gguf": "gguf", "abstain": "abstain"}
 
 # -------------------------------------------------------------------------------- bundled data files
 QUESTIONS_FORMAT = "hneurons.questions/1"

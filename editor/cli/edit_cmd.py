@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..edit.settings import MODES, EditSettings
+from ..edit.settings import MODES, AbstainSettings, EditSettings
 from ..errors import InputError
 from ..formats import EDIT_FOLDERS, EDIT_MANIFEST, NEURONS, PROBE
-from ..options import add_arguments, dest_of, given
+from ..options import add_arguments, dest_of, given, typed
 from .common import (
     HELP_FORMATTER,
     add_model_args,
@@ -60,12 +60,26 @@ source, the index against the shard headers, an adapter's tensors against the do
 logit check also runs when the model fits in memory in float32 (twice for adapters); otherwise, or with
 --skip-logit-check, it is skipped and the manifest says so ("form": "streamed").
 
+--mode abstain (with --responses COLLECT_DIR) does not scale the neurons: it trains their own weights
+(each neuron's W_down column; with --train up,down or gate,up,down also its W_up / W_gate rows; nothing
+else) so that the model answers the abstention sentence (--abstain-text) where it answered the collect
+train questions consistently wrong and keeps its own answers where it answered them right, with a KL
+penalty to the unedited model on neutral prompts (--kl-weight). Early stopping and the strength (a scale
+of the learned change, --strengths) are decided on the validation split; the test split is never read.
+DIR holds model/ (a checkpoint where only those columns / rows differ from the source, verified tensor by
+tensor and by logits), adapter-lora/ (the same change as an exact LoRA adapter, verified with PEFT),
+abstain_delta.safetensors, training/ and hneurons_edit.json with the data hashes, settings, losses per
+epoch, the strength table and the neuron set. A killed run resumes from DIR/training/ when run again
+with the same inputs and settings.
+
 examples:
   hneurons edit --model smollm2-135m-instruct --neurons runs/locate/neurons.json --out fixed-model
   hneurons edit --model ./my-llama --neurons neurons.json --alpha 0.5 --mode ia3 --out ia3-adapter
   hneurons edit --model meta-llama/Llama-3.1-8B-Instruct --neurons neurons.json --out fixed --out-of-core
   hneurons edit --neurons neurons.json --mode lora --layer-alpha 12=0 --layer-alpha 20=0.5 --out lora
   hneurons edit --model smollm2-135m-instruct --neurons neurons.json --format gguf --out fixed-gguf
+  hneurons edit --mode abstain --model smollm2-135m-instruct --neurons runs/locate/neurons.json \
+      --responses runs/collect --out abstain --epochs 4 --train up,down
 """
 
 
@@ -87,8 +101,11 @@ def register(subparsers) -> None:
     group.add_argument("--probe", metavar="FILE",
                        help="probe.safetensors to ship with the edit (default: the one next to the neuron "
                             "file, if any)")
+    group.add_argument("--responses", metavar="COLLECT_DIR",
+                       help="--mode abstain: the collect folder whose train / validation answers are the training data")
     group.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
     add_arguments(parser, EditSettings, title="how to edit")
+    add_arguments(parser, AbstainSettings, title="abstain training (--mode abstain)")
     parser.add_argument("--format", dest=dest_of(EditSettings, "modes"), action="append", choices=MODES,
                         default=argparse.SUPPRESS, metavar="MODE", help="the same as --mode (--format gguf)")
     add_recipe_option(parser)
@@ -97,18 +114,25 @@ def register(subparsers) -> None:
 
 def resolve(args) -> SimpleNamespace:
     settings = stage_settings(args, EditSettings, "edit")
-    if args.recipe is not None and not given(EditSettings, args, "alpha"):
+    if args.recipe is not None and not given(EditSettings, args, "alpha") and settings.modes != ["abstain"]:
         from ..pipeline.run import recipe_alpha
 
         settings = settings.model_copy(update={"alpha": recipe_alpha(args.recipe)})  # auto: the sweep's choice
     if not settings.verify_logits and not settings.out_of_core:
         raise InputError("--skip-logit-check applies to --out-of-core only (in memory, the model is loaded anyway)")
     neurons = required(args, "neurons", "--neurons", in_recipe_output(args, "locate", NEURONS))
+    abstain = stage_settings(args, AbstainSettings, "abstain") if settings.modes == ["abstain"] else None
+    responses = None
+    if abstain is not None:
+        responses = required(args, "responses", "--responses", in_recipe_output(args, "collect"))
+    elif args.responses or typed(AbstainSettings, args):
+        raise InputError("--responses and the abstain training options belong to --mode abstain")
     several = len(settings.modes) > 1
     out = required(args, "out", "--out", in_recipe_output(args, *([] if several else [EDIT_FOLDERS[settings.modes[0]]])))
     probe = args.probe or existing(in_recipe_output(args, "locate", PROBE))
     outs = {mode: Path(out) / EDIT_FOLDERS[mode] if several else Path(out) for mode in settings.modes}
-    return SimpleNamespace(settings=settings, model=model_spec(args), neurons=neurons, outs=outs, probe=probe)
+    return SimpleNamespace(settings=settings, model=model_spec(args), neurons=neurons, outs=outs, probe=probe,
+                           abstain=abstain, responses=responses)
 
 
 def run(args) -> int:
@@ -119,10 +143,38 @@ def run(args) -> int:
     # several forms: one model load serves them all
     model = load_from_args(args, plan.model) if len(plan.outs) > 1 and not plan.settings.out_of_core else plan.model
     for mode, target in plan.outs.items():
+        extra = {"responses": plan.responses, "abstain": plan.abstain} if mode == "abstain" else {"probe": plan.probe}
         result = edit_model(model, plan.neurons, mode=mode, out=target, settings=plan.settings, load=load,
-                            overwrite=args.overwrite, force=args.force, probe=plan.probe)
-        _report(result, args.json)
+                            overwrite=args.overwrite, force=args.force, **extra)
+        (_report_abstain if mode == "abstain" else _report)(result, args.json)
     return 0
+
+
+def _report_abstain(result, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.manifest, indent=2))
+        return
+    info = result.manifest["abstain"]
+    training, strength = info["training"], info["strength"]
+    counts = info["data"]["splits"]
+    print(f"trained {info['trainable_parameters']} parameters ({'+'.join(info['train'])}) of "
+          f"{result.manifest['neurons']['count']} neurons on {counts['train']['abstain']} abstention and "
+          f"{counts['train']['answer']} answer targets; {training['epochs_run']} epoch(s) ({training['stopped']}"
+          + (f", resumed after epoch {training['resumed_from_epoch']}" if training["resumed_from_epoch"] else "")
+          + f"), best epoch {training['best_epoch']}")
+    chosen = strength["validation"]
+    if chosen:
+        rates = ", ".join(f"{k.removeprefix('abstain_rate_')} {chosen[k]:.3f}" for k in
+                          ("abstain_rate_wrong", "abstain_rate_right") if chosen.get(k) is not None)
+        print(f"strength {strength['chosen']} (rule {strength['rule']}): validation loss {chosen['loss']:.4f}, "
+              f"abstains on {rates}" + (f", KL {chosen['kl']:.4f}" if chosen.get("kl") is not None else ""))
+    else:
+        print(f"strength {strength['chosen']}: {strength['note']}")
+    for form, check in result.manifest["verification"].items():
+        diffs = ", ".join(f"{k} {v:.2e}" for k, v in check["max_abs_diff"].items())
+        print(f"{form}: {result.out / result.manifest['forms'][form]} (verified: max abs logit difference {diffs}, "
+              f"tolerance {check['tolerance']:.2e})")
+    print(f"manifest: {result.out / EDIT_MANIFEST}")
 
 
 def _report(result, as_json: bool) -> None:

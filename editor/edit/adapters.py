@@ -85,3 +85,26 @@ def make_lora_adapter(config: Any, down_weight: Callable[[int], torch.Tensor], s
                              revision=revision, inference_mode=True)
     _save_adapter(Path(folder), peft_config, tensors)
     return list(ranks)
+
+
+def make_factor_lora_adapter(config: Any, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], folder: str | Path,
+                             *, base_model_name_or_path: str, revision: str | None = None) -> list[str]:
+    """Write a LoRA adapter from exact factors: module full name -> (A [r, in], B [out, r]); rank r and
+    lora_alpha = r per module (``rank_pattern`` = ``alpha_pattern``: scaling 1), no dropout, float32. PEFT then
+    adds exactly B A to each module's weight (the learned abstention edit, :func:`editor.edit.abstain_delta.
+    lora_factors`). Returns the targeted module names."""
+    from peft import LoraConfig
+
+    arch = get_arch(config)
+    tensors, ranks = {}, {}
+    for name, (a, b) in factors.items():
+        tensors[f"{adapter_prefix(name)}.lora_A.weight"] = a.float().contiguous()
+        tensors[f"{adapter_prefix(name)}.lora_B.weight"] = b.float().contiguous()
+        ranks[name] = int(a.shape[0])
+    top = max(ranks.values())
+    peft_config = LoraConfig(task_type="CAUSAL_LM", r=top, lora_alpha=top, target_modules=list(ranks),
+                             rank_pattern=ranks, alpha_pattern=dict(ranks), lora_dropout=0.0, bias="none",
+                             fan_in_fan_out=arch.conv1d, base_model_name_or_path=base_model_name_or_path,
+                             revision=revision, inference_mode=True)
+    _save_adapter(Path(folder), peft_config, tensors)
+    return list(ranks)

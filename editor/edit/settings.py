@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from ..options import Cli, Settings
 
-MODES = ("weights", "ia3", "lora", "gguf")
+MODES = ("weights", "ia3", "lora", "gguf", "abstain")
 # How the rewritten down-projections of a GGUF edit are stored (editor/edit/gguf.py): auto picks the most
 # compact that passes verification; "source" keeps each tensor's own type.
 GGUF_TYPES = ("auto", "source", "Q8_0", "F16", "F32")
@@ -22,7 +22,7 @@ VERIFY_PROMPTS = (
     "I don't know the answer, but I think it might be",
     "Once upon a time, in a small village by the sea, there lived",
 )
-Mode = Literal["weights", "ia3", "lora", "gguf"]
+Mode = Literal["weights", "ia3", "lora", "gguf", "abstain"]
 
 
 def parse_layer_alphas(items: Any) -> dict[int, float]:
@@ -59,7 +59,9 @@ class EditSettings(Settings):
     modes: Annotated[list[Mode], Cli(flag="--mode", many="repeat", metavar="MODE")] = Field(
         ["weights"], description="what to write (repeatable): weights (patched checkpoint), ia3 or lora (exact PEFT "
                                  "adapters), gguf (one GGUF file for llama.cpp / Ollama / LM Studio); with several, "
-                                 "--out is a parent folder holding model/, adapter-ia3/, adapter-lora/, gguf/")
+                                 "--out is a parent folder holding model/, adapter-ia3/, adapter-lora/, gguf/; abstain "
+                                 "(alone, with --responses): train the neurons' own weights to answer 'I don't know' "
+                                 "where the model answers wrong (the abstain training options below)")
     out_of_core: bool = Field(
         False, description="weights, ia3, lora: read the safetensors shards instead of loading the model (the "
                            "adapters read only the targeted down-projections); verified by streamed tensor checks")
@@ -119,4 +121,74 @@ class EditSettings(Settings):
     def _modes(cls, value: list[str]) -> list[str]:
         if not value or len(set(value)) != len(value):
             raise ValueError("modes must list weights / ia3 / lora / gguf, each at most once")
+        if "abstain" in value and len(value) > 1:
+            raise ValueError("mode abstain trains its own edit and writes its own forms (abstain's forms setting): "
+                             "give it alone")
+        return value
+
+
+# ============================================================================================= abstain
+ABSTAIN_TEXT = "I don't know."
+TRAIN_PARTS = ("gate", "up", "down")
+TrainPart = Literal["gate", "up", "down"]
+AbstainForm = Literal["weights", "lora"]
+StrengthRule = Literal["loss", "selectivity"]
+
+
+class AbstainSettings(Settings):
+    """How the abstention edit (``--mode abstain``, :mod:`editor.edit.abstain`) is trained: its data, the
+    parameters it may change (only the neuron set's own), the objective, the budget and the forms it is written
+    in. The recipe's ``abstain`` section; ``hneurons edit --mode abstain`` flags."""
+
+    abstain_text: str = Field(
+        ABSTAIN_TEXT, min_length=1,
+        description="the abstention sentence: the target of the train questions the model answers consistently wrong")
+    train: Annotated[list[TrainPart], Cli(many="comma", metavar="PARTS")] = Field(
+        ["down"], description="what is trained of each neuron, comma-separated: down (its W_down column; Conv1D: "
+                              "row), up, gate (its W_up / W_gate row); everything else stays frozen")
+    epochs: int = Field(8, ge=1, description="most passes over the training questions")
+    lr: float = Field(2e-2, gt=0, description="Adam learning rate")
+    batch_size: int = Field(8, ge=1, description="training questions per step")
+    seed: int = Field(0, description="shuffling seed: the same seed, data and machine give the same edit")
+    kl_weight: float = Field(
+        1.0, ge=0, description="weight of the KL(base || edited) penalty on neutral prompts (0: no penalty)")
+    kl_batch_size: int = Field(4, ge=1, description="neutral prompts per training step (the KL term)")
+    kl_prompts: Annotated[str | None, Cli(metavar="FILE")] = Field(
+        None, description="neutral prompts of the KL term: JSONL with a prompt field, or one prompt per line "
+                          "(default: the bundled eval/data/neutral_prompts.jsonl)")
+    kl_max_prompts: int = Field(50, ge=1, description="use at most this many neutral prompts (the first ones)")
+    mixed_weight: float = Field(
+        0.0, ge=0, description="weight of the mixed questions (right in some samples, wrong in others) as extra "
+                               "abstention targets; 0 leaves them out")
+    balanced: Annotated[bool, Cli(flag="--all-consistent", negate=True)] = Field(
+        True, description="train on every consistently answered question, not only on collect's class-balanced "
+                          "selection")
+    patience: int = Field(
+        2, ge=0, description="early stopping: stop after this many epochs without a lower validation loss (0: "
+                             "train every epoch); the best epoch is kept")
+    strengths: Annotated[list[float], Cli(many="comma", metavar="S,...")] = Field(
+        [0.5, 0.75, 1.0, 1.25, 1.5], min_length=1,
+        description="scale factors of the learned change tried on the validation split")
+    strength_rule: StrengthRule = Field(
+        "loss", description="how the strength is chosen on validation: loss (the training objective, lowest) or "
+                            "selectivity (abstention rate on the wrong questions minus on the right ones, highest)")
+    forms: Annotated[list[AbstainForm], Cli(flag="--form", many="comma", metavar="FORMS")] = Field(
+        ["weights", "lora"], description="what is written, comma-separated: weights (a patched checkpoint in "
+                                         "DIR/model) and lora (the exact LoRA adapter in DIR/adapter-lora)")
+
+    @field_validator("train", "forms")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("give at least one value, each at most once")
+        return value
+
+    @field_validator("strengths")
+    @classmethod
+    def _strengths(cls, value: list[float]) -> list[float]:
+        for s in value:
+            if not (math.isfinite(s) and s > 0):
+                raise ValueError(f"strengths must be finite and > 0, got {s}")
+        if len(set(value)) != len(value):
+            raise ValueError("a strength is given twice")
         return value

@@ -115,7 +115,7 @@ from .gguf import (
     open_gguf,
     source_types,
 )
-from .settings import EditSettings
+from .settings import AbstainSettings, EditSettings
 from .verify import (
     CheckpointCheck,
     Reference,
@@ -248,9 +248,13 @@ def edit_model(
     overwrite: bool = False,
     force: bool = False,
     probe: str | Path | None = None,
+    responses: str | Path | None = None,
+    abstain: AbstainSettings | None = None,
     **fields: Any,
 ) -> EditResult:
-    """Write the edited model (``weights``) or an exact suppression adapter (``ia3``, ``lora``) to ``out``.
+    """Write the edited model (``weights``) or an exact suppression adapter (``ia3``, ``lora``) to ``out``; mode
+    ``abstain`` trains the neurons' own weights on the collect folder ``responses`` instead (``abstain``:
+    :class:`~editor.edit.settings.AbstainSettings`, whose fields may be keywords too; :mod:`editor.edit.abstain`).
 
     ``model`` is anything :func:`editor.model.loading.load_model` accepts (loaded with ``load``), or an already
     loaded model (which is left unchanged). ``neurons`` is a neuron file, a parsed document, a
@@ -261,13 +265,21 @@ def edit_model(
     checkpoint's shards instead of loading the model. Everything is validated before anything is written; the
     output appears under ``out`` only complete and verified.
     """
-    edit_fields, load_fields = split_fields(fields, EditSettings, LoadOptions)
+    edit_fields, load_fields, abstain_fields = split_fields(fields, EditSettings, LoadOptions, AbstainSettings)
     if alpha is not None:
         edit_fields["alpha"] = alpha
     if mode is not None:
         edit_fields["modes"] = [mode]
     settings = EditSettings.of(settings, **edit_fields)
     load = LoadOptions.of(load, **load_fields)
+    if settings.modes == ["abstain"]:  # a trained edit: editor.edit.abstain
+        from .abstain import abstain_edit
+
+        folder, manifest = abstain_edit(model, neurons, out, responses, settings=AbstainSettings.of(
+            abstain, **abstain_fields), edit=settings, load=load, overwrite=overwrite, force=force)
+        return EditResult(folder, "abstain", manifest)
+    if responses is not None or abstain is not None or abstain_fields:
+        raise InputError("responses and the abstain training settings belong to mode abstain")
     if out is not None:
         check_output_target(Path(out), overwrite)  # a folder that cannot be written is refused before its lock
     with output_lock(out) if out is not None else contextlib.nullcontext():

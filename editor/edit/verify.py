@@ -411,3 +411,56 @@ def check_adapter(adapter: str | Path, mode: str, checkpoint: str | Path, config
         raise VerificationError(f"the {mode} adapter in {adapter} does not make the intended edit: "
                                 f"{'; '.join(problems[:3])}")
     return report
+
+
+# ================================================================================ learned edits (abstain)
+def verify_logits(expected: torch.Tensor, inputs: dict[str, torch.Tensor],
+                  candidates: Iterable[tuple[str, torch.nn.Module]], tol: float, reference: str) -> dict[str, Any]:
+    """Each candidate's float32 logits on ``inputs`` against ``expected`` (the in-memory edited model's); a
+    VerificationError beyond ``tol``. ``reference`` says in words what ``expected`` is."""
+    diffs = {}
+    for name, model in candidates:
+        diffs[name] = max_abs_diff(expected, prompt_logits(model, inputs))
+        del model
+        gc.collect()
+    report = {"reference": reference, "compute_dtype": "float32", "prompts": int(inputs["input_ids"].shape[0]),
+              "tokens": int(inputs["attention_mask"].sum()), "tolerance": tol, "max_abs_diff": diffs,
+              "passed": all(d <= tol for d in diffs.values())}
+    if not report["passed"]:
+        failed = {k: v for k, v in diffs.items() if v > tol}
+        raise VerificationError(f"the written edit does not reproduce {reference}: max abs logit difference {failed} "
+                                f"exceeds the tolerance {tol:.3g}")
+    return report
+
+
+def check_blocks(source: Mapping[str, torch.Tensor], written: Mapping[str, torch.Tensor],
+                 blocks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A reloaded checkpoint's tensors against the source model's: every tensor bit-identical, except the
+    ``blocks`` (tensor name -> {"axis", "index", "values"}), which must hold exactly ``values`` at ``index``
+    along ``axis`` and the source everywhere else. A VerificationError names what differs."""
+    differing, wrong_blocks = [], []
+    only_src, only_dst = sorted(set(source) - set(written)), sorted(set(written) - set(source))
+    for name in sorted(set(source) & set(written)):
+        a, b = source[name].detach().cpu(), written[name].detach().cpu()
+        if name in blocks:
+            entry = blocks[name]
+            axis, index = entry["axis"], entry["index"]
+            if not _same_bits(b.index_select(axis, index), entry["values"].to(b.dtype)):
+                wrong_blocks.append(name)
+                continue
+            restored = b.clone()
+            restored.index_copy_(axis, index, a.index_select(axis, index))
+            if not _same_bits(restored, a):
+                differing.append(name)
+        elif not _same_bits(a, b):
+            differing.append(name)
+    missing_blocks = sorted(set(blocks) - set(written))
+    report = {"method": "reloaded", "tensors_compared": len(set(source) & set(written)),
+              "tensors_changed": sorted(blocks), "differing": differing, "wrong_blocks": wrong_blocks,
+              "missing_blocks": missing_blocks, "only_in_source": only_src, "only_in_output": only_dst}
+    if differing or wrong_blocks or missing_blocks or only_src or only_dst:
+        raise VerificationError(f"the written checkpoint differs from the source outside the trained columns / rows "
+                                f"(differing {differing[:5]}), or not as trained there (wrong {wrong_blocks[:5]}, "
+                                f"missing {missing_blocks[:5]}), or in its tensor names (missing {only_src[:5]}, extra "
+                                f"{only_dst[:5]})")
+    return report

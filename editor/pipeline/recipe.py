@@ -9,6 +9,7 @@ A recipe names the model, the output folder and the settings of every stage::
     sweep: {alphas: [0, 0.5, 1], limit: 100}      # used when edit.alpha is auto
     dose: {controls: 3}                           # optional: the dose-response (H-Neurons vs matched random sets)
     edit: {alpha: auto, modes: [weights, ia3, gguf]}   # gguf: also gguf_type (auto, source, Q8_0, F16, F32)
+    abstain: {epochs: 4, train: [up, down]}      # optional: the trained abstention edit (OUT/abstain/)
     eval: {tasks: [hneurons], limit: 100, controls: 2}
     publish: {repo: null}
 
@@ -35,7 +36,7 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from ..collect.settings import CollectSettings
-from ..edit.settings import EditSettings
+from ..edit.settings import AbstainSettings, EditSettings
 from ..errors import RecipeError, UnavailableError
 from ..evaluate.settings import DoseSettings, EvalSettings, SweepSettings
 from ..locate.settings import LocateSettings
@@ -63,9 +64,19 @@ class Recipe(Settings):
     dose: DoseSettings | None = Field(None, description="the dose-response stage (runs only when this section is "
                                                         "given; `dose: {}` for the defaults)")
     edit: EditSettings = Field(default_factory=EditSettings)
+    abstain: AbstainSettings | None = Field(None, description="the trained abstention edit of the H-Neurons on the "
+                                                              "collect answers (runs only when this section is given; "
+                                                              "`abstain: {}` for the defaults)")
     eval: EvalSettings = Field(default_factory=EvalSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
     _source: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _abstain_is_its_own_section(self):
+        if "abstain" in self.edit.modes:
+            raise ValueError("edit.modes: abstain is trained by the recipe's own abstain section (give `abstain: {}`), "
+                             "not as an edit mode")
+        return self
 
     @model_validator(mode="after")
     def _publish_needs_repo(self):

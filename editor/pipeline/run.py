@@ -1,7 +1,9 @@
 """`hneurons run RECIPE`: every stage in order, resuming whatever is already done.
 
 Stages: collect -> locate -> dose (only when the recipe has a ``dose`` section) -> sweep (only when
-``edit.alpha`` is ``auto``) -> edit -> eval -> card -> push (only when ``publish.push`` is true). Each
+``edit.alpha`` is ``auto``) -> edit -> abstain (only with an ``abstain`` section: the trained abstention edit of
+the H-Neurons on the collect answers, editor/edit/abstain.py) -> eval -> card -> push (only when ``publish.push``
+is true). Each
 stage writes its artifacts into a sub-folder of the recipe's output folder and is identified by a *stage
 key*: the hash of its own settings and of the keys of the stages it reads from. ``run_state.json`` records the key of every finished stage; a stage whose
 key is unchanged and whose artifact exists is resumed (skipped), a changed setting re-runs that stage
@@ -16,6 +18,8 @@ Output folder::
     OUT/model/        the fixed checkpoint (edit mode "weights") + model card README.md
     OUT/adapter-ia3/  the IA3 adapter (mode "ia3") + card;  OUT/adapter-lora/ likewise
     OUT/gguf/         one GGUF file for llama.cpp / Ollama / LM Studio (mode "gguf") + card
+    OUT/abstain/      the abstention edit: model/, adapter-lora/, abstain_delta.safetensors, training/ (an
+                      abstain section)
     OUT/eval/         eval_results.json, lm-eval logs, eval_deltas.png
     OUT/report.md     every stage's tables and plots (relative image paths)
     OUT/run_state.json
@@ -58,7 +62,7 @@ from ..locking import output_lock
 from ..text import fmt
 from .recipe import Recipe, check_environment, load_recipe, output_dir
 
-STAGES = ("collect", "locate", "dose", "sweep", "edit", "eval", "card", "push")
+STAGES = ("collect", "locate", "dose", "sweep", "edit", "abstain", "eval", "card", "push")
 
 
 @dataclass
@@ -115,7 +119,7 @@ def stage_settings(recipe: Recipe, stage: str) -> dict[str, Any]:
 
 
 UPSTREAM = {"collect": (), "locate": ("collect",), "dose": ("locate",), "sweep": ("locate",),
-            "edit": ("locate", "sweep"),
+            "edit": ("locate", "sweep"), "abstain": ("collect", "locate"),
             "eval": ("edit",), "card": ("eval",), "push": ("card",)}
 
 
@@ -212,6 +216,16 @@ def run_edit(ctx: RunContext) -> str:
     return "; ".join(notes)
 
 
+def run_abstain(ctx: RunContext) -> str:
+    from ..edit.stage import edit_model
+
+    result = edit_model(ctx.lm, ctx.path("locate", NEURONS), mode="abstain", out=ctx.path(EDIT_FOLDERS["abstain"]),
+                        responses=ctx.path("collect"), abstain=ctx.recipe.abstain, overwrite=True)
+    training, strength = result.manifest["abstain"]["training"], result.manifest["abstain"]["strength"]
+    return (f"{training['epochs_run']} epoch(s), best {training['best_epoch']}, strength {strength['chosen']} -> "
+            f"{result.out}")
+
+
 def _max_diff(verification: dict) -> float:
     """Largest logit difference between a written form and run-time scaling (edit's verification)."""
     values = [v for v in (verification.get("max_abs_diff") or {}).values() if isinstance(v, (int, float))]
@@ -259,7 +273,7 @@ def run_push(ctx: RunContext) -> str:
 
 RUNNERS: dict[str, Callable[[RunContext], str]] = {
     "collect": run_collect, "locate": run_locate, "dose": run_dose, "sweep": run_sweep, "edit": run_edit,
-    "eval": run_eval,
+    "abstain": run_abstain, "eval": run_eval,
     "card": run_card, "push": run_push,
 }
 
@@ -271,6 +285,7 @@ def artifact_exists(ctx: RunContext, stage: str) -> bool:
         "dose": [ctx.path("dose", DOSE_REPORT)],
         "sweep": [ctx.path("sweep", SWEEP_REPORT)],
         "edit": [ctx.path(EDIT_FOLDERS[m], EDIT_MANIFEST) for m in ctx.recipe.edit.modes],
+        "abstain": [ctx.path(EDIT_FOLDERS["abstain"], EDIT_MANIFEST)],
         "eval": [ctx.path("eval", EVAL_RESULTS)],
         "card": [ctx.path(EDIT_FOLDERS[m], "README.md") for m in ctx.recipe.edit.modes],
         "push": [],
@@ -285,7 +300,7 @@ def active_stages(recipe: Recipe) -> list[str]:
         stages.append("dose")
     if recipe.edit.alpha == "auto":
         stages.append("sweep")
-    stages += ["edit", "eval", "card"]
+    stages += ["edit"] + (["abstain"] if recipe.abstain is not None else []) + ["eval", "card"]
     if recipe.publish.push:
         stages.append("push")
     return stages
