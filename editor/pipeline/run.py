@@ -120,7 +120,7 @@ def stage_settings(recipe: Recipe, stage: str) -> dict[str, Any]:
 
 UPSTREAM = {"collect": (), "locate": ("collect",), "dose": ("locate",), "sweep": ("locate",),
             "edit": ("locate", "sweep"), "abstain": ("collect", "locate"),
-            "eval": ("edit",), "card": ("eval",), "push": ("card",)}
+            "eval": ("edit",), "card": ("eval", "dose"), "push": ("card",)}
 
 
 def stage_key(ctx: RunContext, stage: str) -> str:
