@@ -78,7 +78,7 @@ examples:
   hneurons edit --model meta-llama/Llama-3.1-8B-Instruct --neurons neurons.json --out fixed --out-of-core
   hneurons edit --neurons neurons.json --mode lora --layer-alpha 12=0 --layer-alpha 20=0.5 --out lora
   hneurons edit --model smollm2-135m-instruct --neurons neurons.json --format gguf --out fixed-gguf
-  hneurons edit --mode abstain --model smollm2-135m-instruct --neurons runs/locate/neurons.json \
+  hneurons edit --mode abstain --model smollm2-135m-instruct --neurons runs/locate/neurons.json \\
       --responses runs/collect --out abstain --epochs 4 --train up,down
 """
 
