@@ -11,8 +11,14 @@ re-tokenises a prompt differently.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from ..errors import InputError
+from ..paths import NEUTRAL_PROMPTS
 
 DEFAULT_INSTRUCTION = "Respond with the answer only, without any explanation."
 BASE_TEMPLATE = "Question: {question}\nAnswer:"
@@ -91,3 +97,41 @@ def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
     elif eos:
         ids.update(int(i) for i in eos)
     return sorted(ids)
+
+
+def read_neutral_prompts(path: str | Path = NEUTRAL_PROMPTS, limit: int | None = None) -> list[str]:
+    """The ``prompt`` field of each JSONL line (a plain-text file with one prompt per line also works): the
+    neutral prompts of the KL measure (eval) and of the abstain edit's KL term."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"KL prompt file not found: {path}")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{number} is not valid JSON: {exc.msg}") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"]:
+                raise InputError(f'{path}:{number}: expected an object with a non-empty "prompt" string')
+            prompts.append(record["prompt"])
+        else:
+            prompts.append(line.strip())
+    if not prompts:
+        raise InputError(f"KL prompt file {path} holds no prompts")
+    return prompts[:limit] if limit else prompts
+
+
+def render_prompt_ids(tokenizer: Any, prompts: Sequence[str], chat: bool) -> list[list[int]]:
+    """Each prompt as the model sees a user turn (chat template with a generation prompt) or as plain text."""
+    out = []
+    for prompt in prompts:
+        if chat:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
+            out.append([int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]])
+        else:
+            out.append([int(i) for i in tokenizer(prompt)["input_ids"]])
+    return out

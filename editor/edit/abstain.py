@@ -52,6 +52,7 @@ from ..artifacts import (
     sha256_file,
     sha256_json,
 )
+from ..data.prompting import read_neutral_prompts, render_prompt_ids
 from ..errors import InputError, OutputExistsError
 from ..formats import (
     ABSTAIN_DELTA,
@@ -78,14 +79,13 @@ from .abstain_delta import (
     save_delta,
 )
 from .abstain_train import (
+    KL_MAX_TOKENS,
     STATE,
     Neutral,
     TrainResult,
     base_logprobs,
     load_state,
-    neutral_ids,
     pad_id,
-    read_prompts,
     train,
 )
 from .adapters import make_factor_lora_adapter
@@ -141,8 +141,8 @@ def prepare_neutral(lm: LoadedModel, settings: AbstainSettings, chat: bool) -> N
     """The KL term's neutral prompts, rendered as a user turn (chat) or as text, and the unedited model's
     log-probabilities at each of their positions (computed once)."""
     path = Path(settings.kl_prompts) if settings.kl_prompts else NEUTRAL_PROMPTS
-    prompts = read_prompts(path)[:settings.kl_max_prompts]
-    ids = neutral_ids(lm.tokenizer, prompts, chat)
+    prompts = read_neutral_prompts(path, settings.kl_max_prompts)
+    ids = [row[:KL_MAX_TOKENS] for row in render_prompt_ids(lm.tokenizer, prompts, chat)]
     device = next(lm.model.parameters()).device
     base = base_logprobs(lm.model, ids, pad_id(lm.tokenizer), device, settings.kl_batch_size)
     return Neutral(ids, base, str(path), sha256_file(path))

@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 
 from ..artifacts import atomic_writer
-from ..errors import InputError
 from ..formats import ABSTAIN_STATE
 from ..model.loading import LoadedModel
 from ..stats import auroc
@@ -97,43 +96,6 @@ class Neutral:
     @property
     def positions(self) -> int:
         return sum(len(i) for i in self.ids)
-
-
-def read_prompts(path: Path) -> list[str]:
-    """The ``prompt`` field of each JSONL line, or each non-empty line of a text file."""
-    if not path.is_file():
-        raise InputError(f"KL prompt file not found: {path}")
-    prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{number} is not valid JSON: {exc.msg}") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"]:
-                raise InputError(f'{path}:{number}: expected an object with a non-empty "prompt" string')
-            prompts.append(record["prompt"])
-        else:
-            prompts.append(line.strip())
-    if not prompts:
-        raise InputError(f"KL prompt file {path} holds no prompts")
-    return prompts
-
-
-def neutral_ids(tokenizer: Any, prompts: Sequence[str], chat: bool) -> list[list[int]]:
-    """Each prompt as the model sees a user turn (chat template with a generation prompt) or as plain text."""
-    out = []
-    for prompt in prompts:
-        if chat:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            ids = tokenizer(prompt)["input_ids"]
-        out.append([int(i) for i in ids][:KL_MAX_TOKENS])
-    return out
 
 
 @torch.no_grad()

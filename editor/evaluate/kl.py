@@ -14,49 +14,13 @@ import numpy as np
 import torch
 
 from ..artifacts import atomic_write_json, atomic_writer
+from ..data.prompting import read_neutral_prompts, render_prompt_ids
 from ..errors import InputError, ModelMismatchError
 from ..model.hooks import scaled_neurons
 from ..model.loading import LoadedModel
-from ..paths import NEUTRAL_PROMPTS
 from .compare import mean_ci
 from .settings import EvalSettings
 from .variants import Variant
-
-
-def read_neutral_prompts(path: str | Path = NEUTRAL_PROMPTS, limit: int | None = None) -> list[str]:
-    """The ``prompt`` field of each JSONL line (a plain-text file with one prompt per line also works)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"KL prompt file not found: {path}")
-    prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{number} is not valid JSON: {exc.msg}") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"]:
-                raise InputError(f'{path}:{number}: expected an object with a non-empty "prompt" string')
-            prompts.append(record["prompt"])
-        else:
-            prompts.append(line.strip())
-    if not prompts:
-        raise InputError(f"KL prompt file {path} holds no prompts")
-    return prompts[:limit] if limit else prompts
-
-
-def render_prompt_ids(tokenizer: Any, prompts: Sequence[str], chat: bool) -> list[list[int]]:
-    out = []
-    for prompt in prompts:
-        if chat:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True)
-            out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-        else:
-            out.append(tokenizer(prompt)["input_ids"])
-    return out
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:
