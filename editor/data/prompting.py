@@ -55,7 +55,7 @@ class Prompt:
     stop_at_newline: bool  # base-model prompting ends the answer at the first newline
 
 
-def _as_ids(encoded: Any) -> list[int]:
+def as_ids(encoded: Any) -> list[int]:
     """apply_chat_template returns a list, a tensor, or (transformers 5) a BatchEncoding."""
     if hasattr(encoded, "keys") and "input_ids" in encoded:
         encoded = encoded["input_ids"]
@@ -73,16 +73,16 @@ def build_prompt(tokenizer: Any, question: str, style: PromptStyle = PromptStyle
             {"role": "user", "content": content}
         ]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = _as_ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        ids = as_ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
         return Prompt(text, ids, stop_at_newline=False)
     text = style.base_template.format(question=question)
-    ids = _as_ids(tokenizer(text, add_special_tokens=True)["input_ids"])
+    ids = as_ids(tokenizer(text, add_special_tokens=True)["input_ids"])
     return Prompt(text, ids, stop_at_newline=True)
 
 
 def chat_prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
     """Token ids of a multi-turn conversation with a generation prompt (used by eval and detect)."""
-    return _as_ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    return as_ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
 
 def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:

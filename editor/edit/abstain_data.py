@@ -29,7 +29,14 @@ from typing import Any
 
 from ..artifacts import sha256_file, sha256_json
 from ..collect.stage import load_responses
-from ..data.prompting import BASE_TEMPLATE, DEFAULT_INSTRUCTION, PromptStyle, build_prompt, stop_token_ids
+from ..data.prompting import (
+    BASE_TEMPLATE,
+    DEFAULT_INSTRUCTION,
+    PromptStyle,
+    as_ids,
+    build_prompt,
+    stop_token_ids,
+)
 from ..errors import InputError, ModelMismatchError
 from ..formats import RESPONSES
 from ..model.loading import LoadedModel
@@ -97,16 +104,6 @@ def prompt_style_of(manifest: dict[str, Any]) -> PromptStyle:
                        system=prompt.get("system"), base_template=prompt.get("base_template") or BASE_TEMPLATE)
 
 
-def _ids(encoded: Any) -> list[int]:
-    if hasattr(encoded, "keys") and "input_ids" in encoded:
-        encoded = encoded["input_ids"]
-    if hasattr(encoded, "tolist"):
-        encoded = encoded.tolist()
-    if encoded and isinstance(encoded[0], list):
-        encoded = encoded[0]
-    return [int(i) for i in encoded]
-
-
 def answer_tokens(tokenizer: Any, style: PromptStyle, text: str, stops: set[int]) -> tuple[list[int], list[int], str]:
     """(content ids, end-of-answer ids, how) of ``text`` as the model's answer to a prompt of ``style``.
 
@@ -120,7 +117,7 @@ def answer_tokens(tokenizer: Any, style: PromptStyle, text: str, stops: set[int]
         content = f"{question} {style.instruction}".strip() if style.instruction else question
         messages = ([{"role": "system", "content": style.system}] if style.system else []) + [
             {"role": "user", "content": content}, {"role": "assistant", "content": text}]
-        full = _ids(tokenizer.apply_chat_template(messages, tokenize=True))
+        full = as_ids(tokenizer.apply_chat_template(messages, tokenize=True))
         if full[:len(prompt.input_ids)] == prompt.input_ids:
             rest = full[len(prompt.input_ids):]
             for i, token in enumerate(rest):
@@ -129,7 +126,7 @@ def answer_tokens(tokenizer: Any, style: PromptStyle, text: str, stops: set[int]
                         return rest[:i], [token], "chat template"
                     break
     else:
-        full = _ids(tokenizer(prompt.text + " " + text + "\n", add_special_tokens=True)["input_ids"])
+        full = as_ids(tokenizer(prompt.text + " " + text + "\n", add_special_tokens=True)["input_ids"])
         if full[:len(prompt.input_ids)] == prompt.input_ids:
             rest = full[len(prompt.input_ids):]
             for i in range(1, len(rest)):
@@ -138,7 +135,7 @@ def answer_tokens(tokenizer: Any, style: PromptStyle, text: str, stops: set[int]
     if tokenizer.eos_token_id is None:
         raise InputError("cannot find how an answer ends: the chat template does not extend the prompt and the "
                          "tokenizer has no EOS token")
-    own = _ids(tokenizer(text, add_special_tokens=False)["input_ids"])
+    own = as_ids(tokenizer(text, add_special_tokens=False)["input_ids"])
     return own, [int(tokenizer.eos_token_id)], "fallback"
 
 
