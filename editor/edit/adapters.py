@@ -62,29 +62,18 @@ def make_lora_adapter(config: Any, down_weight: Callable[[int], torch.Tensor], s
     A [k, d_ff] = one-hot rows, B [d_model, k] = W_down[:, J] * (alpha - 1), lora_alpha = k so the scaling
     is 1 (float32).
     """
-    from peft import LoraConfig
-
     arch = get_arch(config)
-    tensors, ranks = {}, {}
+    factors = {}
     for layer, scale in scales.items():
         weight = down_weight(layer)
-        name = arch.down_proj_path(layer)
         rank = len(scale.index)
-        d_ff = weight.shape[neuron_axis(arch)]
-        a = torch.zeros(rank, d_ff, dtype=torch.float32)
+        a = torch.zeros(rank, weight.shape[neuron_axis(arch)], dtype=torch.float32)
         a[torch.arange(rank), scale.index] = 1.0
         b = down_columns(weight.detach(), arch, scale.index).float().cpu() * (scale.alpha - 1.0)[None, :]
         del weight
-        tensors[f"{adapter_prefix(name)}.lora_A.weight"] = a
-        tensors[f"{adapter_prefix(name)}.lora_B.weight"] = b
-        ranks[name] = rank
-    top = max(ranks.values())
-    peft_config = LoraConfig(task_type="CAUSAL_LM", r=top, lora_alpha=top, target_modules=list(ranks),
-                             rank_pattern=ranks, alpha_pattern=dict(ranks), lora_dropout=0.0, bias="none",
-                             fan_in_fan_out=arch.conv1d, base_model_name_or_path=base_model_name_or_path,
-                             revision=revision, inference_mode=True)
-    _save_adapter(Path(folder), peft_config, tensors)
-    return list(ranks)
+        factors[arch.down_proj_path(layer)] = (a, b)
+    return make_factor_lora_adapter(config, factors, folder, base_model_name_or_path=base_model_name_or_path,
+                                    revision=revision)
 
 
 def make_factor_lora_adapter(config: Any, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], folder: str | Path,
