@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "eval_cmd",
     "sweep_cmd",
     "dose_cmd",
+    "abstain_report_cmd",
     "card_cmd",
     "push_cmd",
     "recipe_cmd",
@@ -45,6 +46,7 @@ The pipeline, one command per stage, or all of them with `hneurons run RECIPE`:
   edit     write the fixed model: patched safetensors checkpoint, or an exact IA3 / LoRA adapter
   eval     lm-eval benchmarks, base vs edited, with random-neuron controls and CIs
   dose-response  every metric vs alpha for the H-Neurons and matched random sets: slopes compared
+  abstain-report  abstention of several evals of one base model side by side (selectivity, AUROC)
   card     write the model card (metadata, evidence, limitations, how to reproduce)
   push     publish the fixed model with its card to the Hugging Face Hub
 Tools: detect (score answers for hallucination risk with a probe), origin (compare with the base

@@ -30,9 +30,20 @@ What is compared:
   --base BASE --adapter DIR             base + PEFT adapter (IA3 / LoRA from `hneurons edit`) vs base
   --base BASE --neurons FILE --alpha A  the neuron set scaled by A at run time (nothing written) vs base
   --base BASE  (or --model M) alone     one model's numbers, no comparison
+  --base BASE --edited-system-instruction TEXT
+                                        the prompt baseline: the base model told TEXT in its system prompt
+                                        (the edited role) vs the base model without it
 
 Random controls need a neuron set: --neurons, or the neurons.json and alpha recorded in an `hneurons edit`
 folder given as --model or --adapter. The base model is loaded once; controls run on it with hooks.
+A trained abstention edit (`hneurons edit --mode abstain`: OUT/model or OUT/adapter-lora) gets no hook
+controls: scaling random neurons is no control for a trained edit (train a random set the same way and compare
+the evals with `hneurons abstain-report`).
+
+Abstention: when hneurons_facts runs for base and edited, eval_results.json gets an `abstention` block
+(accuracy, hallucination and abstention rates with paired changes, selectivity, abstention AUROC against base
+wrongness, refusal on fabricated entities) and abstention_rc.png (risk-coverage); --detector LOCATE_DIR adds
+the probe as an abstention rule on the base answers (its curve, and its AUROC: the ceiling).
 
 Tasks: the bundled offline tasks (group `hneurons`, in <repo>/eval; see eval/README.md) and any built-in
 lm-eval task name (truthfulqa_mc2, triviaqa, nq_open, mmlu, hellaswag, arc_easy, wikitext, ...; these need
@@ -47,6 +58,10 @@ examples:
   hneurons eval --base smollm2-135m-instruct --neurons locate/neurons.json --alpha 0 --limit 50 --out ev
   hneurons eval --model edited/ --base smollm2-135m-instruct --tasks hneurons,arc_easy --out ev
   hneurons eval --base smollm2-135m-instruct --adapter ia3/ --controls 5 --match-layers --out ev
+  hneurons eval --base smollm2-135m-instruct --model abstain/model --tasks hneurons_facts,hneurons_nonexist \
+      --detector runs/smollm2/locate --out ev-abstain
+  hneurons eval --base smollm2-135m-instruct --tasks hneurons_facts,hneurons_nonexist \
+      --edited-system-instruction "If you do not know the answer, say I don't know." --out ev-prompt
 """
 
 
@@ -99,6 +114,13 @@ def run(args) -> int:
                       settings=plan.settings, out=out, overwrite=args.overwrite, force=args.force,
                       load=load_options(args))
     print(report.table())
+    if report.results.get("abstention"):
+        from ..evaluate.abstention import summary_lines
+
+        print("\n" + "\n".join(summary_lines(report.results["abstention"])))
+    for key in ("controls_note", "kl_note"):
+        if report.results.get(key):
+            print(f"\nnote: {report.results[key]}")
     commands = report.results["lm_eval_commands"]
     print("\nreproduce with lm-eval alone (HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 for the bundled tasks):")
     for role in ("base", "edited", "controls"):

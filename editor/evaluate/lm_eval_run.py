@@ -173,6 +173,9 @@ def run_lm_eval(variant: Variant, settings: EvalSettings, folder: str | Path, ma
     folder = Path(folder)
     chat = settings.chat_for(variant.lm.tokenizer)
     key = {"settings": settings.lm_eval_key(chat), "variant": _variant_key(variant)}
+    instruction = system_instruction(variant, settings)
+    if instruction is not None:  # only when given: the keys of runs without one stay as they were
+        key["system_instruction"] = instruction
     if getattr(manager, "metadata", None):
         key["metadata"] = metadata_key(manager.metadata)
     marker = folder / EVAL_RUN
@@ -224,6 +227,13 @@ def copy_run(source: Path, target: Path) -> None:
                 shutil.copyfile(path, tmp / path.name)
 
 
+def system_instruction(variant: Variant, settings: EvalSettings) -> str | None:
+    """The system instruction lm-eval gives ``variant``: its own (the eval's edited role with
+    ``edited_system_instruction``), else the settings' ``system_instruction`` (every variant), else None."""
+    own = getattr(variant, "system_instruction", None)
+    return own if own is not None else getattr(settings, "system_instruction", None)
+
+
 def lm_eval_model_class(name: str):
     """The lm-eval model class behind ``EvalSettings.lm_eval_model``."""
     if name == "hneurons":
@@ -249,7 +259,8 @@ def _run(variant: Variant, settings: EvalSettings, folder: Path, key: Mapping[st
         output = simple_evaluate(
             model=lm, tasks=list(settings.tasks), task_manager=manager, limit=settings.limit,
             bootstrap_iters=settings.lm_eval_bootstrap_iters, log_samples=True, apply_chat_template=chat,
-            fewshot_as_multiturn=chat, gen_kwargs=settings.gen_kwargs, random_seed=python_seed,
+            fewshot_as_multiturn=chat, gen_kwargs=settings.gen_kwargs,
+            system_instruction=system_instruction(variant, settings), random_seed=python_seed,
             numpy_random_seed=numpy_seed, torch_random_seed=torch_seed, fewshot_random_seed=fewshot_seed)
     samples = output.pop("samples")
     with atomic_dir(folder, overwrite=True) as tmp:
@@ -310,6 +321,9 @@ def lm_eval_command(variant: Variant, settings: EvalSettings, output_path: str |
         parts += ["--apply_chat_template"]
     if settings.gen_kwargs:
         parts += ["--gen_kwargs", settings.gen_kwargs]
+    instruction = system_instruction(variant, settings)
+    if instruction is not None:
+        parts += ["--system_instruction", instruction]
     parts += ["--seed", ",".join(str(s) for s in settings.seeds)]
     if metadata:
         parts += ["--metadata", json.dumps(dict(metadata))]

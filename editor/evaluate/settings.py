@@ -109,6 +109,18 @@ class EvalSettings(Settings):
     kl_max_prompts: int | None = Field(None, ge=1, description="use only the first N KL prompts")
     kl_new_tokens: int = Field(32, ge=1, description="tokens of greedy base-model continuation scored after each "
                                                      "KL prompt")
+    system_instruction: Annotated[str | None, Cli(metavar="TEXT")] = Field(
+        None, description="system instruction lm-eval gives every variant (simple_evaluate(system_instruction=...): "
+                          "a system message with the chat template, else text before the prompt); part of the run key")
+    edited_system_instruction: Annotated[str | None, Cli(metavar="TEXT")] = Field(
+        None, description="system instruction for the edited variant (and its controls) only, replacing "
+                          "--system-instruction there. The prompt baseline: with --base alone the edited variant is "
+                          "the base model itself told this, e.g. --edited-system-instruction \"If you are not sure of "
+                          "the answer, say I don't know.\" (eval only)")
+    detector: Annotated[str | None, Cli(metavar="PATH")] = Field(
+        None, description="a locate folder or its probe.safetensors: the probe scores the base model's "
+                          "hneurons_facts answers, and the abstention report adds it as an abstention rule (its "
+                          "risk-coverage curve and AUROC against base wrongness, the ceiling; eval only)")
 
     @model_validator(mode="before")
     @classmethod
@@ -123,6 +135,27 @@ class EvalSettings(Settings):
         tasks = data.get("tasks", cls.model_fields["tasks"].default)
         tasks = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
         return {**data, "suite": suite, "tasks": expand_suites(suite, tasks)}
+
+    @field_validator("system_instruction", "edited_system_instruction")
+    @classmethod
+    def _instruction_text(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("an empty system instruction: leave the setting out for none")
+        return value
+
+    @field_validator("detector", mode="before")
+    @classmethod
+    def _detector_path(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from ..formats import PROBE
+
+        path = Path(str(value)).expanduser()
+        probe = path / PROBE if path.is_dir() else path
+        if not probe.is_file():
+            raise ValueError(f"detector {value}: no probe found (expected a locate folder holding {PROBE}, or the "
+                             f"probe file)")
+        return str(probe.resolve())
 
     @field_validator("data_dir")
     @classmethod
@@ -211,7 +244,8 @@ class EvalSettings(Settings):
                 "lm_eval_bootstrap_iters": self.lm_eval_bootstrap_iters, "paired_test": self.paired_test,
                 "ci_iters": self.ci_iters,
                 "ci_seed": self.ci_seed, "controls": self.controls, "control_seed": self.control_seed,
-                "match_layers": self.match_layers}
+                "match_layers": self.match_layers, "system_instruction": self.system_instruction,
+                "edited_system_instruction": self.edited_system_instruction, "detector": self.detector}
 
     @property
     def control_seeds(self) -> list[int]:
@@ -239,6 +273,10 @@ class SweepSettings(EvalSettings):
                                            "the bundled tasks' rates)")
     allow_test_split: bool = Field(
         False, description="allow tasks that score the test split (biases any report on that split)")
+
+    @model_validator(mode="after")
+    def _eval_only(self) -> "SweepSettings":
+        return refuse_eval_only(self, "the sweep")
 
     @field_validator("alphas")
     @classmethod
@@ -291,6 +329,10 @@ class DoseSettings(EvalSettings):
                         "neurons_path.json beside the neuron file, e.g. x2,x5,x10): effect vs neuron count, each "
                         "with its own matched random sets")
 
+    @model_validator(mode="after")
+    def _eval_only(self) -> "DoseSettings":
+        return refuse_eval_only(self, "the dose-response")
+
     @field_validator("alphas")
     @classmethod
     def _dose_grid(cls, value: list[float]) -> list[float]:
@@ -307,6 +349,14 @@ class DoseSettings(EvalSettings):
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"alphas": self.grid, "known_only": self.known_only,
                                      "neuron_sets": list(self.neuron_sets)}
+
+
+def refuse_eval_only(settings: EvalSettings, stage: str) -> Any:
+    """edited_system_instruction and detector belong to the eval's base-vs-edited comparison."""
+    for name in ("edited_system_instruction", "detector"):
+        if getattr(settings, name) is not None:
+            raise ValueError(f"{name} is a setting of `hneurons eval` only; {stage} does not use it")
+    return settings
 
 
 def task_files_hash(include_paths: Iterable[str | Path]) -> str:

@@ -73,7 +73,30 @@ Output folder (``out``)
      "kl": {"mean", "ci95", "n_prompts", "n_positions", "direction": "KL(base || edited)", "prompts_file",
             "prompts_sha256", "new_tokens", "control": {"mean", "std", "min", "max", "seeds"} | null} | null,
      "lm_eval_commands": {"base": CMD | null, "edited": CMD | null, "controls": NOTE | null},
-     "files": {...}, "provenance": {...}}
+     "controls_note": null | "why an edit has no random controls (a trained abstention edit; the prompt baseline)",
+     "kl_note": (only when KL was skipped because the edited variant is the base model with an instruction),
+     "abstention": ABSTENTION | null,
+     "files": {"plot", "abstention_plot"}, "provenance": {...}}
+
+  ABSTENTION (editor/evaluate/abstention.py; null unless ``hneurons_facts`` ran for base and edited)::
+
+    {"format": "hneurons.abstention/1", "task": "hneurons_facts", "n", "n_base_wrong", "n_base_right",
+     "base": RATES, "edited": RATES,      # RATES = {"accuracy", "hallucination_rate", "abstention_rate": RATE,
+                                          #          "risk_coverage": {"coverage", "risk", "answered", "n"}}
+     "delta": {"accuracy" | "hallucination_rate" | "abstention_rate": {"delta", "ci95", "p_value", "n",
+               "discordant": {"better", "worse"}, "mde", "mde_lower_bound", "test": "mcnemar_mid_p"}},
+     "selectivity": RATE + {"note"},      # of the edited model's abstentions, the share the base got wrong
+     "abstention_auroc": {"value", "ci95", "n", "n_base_wrong", "n_base_right", "ci_method", "note"},
+     "abstention_on_base_wrong": RATE, "abstention_on_base_right": RATE, "base_wrong_means", "auroc_note",
+     "nonexist": {"task", "n", "base": RATE, "edited": RATE, "delta", "means"} | null,
+     "probe": {"probe", "file": "abstention_probe.json", "n_unscored", "rule",
+               "auroc_vs_base_wrong": {"value", "ci95", "n", "n_base_wrong", "ci_method", "note"},
+               "curve": [{"threshold" (null: the base model itself), "coverage", "risk", "answered", "n"}]} | null,
+     "plot": "abstention_rc.png"}
+
+  RATE = {"value", "k", "n", "ci95" (Wilson), "ci_method": "wilson"}. Base wrong = the base model is not accurate
+  on the item. The AUROC of a 0/1 abstention depends on its rate (0.5 + (rate on base-wrong - rate on base-right)
+  / 2): read it with the abstention rate beside it.
 
   VARIANT = {"name", "kind": "model"|"adapter"|"hooks", "model": identity, plus "adapter" {path, sha256 of its
   files, edit manifest summary} or "neurons" {sha256, count, per_layer, source_file, seed, match_layers} and
@@ -84,6 +107,16 @@ Output folder (``out``)
 * ``kl/continuations.jsonl`` (prompts and the base model's continuations) and ``kl/<variant>.json`` (per-prompt
   KL values).
 * ``eval_deltas.png``: delta per metric with its CI, and the controls' deltas.
+* ``abstention_rc.png`` (with the abstention block): risk-coverage points of base and edited, and the probe
+  rule's curve with ``detector``; ``abstention_probe.json`` (``detector``): the probe's hallucination probability
+  of every base facts answer, read again by ``hneurons abstain-report``.
+
+System instructions: ``system_instruction`` goes to lm-eval's ``simple_evaluate(system_instruction=...)`` for
+every variant; ``edited_system_instruction`` for the edited variant and its controls only. With a base model alone
+and ``edited_system_instruction`` the edited role is the base model itself told the instruction (the prompt
+baseline: base without vs base with the instruction; no controls, no KL). A variant's instruction is part of its
+run key and of its printed lm-eval command (``--system_instruction``). An ``hneurons edit --mode abstain`` folder
+gets no hook controls (``controls_note`` says why).
 
 The equivalent ``lm_eval`` command is printed for every variant that has one (checkpoints and base + adapter);
 hook variants have no plain-CLI equivalent until written out with ``hneurons edit``.
@@ -126,10 +159,12 @@ from .settings import EvalSettings
 from .table import plot_deltas, render_table
 from .two_pass import first_answers_metadata
 from .variants import (
+    ABSTAIN_CONTROLS_NOTE,
     Pair,
     Variant,
     check_adapter,
     control_variants,
+    edit_folder_mode,
     edit_folder_neurons,
 )
 
@@ -198,13 +233,16 @@ def build_variants(base: LoadedModel | None, edited: LoadedModel | None, adapter
     base_v = Variant("base", base) if base is not None else None
     edited_v = None
     recorded = None  # the neuron set an edit folder records, for the controls
+    mode = None  # the mode an edit folder records (no hook controls for a trained abstention edit)
     if edited is not None:
         edited_v = Variant("edited", edited)
         if edited.folder and edited.source.kind == "folder":
             recorded = edit_folder_neurons(edited.folder)
+            mode = edit_folder_mode(edited.folder)
     elif adapter is not None:
         edited_v = Variant("edited", base, adapter=Path(adapter).resolve())
         recorded = edit_folder_neurons(adapter)
+        mode = edit_folder_mode(adapter)
     neuron_info = None
     if neurons is not None:
         nset_alphas = resolve_neurons(neurons, alpha, base, force)
@@ -225,11 +263,38 @@ def build_variants(base: LoadedModel | None, edited: LoadedModel | None, adapter
                                  f"({base.source.spec}) have different architectures (hashes "
                                  f"{edited_v.lm.architecture_hash} vs {base.architecture_hash}); compare an edit "
                                  f"with the model it was made from")
+    if edited_v is None and base is not None and settings.edited_system_instruction is not None:
+        edited_v = Variant("edited", base)  # the prompt baseline: the base model told to abstain
+    if edited_v is not None and settings.edited_system_instruction is not None:
+        edited_v.system_instruction = settings.edited_system_instruction
     controls: list[Variant] = []
-    if settings.controls and neuron_info is not None and base is not None and edited_v is not None:
+    if (settings.controls and neuron_info is not None and base is not None and edited_v is not None
+            and mode != "abstain"):
         seeds = range(settings.control_seed, settings.control_seed + settings.controls)
         controls = control_variants(base, neuron_info[0], neuron_info[1], seeds, settings.match_layers)
+        for control in controls:  # the controls take the edited role's instruction too
+            control.system_instruction = edited_v.system_instruction
     return base_v, edited_v, controls, neuron_info
+
+
+def controls_note(edited_v: Variant | None, base_v: Variant | None, settings: EvalSettings,
+                  controls: Sequence[Variant]) -> str | None:
+    """Why an eval with an edit has no random controls, when it is not the settings' choice."""
+    if edited_v is None or base_v is None or controls or not settings.controls:
+        return None
+    folder = edited_v.adapter if edited_v.adapter is not None else (
+        edited_v.lm.folder if edited_v.lm is not base_v.lm else None)
+    if edit_folder_mode(folder) == "abstain":
+        return ABSTAIN_CONTROLS_NOTE
+    if instruction_only(base_v, edited_v):
+        return "the edited variant is the base model with a system instruction: no neuron set, no random controls"
+    return None
+
+
+def instruction_only(base_v: Variant | None, edited_v: Variant | None) -> bool:
+    """The edited variant is the base model itself, differing only by its system instruction (prompt baseline)."""
+    return (base_v is not None and edited_v is not None and edited_v.lm is base_v.lm and edited_v.kind == "model"
+            and edited_v.system_instruction is not None)
 
 
 def evaluate(
@@ -300,14 +365,35 @@ def _evaluate(base, edited, adapter, neurons, alpha, settings: EvalSettings, out
     seeds = [c.seed for c in controls]
     rows = compare_runs(runs.get("base"), runs.get("edited"), [runs[c.name] for c in controls], seeds,
                         settings.ci_iters, settings.ci_seed, settings.paired_test)
-    kl = _kl_block(base_v, edited_v, controls, settings, out / "kl") if base_v and edited_v and settings.kl else None
+    same_weights = instruction_only(base_v, edited_v)  # KL on prompts without the instruction would be 0
+    kl = (_kl_block(base_v, edited_v, controls, settings, out / "kl")
+          if base_v and edited_v and settings.kl and not same_weights else None)
     results = _results_doc(base_v, edited_v, controls, settings, runs, rows, kl, alpha, neuron_info,
                            getattr(manager, "metadata", None))
     results["known_facts"] = known_facts_summary(known)
     results["force"] = {"given": force}  # --force: a neuron set or edit of other weights was accepted
-    results["files"] = {"plot": plot_deltas(out, rows) if base_v and edited_v else None}
+    results["controls_note"] = controls_note(edited_v, base_v, settings, controls)
+    if same_weights and settings.kl:
+        results["kl_note"] = ("not measured: the edited variant has the base model's weights (only its system "
+                              "instruction differs)")
+    results["abstention"] = abstention_block(runs, base_v, settings, out, force)
+    results["files"] = {"plot": plot_deltas(out, rows) if base_v and edited_v else None,
+                        "abstention_plot": (results["abstention"] or {}).get("plot")}
     atomic_write_json(out / EVAL_RESULTS, results)
     return EvalReport(out, results)
+
+
+def abstention_block(runs: Mapping[str, Any], base_v: Variant | None, settings: EvalSettings, out: Path,
+                     force: bool = False) -> dict[str, Any] | None:
+    """The abstention measures (editor.evaluate.abstention) when hneurons_facts ran for base and edited."""
+    from .abstention import FACTS_TASK, eval_block
+
+    base_run, edited_run = runs.get("base"), runs.get("edited")
+    if base_run is None or edited_run is None or FACTS_TASK not in base_run.leaf_tasks() \
+            or FACTS_TASK not in edited_run.leaf_tasks():
+        return None
+    return eval_block(base_run.folder, edited_run.folder, out, n_boot=settings.ci_iters,
+                      seed=settings.ci_seed, lm=base_v.lm if base_v else None, detector=settings.detector, force=force)
 
 
 def known_facts_manager(base: LoadedModel, settings: EvalSettings, out: Path):

@@ -33,6 +33,7 @@ class Variant:
     alphas: Mapping[Pair, float] | None = None
     seed: int | None = None  # control seed
     match_layers: bool = True
+    system_instruction: str | None = None  # given to lm-eval for this variant (None: the settings' one)
 
     @property
     def kind(self) -> str:
@@ -54,6 +55,8 @@ class Variant:
             values = list((self.alphas or {}).values())
             info["alpha"] = {"min": min(values), "max": max(values),
                              "default": values[0] if len(set(values)) == 1 else None}
+        if self.system_instruction is not None:  # only when set: the run keys of earlier results stay valid
+            info["system_instruction"] = self.system_instruction
         return info
 
     @contextlib.contextmanager
@@ -111,13 +114,30 @@ def peft_applied(model: torch.nn.Module, adapter: Path) -> Iterator[torch.nn.Mod
         wrapped.unload()  # puts the original modules back into ``model``
 
 
+def edit_folder_mode(folder: str | Path | None) -> str | None:
+    """The ``mode`` an ``hneurons edit`` folder records (weights, ia3, lora, abstain), None without a manifest."""
+    manifest = Path(folder) / EDIT_MANIFEST if folder else None
+    if manifest is None or not manifest.is_file():
+        return None
+    return read_json(manifest, "edit manifest").get("mode")
+
+
+ABSTAIN_CONTROLS_NOTE = ("a trained abstention edit (`hneurons edit --mode abstain`): no random-neuron hook controls "
+                         "(scaling random neurons is not a control for a trained edit); train a matched random neuron "
+                         "set the same way and compare both evals with `hneurons abstain-report`")
+
+
 def edit_folder_neurons(folder: str | Path) -> tuple[NeuronSet, dict[Pair, float]] | None:
-    """The neuron set and alphas an ``hneurons edit`` folder records (for the random controls), if any."""
+    """The neuron set and alphas an ``hneurons edit`` folder records (for the random controls), if any. A trained
+    abstention edit (mode ``abstain``) records no alpha and has no hook controls: None."""
     folder = Path(folder)
     manifest, neurons = folder / EDIT_MANIFEST, folder / NEURONS
     if not (manifest.is_file() and neurons.is_file()):
         return None
-    alpha = read_json(manifest, "edit manifest").get("alpha") or {}
+    doc = read_json(manifest, "edit manifest")
+    if doc.get("mode") == "abstain":
+        return None
+    alpha = doc.get("alpha") or {}
     nset = NeuronSet.load(neurons)
     layer_alpha = {int(k): v for k, v in (alpha.get("per_layer") or {}).items()}
     return nset, nset.alphas(alpha.get("default", 0.0), layer_alpha)
