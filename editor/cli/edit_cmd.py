@@ -72,6 +72,16 @@ abstain_delta.safetensors, training/ and hneurons_edit.json with the data hashes
 epoch, the strength table and the neuron set. A killed run resumes from DIR/training/ when run again
 with the same inputs and settings.
 
+Baselines of --mode abstain, trained and written the same way (data, objective, epochs, early stopping,
+strength choice): --random-control SEED trains the random control of NEURONS instead (as many neurons in
+each layer, none of NEURONS, drawn with SEED as eval draws its controls; DIR/neurons.json is the drawn
+set and the manifest's "control" records the seed, its sha256 and the sha256 of NEURONS); run it for
+several seeds. --abstain-params lora trains a standard LoRA on every layer's down-projection instead of
+the neurons (PEFT's init: A kaiming-uniform, B = 0), of the rank whose parameter count is closest to the
+neuron edit's (--lora-rank N to choose it; a small neuron set is smaller than any rank 1, and the manifest
+says by how much); DIR/adapter-lora/ is a plain PEFT LoRA (hneurons eval --adapter, PeftModel), verified
+against the trained model, and the manifest has "baseline": "lora".
+
 examples:
   hneurons edit --model smollm2-135m-instruct --neurons runs/locate/neurons.json --out fixed-model
   hneurons edit --model ./my-llama --neurons neurons.json --alpha 0.5 --mode ia3 --out ia3-adapter
@@ -80,6 +90,10 @@ examples:
   hneurons edit --model smollm2-135m-instruct --neurons neurons.json --format gguf --out fixed-gguf
   hneurons edit --mode abstain --model smollm2-135m-instruct --neurons runs/locate/neurons.json \\
       --responses runs/collect --out abstain --epochs 4 --train up,down
+  hneurons edit --mode abstain --neurons runs/locate/neurons.json --responses runs/collect \
+      --out abstain-random1 --random-control 1
+  hneurons edit --mode abstain --neurons runs/locate/neurons.json --responses runs/collect \
+      --out abstain-lora --abstain-params lora
 """
 
 
@@ -157,8 +171,14 @@ def _report_abstain(result, as_json: bool) -> None:
     info = result.manifest["abstain"]
     training, strength = info["training"], info["strength"]
     counts = info["data"]["splits"]
-    print(f"trained {info['trainable_parameters']} parameters ({'+'.join(info['train'])}) of "
-          f"{result.manifest['neurons']['count']} neurons on {counts['train']['abstain']} abstention and "
+    control, lora = result.manifest.get("control"), info.get("lora")
+    if lora:
+        what = (f"a LoRA of rank {lora['rank']} on {len(lora['target_modules'])} down-projections (the baseline; "
+                f"{lora['ratio_to_neuron_edit']:.2f}x the {lora['neuron_edit_parameters']} parameters of the neuron edit)")
+    else:
+        what = (f"({'+'.join(info['train'])}) of {result.manifest['neurons']['count']} neurons"
+                + (f" (the matched random control, seed {control['seed']})" if control else ""))
+    print(f"trained {info['trainable_parameters']} parameters {what} on {counts['train']['abstain']} abstention and "
           f"{counts['train']['answer']} answer targets; {training['epochs_run']} epoch(s) ({training['stopped']}"
           + (f", resumed after epoch {training['resumed_from_epoch']}" if training["resumed_from_epoch"] else "")
           + f"), best epoch {training['best_epoch']}")

@@ -63,25 +63,27 @@ from ..formats import (
     EDIT_FORMAT,
     EDIT_MANIFEST,
     NEURONS,
+    NEURONS_FORMAT,
 )
 from ..locking import output_lock
 from ..model.hooks import LayerScale, group_by_layer, scaled_neurons
 from ..model.loading import LoadedModel, LoadOptions, ModelSource, load_model
-from ..model.neuron_set import NeuronSet, as_neuron_set
+from ..model.neuron_set import NeuronSet, as_neuron_set, matched_random_pairs
 from ..paths import NEUTRAL_PROMPTS
 from .abstain_data import TrainingData, load_training_data
 from .abstain_delta import (
     NeuronDelta,
-    applied,
     lora_factors,
     merged_into_weights,
     parts_for,
     save_delta,
 )
+from .abstain_lora import LoraDelta, matched_rank, per_rank
 from .abstain_train import (
     KL_MAX_TOKENS,
     STATE,
     Neutral,
+    TrainableEdit,
     TrainResult,
     base_logprobs,
     load_state,
@@ -148,6 +150,32 @@ def prepare_neutral(lm: LoadedModel, settings: AbstainSettings, chat: bool) -> N
     return Neutral(ids, base, str(path), sha256_file(path))
 
 
+def random_control(nset: NeuronSet, lm: LoadedModel, seed: int) -> tuple[NeuronSet, dict[str, Any]]:
+    """The random control of ``nset`` trained instead of it (``random_seed``): as many neurons in each layer, none
+    of ``nset``'s, drawn with ``seed`` (:func:`~editor.model.neuron_set.matched_random_pairs`, the draw of eval's
+    controls), and its record for the manifest."""
+    pairs = matched_random_pairs(nset.neurons, lm.d_ff, seed)
+    record = {"kind": "random", "match": "per layer", "seed": seed, "control_of": nset.sha256,
+              "control_of_count": len(nset), "control_of_source": nset.source}
+    doc: dict[str, Any] = {"format": NEURONS_FORMAT, "model": dict(nset.model or lm.identity()),
+                           "neurons": [{"layer": layer, "index": j} for layer, j in pairs], "count": len(pairs),
+                           "control": record}
+    control = NeuronSet.from_dict(doc, where=f"random control (seed {seed}) of {nset.source or 'the neuron set'}")
+    return control, {**record, "sha256": control.sha256}
+
+
+def trainable(lm: LoadedModel, nset: NeuronSet, settings: AbstainSettings) -> tuple[TrainableEdit, dict[str, Any] | None]:
+    """What is trained: the neuron set's deltas, or (``params: lora``) the LoRA baseline of the rank matched to
+    their parameter count, with its record for the manifest."""
+    parts = parts_for(lm.arch, neuron_indices(nset), settings.train, lm.d_ff)
+    delta = NeuronDelta.for_model(lm.model, lm.arch, parts)
+    if settings.params == "neurons":
+        return delta, None
+    rank = settings.lora_rank or matched_rank(delta.count(), per_rank(lm.model, lm.arch))
+    lora = LoraDelta.for_model(lm.model, lm.arch, rank, settings.seed)
+    return lora, lora.record(delta.count(), settings.lora_rank)
+
+
 def resume_key(lm: LoadedModel, nset: NeuronSet, data: TrainingData, neutral: Neutral,
                settings: AbstainSettings) -> str:
     return sha256_json({"format": ABSTAIN_TRAIN_FORMAT, "data": data.record(), "neurons": nset.sha256,
@@ -200,10 +228,12 @@ def abstain_edit(model: str | LoadedModel, neurons: Any, out: str | Path | None,
         nset = as_neuron_set(neurons)
         lm = model if isinstance(model, LoadedModel) else load_model(model, load)
         accepted = nset.validate(lm, force=force)
+        control = None
+        if settings.random_seed is not None:
+            nset, control = random_control(nset, lm, settings.random_seed)
         _check_not_source(out, lm.folder)
         data, accepted_data = load_training_data(responses, lm, settings, force=force)
-        parts = parts_for(lm.arch, neuron_indices(nset), settings.train, lm.d_ff)
-        delta = NeuronDelta.for_model(lm.model, lm.arch, parts)
+        delta, baseline = trainable(lm, nset, settings)
         neutral = prepare_neutral(lm, settings, data.chat)
         key = resume_key(lm, nset, data, neutral, settings)
         state_dir = _prepare_out(out, key, overwrite)
@@ -212,26 +242,34 @@ def abstain_edit(model: str | LoadedModel, neurons: Any, out: str | Path | None,
                                                          "best_epoch": result.best_epoch, "stopped": result.stopped})
         with atomic_dir(out, overwrite=True) as tmp:
             manifest = _write(lm, nset, data, neutral, settings, edit, result, key, state_dir, tmp,
-                              force={"given": force, "accepted": accepted or accepted_data})
-    log.info("abstain edit written to %s (%d neurons, strength %s)", out, len(nset), result.strength)
+                              force={"given": force, "accepted": accepted or accepted_data},
+                              extra={**({"control": control} if control else {}),
+                                     **({"baseline": "lora", "lora": baseline} if baseline else {})})
+    log.info("abstain edit written to %s (%s, strength %s)", out,
+             f"LoRA rank {baseline['rank']}" if baseline else f"{len(nset)} neurons", result.strength)
     return out, manifest
 
 
 # ================================================================================================ writing
 def _write(lm: LoadedModel, nset: NeuronSet, data: TrainingData, neutral: Neutral, settings: AbstainSettings,
            edit: EditSettings, result: TrainResult, key: str, state_dir: Path, tmp: Path,
-           force: dict[str, Any]) -> dict[str, Any]:
+           force: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The folder (module docstring). ``extra``: the random control's or the LoRA baseline's record (manifest
+    keys ``control``; ``baseline`` and ``abstain.lora``). The LoRA baseline writes its adapter only (no delta file,
+    no checkpoint form)."""
     strength, delta = result.strength, result.delta
+    lora_baseline = isinstance(delta, LoraDelta)
     (tmp / TRAINING).mkdir()
     for name in (STATE, TRAINING_HISTORY):
         shutil.copyfile(state_dir / name, tmp / TRAINING / name)
-    save_delta(tmp / DELTA_FILE, delta, strength, {"neurons_sha256": nset.sha256, "train": settings.train,
-                                                   "model": lm.identity()})
+    if not lora_baseline:
+        save_delta(tmp / DELTA_FILE, delta, strength, {"neurons_sha256": nset.sha256, "train": settings.train,
+                                                       "model": lm.identity()})
     _write_neurons(tmp, nset)
     reference = _reference(lm, delta, strength, list(edit.verify_prompts), neuron_indices(nset))
-    common = _common(lm, nset, data, neutral, settings, result, key, delta, force)
+    common = _common(lm, nset, data, neutral, settings, result, key, delta, force, extra)
     forms, verification = {}, {}
-    for form in settings.forms:
+    for form in (["lora"] if lora_baseline else settings.forms):
         folder = tmp / FORM_FOLDERS[form]
         folder.mkdir()
         if form == "weights":
@@ -243,7 +281,8 @@ def _write(lm: LoadedModel, nset: NeuronSet, data: TrainingData, neutral: Neutra
                "files": files_sha256(folder, _names(folder)), "provenance": provenance()}
         atomic_write_json(folder / EDIT_MANIFEST, own)
         forms[form], verification[form] = FORM_FOLDERS[form], check
-    manifest = {**common, "forms": forms, "written": {"delta": DELTA_FILE, "training": TRAINING},
+    manifest = {**common, "forms": forms, "written": {"delta": None if lora_baseline else DELTA_FILE,
+                                                      "training": TRAINING},
                 "verification": verification, "files": files_sha256(tmp, _names(tmp)), "provenance": provenance()}
     atomic_write_json(tmp / EDIT_MANIFEST, manifest)
     return manifest
@@ -261,20 +300,24 @@ def _write_neurons(folder: Path, nset: NeuronSet) -> None:
 
 
 def _common(lm: LoadedModel, nset: NeuronSet, data: TrainingData, neutral: Neutral, settings: AbstainSettings,
-            result: TrainResult, key: str, delta: NeuronDelta, force: dict[str, Any]) -> dict[str, Any]:
+            result: TrainResult, key: str, delta: TrainableEdit, force: dict[str, Any],
+            extra: dict[str, Any]) -> dict[str, Any]:
     best = next((r for r in result.history if r["epoch"] == result.best_epoch), None)
     chosen = next((r for r in result.strength_table if r["strength"] == result.strength), None)
     return {
         "format": EDIT_FORMAT,
         "mode": "abstain",
+        **({"baseline": extra["baseline"]} if "baseline" in extra else {}),
         "model": lm.identity(),
         "neurons": {"sha256": nset.sha256, "count": len(nset),
                     "per_layer": {str(k): v for k, v in nset.per_layer().items()},
                     "source_file": nset.source},
+        **({"control": extra["control"]} if "control" in extra else {}),
         "abstain": {
             "abstain_text": settings.abstain_text,
-            "train": list(settings.train),
+            "train": ["lora"] if "lora" in extra else list(settings.train),
             "trainable_parameters": delta.count(),
+            **({"lora": extra["lora"]} if "lora" in extra else {}),
             "settings": settings.model_dump(mode="json"),
             "data": data.record(),
             "kl_prompts": {"file": neutral.file, "sha256": neutral.sha256, "prompts": len(neutral.ids),
@@ -299,7 +342,7 @@ class _Reference:
     suppression: float | None
 
 
-def _reference(lm: LoadedModel, delta: NeuronDelta, strength: float, prompts: list[str],
+def _reference(lm: LoadedModel, delta: TrainableEdit, strength: float, prompts: list[str],
                neurons: dict[int, LayerScale]) -> _Reference:
     """The in-memory trained model's float32 logits on the verify prompts (a float32 copy of the source with the
     deltas applied by hooks), the source's own, and for half-precision models the logit change when the edited
@@ -308,9 +351,9 @@ def _reference(lm: LoadedModel, delta: NeuronDelta, strength: float, prompts: li
     inputs = encode_prompts(lm.tokenizer, prompts)
     base = prompt_logits(model, inputs)
     suppression = None
-    with applied(model, delta, strength):
+    with delta.applied(model, strength):
         expected = prompt_logits(model, inputs)
-        if lm.model.dtype in HALF_DTYPES:
+        if lm.model.dtype in HALF_DTYPES and isinstance(delta, NeuronDelta):  # the checkpoint form's tolerance
             zero = {layer: LayerScale(s.index, torch.zeros_like(s.alpha)) for layer, s in neurons.items()}
             with scaled_neurons(model, zero):
                 suppression = max_abs_diff(expected, prompt_logits(model, inputs))
@@ -344,11 +387,11 @@ def _write_weights(lm: LoadedModel, delta: NeuronDelta, strength: float, folder:
     return written, check
 
 
-def _write_lora(lm: LoadedModel, delta: NeuronDelta, strength: float, folder: Path,
+def _write_lora(lm: LoadedModel, delta: TrainableEdit, strength: float, folder: Path,
                 ref: _Reference) -> tuple[dict[str, Any], dict[str, Any]]:
     base_name = _base_model_name(lm.source, lm.folder)
     revision = lm.source.revision if lm.source.kind == "hub" else None
-    factors = lora_factors(lm.model, delta, strength)
+    factors = delta.factors(strength) if isinstance(delta, LoraDelta) else lora_factors(lm.model, delta, strength)
     modules = make_factor_lora_adapter(lm.config, factors, folder, base_model_name_or_path=base_name,
                                        revision=revision)
     check = verify_logits(ref.expected, ref.inputs, adapter_candidates(lm.model, folder), FP32_TOLERANCE, REFERENCE)

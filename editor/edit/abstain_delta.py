@@ -128,6 +128,10 @@ class NeuronDelta(nn.Module):
             for k, v in self.deltas.items():
                 v.copy_(state[k].to(v.device))
 
+    def applied(self, model: nn.Module, strength: float = 1.0) -> contextlib.AbstractContextManager[None]:
+        """The trainable-edit protocol of :func:`editor.edit.abstain_train.train`: :func:`applied`."""
+        return applied(model, self, strength)
+
     def layout(self, part: Part) -> torch.Tensor:
         """The delta in the stored weight's layout along :func:`block_axis` (what is added to those columns /
         rows): Linear as is, Conv1D transposed."""

@@ -3,7 +3,8 @@
 Objective per step: the weighted mean over the batch's questions of each question's mean cross-entropy on its
 target tokens (prompt tokens never enter the loss), plus ``kl_weight`` x KL(base || edited) of the next-token
 distributions at every position of a batch of neutral prompts (the base model's log-probabilities are computed
-once, before training, with no edit applied). Adam on the deltas alone (:mod:`editor.edit.abstain_delta`);
+once, before training, with no edit applied). Adam on the deltas alone (:mod:`editor.edit.abstain_delta`; or
+the LoRA baseline's factors, :mod:`editor.edit.abstain_lora`: any :class:`TrainableEdit`);
 every model parameter is frozen (``requires_grad`` off for the duration, the model in eval mode: no dropout).
 
 Validation (after every epoch, at strength 1): the same objective on the validation questions (and the KL over
@@ -32,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,6 @@ from ..formats import ABSTAIN_STATE
 from ..model.loading import LoadedModel
 from ..stats import auroc
 from .abstain_data import Example, TrainingData
-from .abstain_delta import NeuronDelta, applied
 from .settings import AbstainSettings
 
 STATE = ABSTAIN_STATE
@@ -179,9 +179,24 @@ def choose_strength(table: list[dict[str, Any]], rule: str) -> dict[str, Any]:
 
 
 # ============================================================================================== training
+class TrainableEdit(Protocol):
+    """What :func:`train` trains: the neuron deltas (:class:`~editor.edit.abstain_delta.NeuronDelta`) or the LoRA
+    baseline (:class:`~editor.edit.abstain_lora.LoraDelta`)."""
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...  # what Adam updates
+
+    def applied(self, model: Any, strength: float = 1.0) -> contextlib.AbstractContextManager[None]: ...
+
+    def state(self) -> dict[str, torch.Tensor]: ...  # a detached CPU copy (checkpoints, the best epoch)
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def count(self) -> int: ...
+
+
 @dataclass
 class TrainResult:
-    delta: NeuronDelta  # the best epoch's deltas (strength 1)
+    delta: TrainableEdit  # the best epoch's deltas (strength 1)
     history: list[dict[str, Any]]
     best_epoch: int
     stopped: str
@@ -231,7 +246,7 @@ def load_state(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def train(lm: LoadedModel, delta: NeuronDelta, data: TrainingData, neutral: Neutral | None,
+def train(lm: LoadedModel, delta: TrainableEdit, data: TrainingData, neutral: Neutral | None,
           settings: AbstainSettings, state_dir: Path, key: str, *, progress: bool = True,
           on_epoch: Callable[[int, list[dict[str, Any]]], None] | None = None) -> TrainResult:
     """Train ``delta`` on ``data`` (module docstring); resumes from ``state_dir/state.pt`` when its key is
@@ -270,7 +285,7 @@ def train(lm: LoadedModel, delta: NeuronDelta, data: TrainingData, neutral: Neut
                        dynamic_ncols=True, leave=False)
             for step, batch in enumerate(bar):
                 chunk = [train_set[i] for i in batch]
-                with applied(model, delta, 1.0):
+                with delta.applied(model, 1.0):
                     ce, _, _ = target_scores(model, [(e.prompt, e.target) for e in chunk], pad, device)
                     w = torch.tensor([e.weight for e in chunk], device=ce.device)
                     loss_ce = (w * ce).sum() / w.sum()
@@ -294,7 +309,7 @@ def train(lm: LoadedModel, delta: NeuronDelta, data: TrainingData, neutral: Neut
             if kl_weight == 0:
                 row["train_kl"] = None
             if val_set:
-                with applied(model, delta, 1.0):
+                with delta.applied(model, 1.0):
                     metrics = evaluate(model, data, val_set, neutral, kl_weight, pad, device, settings.batch_size)
                 row.update({f"val_{k}": v for k, v in metrics.items() if k != "n"})
                 if metrics["loss"] < best_loss:
@@ -324,7 +339,7 @@ def train(lm: LoadedModel, delta: NeuronDelta, data: TrainingData, neutral: Neut
     if val_set:
         with frozen(model):
             for s in settings.strengths:
-                with applied(model, delta, s):
+                with delta.applied(model, s):
                     table.append({"strength": s, **evaluate(model, data, val_set, neutral, kl_weight, pad, device,
                                                             settings.batch_size)})
         chosen = choose_strength(table, settings.strength_rule)["strength"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..options import Cli, Settings
 
@@ -133,6 +133,7 @@ TRAIN_PARTS = ("gate", "up", "down")
 TrainPart = Literal["gate", "up", "down"]
 AbstainForm = Literal["weights", "lora"]
 StrengthRule = Literal["loss", "selectivity"]
+AbstainParams = Literal["neurons", "lora"]
 
 
 class AbstainSettings(Settings):
@@ -174,7 +175,21 @@ class AbstainSettings(Settings):
                             "selectivity (abstention rate on the wrong questions minus on the right ones, highest)")
     forms: Annotated[list[AbstainForm], Cli(flag="--form", many="comma", metavar="FORMS")] = Field(
         ["weights", "lora"], description="what is written, comma-separated: weights (a patched checkpoint in "
-                                         "DIR/model) and lora (the exact LoRA adapter in DIR/adapter-lora)")
+                                         "DIR/model) and lora (the exact LoRA adapter in DIR/adapter-lora); the "
+                                         "LoRA baseline (--abstain-params lora) writes its adapter only")
+    params: Annotated[AbstainParams, Cli(flag="--abstain-params", metavar="WHAT")] = Field(
+        "neurons", description="what is trained: neurons (the neuron set's own columns / rows, the edit) or lora (the "
+                               "baseline a user would pick instead: a standard LoRA on every layer's down-projection, "
+                               "A kaiming-uniform and B = 0 as PEFT initialises it, of the rank whose parameter count "
+                               "is closest to the neuron edit's; same data, objective, budget, early stopping and "
+                               "strength choice)")
+    lora_rank: Annotated[int | None, Cli(metavar="N")] = Field(
+        None, ge=1, description="--abstain-params lora: the LoRA rank (default: the rank whose parameter count "
+                                "r x (d_ff + d_model) x layers is closest to the neuron edit's, at least 1)")
+    random_seed: Annotated[int | None, Cli(flag="--random-control", metavar="SEED")] = Field(
+        None, description="train the random control instead of the given neurons: the set matched per layer (as "
+                          "many neurons in each layer, none of the given ones) drawn with SEED, as eval draws its "
+                          "controls (editor.model.neuron_set.matched_random_pairs); recorded in the manifest")
 
     @field_validator("train", "forms")
     @classmethod
@@ -182,6 +197,15 @@ class AbstainSettings(Settings):
         if not value or len(set(value)) != len(value):
             raise ValueError("give at least one value, each at most once")
         return value
+
+    @model_validator(mode="after")
+    def _baseline(self):
+        if self.params == "lora" and self.random_seed is not None:
+            raise ValueError("random_seed (--random-control) draws a random neuron set; the LoRA baseline "
+                             "(params lora) trains no neuron set: give one of the two")
+        if self.lora_rank is not None and self.params != "lora":
+            raise ValueError("lora_rank (--lora-rank) belongs to the LoRA baseline (params lora, --abstain-params lora)")
+        return self
 
     @field_validator("strengths")
     @classmethod
