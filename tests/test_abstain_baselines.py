@@ -216,7 +216,7 @@ def test_a_stopped_lora_baseline_resumes_to_the_same_adapter(two_layer, workdir)
         if epoch == 1:
             raise Killed
 
-    whole_out, whole = abstain_edit(lm, NEURONS_2L, workdir / "lora-whole", collect, settings=settings, progress=False)
+    whole_out, _ = abstain_edit(lm, NEURONS_2L, workdir / "lora-whole", collect, settings=settings, progress=False)
     with pytest.raises(Killed):
         abstain_edit(lm, NEURONS_2L, workdir / "lora-stopped", collect, settings=settings, progress=False,
                      on_epoch=stop)

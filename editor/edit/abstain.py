@@ -6,8 +6,12 @@ the collect stage's own train split (:mod:`editor.edit.abstain_data`: consistent
 sentence, consistently right -> the model's own answer), the trainable parameters are the neurons' W_down
 columns and optionally their W_up / W_gate rows (:mod:`editor.edit.abstain_delta`), the objective is
 cross-entropy on the targets plus a KL penalty to the frozen model on neutral prompts, with early stopping and
-the strength chosen on the validation split (:mod:`editor.edit.abstain_train`). The neuron set can be any: a
-matched random set (:func:`editor.model.neuron_set.matched_random_pairs`) is trained the same way.
+the strength chosen on the validation split (:mod:`editor.edit.abstain_train`). The neuron set can be any: with
+``random_seed`` the matched random control of the given set (:func:`random_control`, drawn by
+:func:`editor.model.neuron_set.matched_random_pairs` as eval draws its controls) is trained instead, the same
+way. With ``params: lora`` the baseline a user would pick instead is trained by the same loop: a standard LoRA
+on every down-projection of the rank matched to the neuron edit's parameter count (:mod:`editor.edit.abstain_lora`),
+written as ``adapter-lora/`` alone (a plain PEFT LoRA, B times the chosen strength), verified the same way.
 
 Output folder ``out`` (docs/ARTIFACTS.md):
 
