@@ -90,9 +90,9 @@ examples:
   hneurons edit --model smollm2-135m-instruct --neurons neurons.json --format gguf --out fixed-gguf
   hneurons edit --mode abstain --model smollm2-135m-instruct --neurons runs/locate/neurons.json \\
       --responses runs/collect --out abstain --epochs 4 --train up,down
-  hneurons edit --mode abstain --neurons runs/locate/neurons.json --responses runs/collect \
+  hneurons edit --mode abstain --neurons runs/locate/neurons.json --responses runs/collect \\
       --out abstain-random1 --random-control 1
-  hneurons edit --mode abstain --neurons runs/locate/neurons.json --responses runs/collect \
+  hneurons edit --mode abstain --neurons runs/locate/neurons.json --responses runs/collect \\
       --out abstain-lora --abstain-params lora
 """
 
