@@ -255,3 +255,33 @@ def test_abstain_report_refuses_other_items_or_base(prompt_eval, tmp_path):
     (changed / "eval_results.json").write_text(json.dumps(results))
     with pytest.raises(InputError, match="another base model"):
         ab.compare_abstention([source, changed], ["a", "b"], tmp_path / "out2")
+
+
+# ================================================================================ abstain edits: eval and card
+def test_an_abstain_edit_is_evaluated_without_hook_controls_and_gets_a_card(tmp_path):
+    from test_abstain import source, write_collect
+    from tinymodels import tiny_model
+
+    from editor.edit.abstain import abstain_edit
+    from editor.edit.settings import AbstainSettings
+    from editor.evaluate.stage import evaluate
+    from editor.model.loading import LoadOptions
+    from editor.report.card import write_card
+
+    lm = source(tmp_path, "src", tiny_model("llama", max_position_embeddings=512))
+    collect = write_collect(tmp_path / "collect", lm, sizes=(8, 4, 2))
+    out, _ = abstain_edit(lm, [(0, 3), (1, 5), (1, 40)], tmp_path / "abstain", collect, progress=False,
+                          settings=AbstainSettings(epochs=1, lr=5e-2, kl_max_prompts=4, strengths=[1.0]))
+    manifest = json.loads((out / "model" / "hneurons_edit.json").read_text())
+    assert manifest["mode"] == "abstain" and "alpha" not in manifest
+    report = evaluate(base=str(tmp_path / "src-src"), edited=str(out / "model"),
+                      settings=EvalSettings(tasks=["hneurons_facts"], limit=4, batch_size=8, controls=3, kl=False,
+                                            gen_kwargs="max_gen_toks=4", ci_iters=200, results_cache=False),
+                      out=tmp_path / "ev", load=LoadOptions(device="cpu"))
+    assert report.results["models"]["controls"] == []
+    assert "abstain" in report.results["controls_note"] and report.results["abstention"]["n"] == 4
+    readme = write_card(out / "model", eval_results=tmp_path / "ev").read_text()
+    assert "trained to abstain" in readme and "Abstention on the bundled facts questions" in readme
+    assert "alpha =" not in readme.split("## The edit")[1].split("##")[0]
+    with pytest.raises(InputError, match="adapter-lora"):
+        write_card(out, eval_results=tmp_path / "ev")

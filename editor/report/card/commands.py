@@ -22,6 +22,11 @@ def _command(*parts: str) -> str:
 
 
 def _edit_command(inputs: CardInputs) -> str:
+    if inputs.trained:
+        spec = (inputs.identity.get("source") or {}).get("spec")
+        data = ((inputs.edit.get("abstain") or {}).get("data") or {}).get("collect_folder") or "COLLECT_DIR"
+        return _command(f"hneurons edit --model {_q(spec)}", "--neurons neurons.json", "--mode abstain",
+                        f"--responses {_q(Path(str(data)).name)}", "--out OUT")
     edit, alpha = inputs.edit, inputs.edit["alpha"]
     spec = (inputs.identity.get("source") or {}).get("spec")
     written = edit.get("written") or {}
@@ -120,7 +125,7 @@ def _eval_command(inputs: CardInputs) -> str | None:
         what.append(f"--adapter {here}")
     else:
         alpha = (edited.get("alpha") or {}).get("default")
-        alpha = inputs.edit["alpha"].get("default", 0.0) if alpha is None else alpha
+        alpha = (inputs.edit.get("alpha") or {}).get("default", 0.0) if alpha is None else alpha
         what.append(f"--neurons {here}/neurons.json --alpha {alpha:g}")
     if base:
         what.append(f"--controls {settings.get('controls', 0)} --control-seed {settings.get('control_seed', 0)}")

@@ -132,13 +132,27 @@ def evaluation(inputs: CardInputs, plots: Plots) -> dict | None:
     packages = (doc.get("provenance") or {}).get("packages") or {}
     limit = settings.get("limit")
     rel = plots.add_copy(inputs.eval.folder, (doc.get("files") or {}).get("plot"), f"eval results {inputs.eval.path}")
+    images = [image(rel, "edited minus base per metric, with 95% CIs and the random controls")] if rel else []
+    abstention = None
+    if doc.get("abstention"):
+        from ...evaluate.abstention import summary_lines
+
+        abstention = [md_text(line.strip()) + ("." if not line.rstrip().endswith(".") else "")
+                      for line in summary_lines(doc["abstention"])]
+        rc = plots.add_copy(inputs.eval.folder, (doc.get("files") or {}).get("abstention_plot"),
+                            f"eval results {inputs.eval.path}")
+        if rc:
+            images.append(image(rc, "risk (hallucinations among answered) against coverage (answered), base and "
+                                    "edited"))
+    controls = plural(int(settings.get("controls") or 0), "seed")
+    if doc.get("controls_note"):
+        controls = f"none ({md_text(doc['controls_note'])})"
     return {"lm_eval": md_text(packages.get("lm-eval") or "n/a"), "evaluated": _evaluated_what(inputs),
             "limit": md_text(limit) if limit else None, "chat": "on" if settings.get("apply_chat_template") else "off",
             "ci_iters": str(settings.get("ci_iters", "n/a")),
-            "controls": plural(int(settings.get("controls") or 0), "seed"),
+            "controls": controls,
             "match_layers": bool(settings.get("match_layers")), "rows": [_eval_cells(r) for r in inputs.metric_rows],
-            "kl": _kl(doc.get("kl")),
-            "images": [image(rel, "edited minus base per metric, with 95% CIs and the random controls")] if rel else []}
+            "kl": _kl(doc.get("kl")), "abstention": abstention, "images": images}
 
 
 def _eval_cells(row: Mapping[str, Any]) -> list[str]:

@@ -67,7 +67,13 @@ class CardInputs:
 
     @property
     def mode(self) -> str:
-        return self.edit["mode"]
+        """The written form: weights / ia3 / lora / gguf (a trained abstention edit's form folder: its form)."""
+        return self.edit.get("form") if self.trained else self.edit["mode"]
+
+    @property
+    def trained(self) -> bool:
+        """A trained abstention edit (`hneurons edit --mode abstain`): no alpha, trained deltas."""
+        return self.edit["mode"] == "abstain"
 
     @property
     def name(self) -> str:
@@ -172,8 +178,15 @@ def _read_edit(folder: Path) -> dict:
     edit = read_json(folder / EDIT_MANIFEST, f"edit manifest (written by `hneurons edit`) in {folder}")
     if not isinstance(edit, dict) or edit.get("format") != EDIT_FORMAT:
         raise InputError(f"{folder / EDIT_MANIFEST} is not an hneurons edit manifest (format {EDIT_FORMAT!r})")
-    _need(edit, ("mode", "model", "neurons", "alpha", "files", "verification"), str(folder / EDIT_MANIFEST))
-    if edit["mode"] not in LIBRARY:
+    trained = isinstance(edit, dict) and edit.get("mode") == "abstain"
+    _need(edit, ("mode", "model", "neurons", "files", "verification") + (() if trained else ("alpha",)),
+          str(folder / EDIT_MANIFEST))
+    if trained:
+        if edit.get("form") not in ("weights", "lora"):
+            raise InputError(f"{folder} is the top folder of a trained abstention edit (`hneurons edit --mode "
+                             f"abstain`); write the card into one of its forms: {folder / 'model'} (checkpoint) or "
+                             f"{folder / 'adapter-lora'} (LoRA adapter)")
+    elif edit["mode"] not in LIBRARY:
         raise InputError(f"{folder / EDIT_MANIFEST}: unknown mode {edit['mode']!r}")
     if not (folder / NEURONS).is_file():
         raise InputError(f"{folder} has no neurons.json: the folder is not complete output of `hneurons edit`")
@@ -246,6 +259,9 @@ def _check_eval(inputs: CardInputs) -> None:
 
 def _check_edited_variant(edited: Mapping[str, Any], inputs: CardInputs, where: str) -> None:
     kind, mine = edited.get("kind"), inputs.edit
+    if kind == "hooks" and inputs.trained:
+        raise ModelMismatchError(f"{where}: its edited model is a run-time neuron scaling, but {inputs.folder} is a "
+                                 f"trained abstention edit; evaluate the edit itself (--model or --adapter)")
     if kind == "hooks":
         neurons, alpha = edited.get("neurons") or {}, edited.get("alpha") or {}
         if neurons.get("sha256") != mine["neurons"]["sha256"]:
@@ -259,14 +275,14 @@ def _check_edited_variant(edited: Mapping[str, Any], inputs: CardInputs, where: 
     elif kind == "adapter":
         recorded = (edited.get("adapter") or {}).get("sha256") or {}
         differing = [n for n, h in recorded.items() if mine["files"].get(n) != h]
-        if mine["mode"] == "weights" or differing or not recorded:
+        if inputs.mode == "weights" or differing or not recorded:
             raise ModelMismatchError(f"{where}: its edited model is an adapter whose files "
                                      f"({', '.join(differing or list(recorded)) or 'none recorded'}) are not this "
-                                     f"edit's ({mine['mode']} in {inputs.folder})")
+                                     f"edit's ({inputs.mode} in {inputs.folder})")
     elif kind == "model":
-        if mine["mode"] != "weights":
+        if inputs.mode != "weights":
             raise ModelMismatchError(f"{where}: its edited model is a checkpoint, but {inputs.folder} holds a "
-                                     f"{mine['mode']} adapter; evaluate it with --base MODEL --adapter {inputs.folder}")
+                                     f"{inputs.mode} adapter; evaluate it with --base MODEL --adapter {inputs.folder}")
         source = (edited.get("model") or {}).get("source") or {}
         same_folder = (source.get("kind") == "folder"
                        and Path(source.get("path", "")).resolve() == inputs.folder.resolve())

@@ -47,20 +47,29 @@ def alpha_text(alpha: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------- title, summary
+TRAINED_ALPHA = "none: trained abstention edit"
+
+
 def title(inputs: CardInputs) -> dict:
     return {"name": md_text(inputs.name), "source": md_text(source_label(inputs.identity)),
-            "alpha": alpha_text(inputs.edit["alpha"]), "mode": inputs.mode}
+            "alpha": TRAINED_ALPHA if inputs.trained else alpha_text(inputs.edit["alpha"]), "mode": inputs.mode,
+            "trained": inputs.trained}
 
 
 def summary(inputs: CardInputs) -> dict:
     from ... import __version__
 
-    alpha = inputs.edit["alpha"]
-    action = ("switched off" if alpha.get("max") == 0 else "damped" if (alpha.get("max") or 0) < 1
-              else "amplified" if (alpha.get("min") or 0) > 1 else "rescaled")
+    if inputs.trained:
+        action, alpha_shown = "trained to say \"I don't know.\" where it would answer wrong", TRAINED_ALPHA
+    else:
+        alpha = inputs.edit["alpha"]
+        action = ("switched off" if alpha.get("max") == 0 else "damped" if (alpha.get("max") or 0) < 1
+                  else "amplified" if (alpha.get("min") or 0) > 1 else "rescaled")
+        alpha_shown = alpha_text(alpha)
     return {"source": md_text(source_label(inputs.identity)), "neurons": plural(inputs.count, "H-Neuron"),
             "per_mille": f"{inputs.per_mille:.3f}", "total": f"{inputs.total_neurons:,}", "action": action,
-            "alpha": alpha_text(alpha), "shipped_as": _SHIPPED_AS[inputs.mode], "version": md_text(__version__),
+            "alpha": alpha_shown, "shipped_as": _SHIPPED_AS[inputs.mode], "version": md_text(__version__),
+            "trained": inputs.trained,
             "base": source_description(inputs), "evaluated": inputs.eval is not None, "tally": _tally(inputs)}
 
 
@@ -99,7 +108,7 @@ def source_description(inputs: CardInputs) -> str:
 
 # -------------------------------------------------------------------------------------------- the edit
 def edit(inputs: CardInputs, plots: Plots) -> dict:
-    alpha = inputs.edit["alpha"]
+    alpha = inputs.edit.get("alpha") or {}
     per_layer = {int(k): int(v) for k, v in (inputs.edit["neurons"].get("per_layer") or {}).items() if int(v) > 0}
     rel = f"{PLOTS_DIR}/{PER_LAYER_PLOT}"
     plots.sources[rel] = lambda out: plot_per_layer(inputs, out)
@@ -113,7 +122,10 @@ def edit(inputs: CardInputs, plots: Plots) -> dict:
             "layers": int(inputs.identity["num_layers"]), "d_ff": inputs.identity["d_ff"],
             "paper_per_mille": "{}-{}".format(*PAPER_PER_MILLE), "layers_used": len(per_layer),
             "per_layer": [f"layer {k}: {v}" for k, v in sorted(per_layer.items())],
-            "alpha": alpha_text(alpha), "alpha_details": _alpha_details(alpha), "alpha_choice": _alpha_choice(inputs),
+            "alpha": TRAINED_ALPHA if inputs.trained else alpha_text(alpha),
+            "alpha_details": "" if inputs.trained else _alpha_details(alpha),
+            "alpha_choice": None if inputs.trained else _alpha_choice(inputs),
+            "trained": _trained(inputs) if inputs.trained else None,
             "written": _written(inputs), "verification": _verification(inputs.edit["verification"]),
             "notes": inputs.notes, "images": images}
 
@@ -167,8 +179,30 @@ def _split_overlap(inputs: CardInputs, splits: Iterable[str]) -> str:
             f"below also reports, so those numbers are optimistic.")
 
 
+def _trained(inputs: CardInputs) -> str:
+    """What the abstention training did (the manifest's ``abstain`` block)."""
+    info = inputs.edit.get("abstain") or {}
+    strength = info.get("strength") or {}
+    training = info.get("training") or {}
+    chosen = strength.get("validation") or {}
+    text = (f"the neurons' own parameters ({md_text(', '.join(info.get('train') or []))}; "
+            f"{info.get('trainable_parameters', 'n/a')} parameters) trained to answer \"{md_text(info.get('abstain_text', ''))}\" "
+            f"on the collect stage's consistently wrong training questions and their own answers on the right ones, "
+            f"with a KL term on neutral prompts; {training.get('epochs_run', 'n/a')} epochs (best "
+            f"{training.get('best_epoch', 'n/a')}, stopped by {md_text(str(training.get('stopped', 'n/a')))}), strength "
+            f"{fmt(strength.get('chosen'))} chosen on validation by {md_text(str(strength.get('rule', 'n/a')))}")
+    if finite(chosen.get("abstain_rate_wrong")) and finite(chosen.get("abstain_rate_right")):
+        text += (f" (validation: abstains on {100 * chosen['abstain_rate_wrong']:.1f}% of wrong and "
+                 f"{100 * chosen['abstain_rate_right']:.1f}% of right questions)")
+    return text + ". No random-neuron hook controls apply to a trained edit."
+
+
 def _written(inputs: CardInputs) -> str:
     written = inputs.edit.get("written") or {}
+    if inputs.trained:
+        return ("a safetensors checkpoint; only the trained neurons' rows and columns differ from the source (source "
+                "+ strength x the learned change), every other tensor is bit-identical." if inputs.mode == "weights"
+                else "a PEFT LoRA adapter that adds exactly the learned change of the trained neurons' rows and columns.")
     if inputs.mode == "gguf":
         return _written_gguf(inputs.edit)
     if inputs.mode == "weights":
