@@ -58,9 +58,9 @@ examples:
   hneurons eval --base smollm2-135m-instruct --neurons locate/neurons.json --alpha 0 --limit 50 --out ev
   hneurons eval --model edited/ --base smollm2-135m-instruct --tasks hneurons,arc_easy --out ev
   hneurons eval --base smollm2-135m-instruct --adapter ia3/ --controls 5 --match-layers --out ev
-  hneurons eval --base smollm2-135m-instruct --model abstain/model --tasks hneurons_facts,hneurons_nonexist \
+  hneurons eval --base smollm2-135m-instruct --model abstain/model --tasks hneurons_facts,hneurons_nonexist \\
       --detector runs/smollm2/locate --out ev-abstain
-  hneurons eval --base smollm2-135m-instruct --tasks hneurons_facts,hneurons_nonexist \
+  hneurons eval --base smollm2-135m-instruct --tasks hneurons_facts,hneurons_nonexist \\
       --edited-system-instruction "If you do not know the answer, say I don't know." --out ev-prompt
 """
 
