@@ -96,6 +96,20 @@ def test_default_backend_and_batch_sizes_leave_the_stage_keys_unchanged(tmp_path
     assert auto["collect"] == keys["collect"] and auto["locate"] != keys["locate"]
 
 
+def test_unset_instruction_and_detector_settings_leave_the_eval_key_unchanged(tmp_path):
+    """Run folders made before eval's system_instruction / edited_system_instruction / detector existed still
+    resume: unset, they are not in the eval stage's settings; set, they are and change its key."""
+    from editor.pipeline.run import NEW_EVAL_SETTINGS, stage_settings
+
+    default = load_recipe(write(tmp_path, MINIMAL))
+    for stage in ("eval", "sweep"):
+        section = stage_settings(default, stage)[stage]
+        assert not set(NEW_EVAL_SETTINGS) & set(section) and "tasks" in section
+    told = load_recipe(write(tmp_path, MINIMAL + "eval:\n  system_instruction: Be brief.\n", "told.yaml"))
+    assert stage_settings(told, "eval")["eval"]["system_instruction"] == "Be brief."
+    assert _stage_keys(told)["eval"] != _stage_keys(default)["eval"]
+
+
 def test_not_yaml_and_missing_file(tmp_path):
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(write(tmp_path, "model: [unclosed\n"))

@@ -115,7 +115,16 @@ def stage_settings(recipe: Recipe, stage: str) -> dict[str, Any]:
     if stage == "card":
         return {"repo": r.publish.repo}
     section = {"push": "publish"}.get(stage, stage)
-    return {section: getattr(r, section).model_dump(mode="json")}
+    dumped = getattr(r, section).model_dump(mode="json")
+    if stage in ("eval", "sweep", "dose"):  # settings added later stay out of the key while unset: older run
+        for name in NEW_EVAL_SETTINGS:     # folders keep resuming
+            if dumped.get(name) is None:
+                dumped.pop(name, None)
+    return {section: dumped}
+
+
+# eval settings added after run folders existed (None = not used)
+NEW_EVAL_SETTINGS = ("system_instruction", "edited_system_instruction", "detector")
 
 
 UPSTREAM = {"collect": (), "locate": ("collect",), "dose": ("locate",), "sweep": ("locate",),
