@@ -408,6 +408,19 @@ def test_the_command_line_and_the_recipe_section(planted, workdir, capsys):
     recipe.write_text(f"model: {{id: {lm.folder}}}\noutput: {workdir / 'run'}\nedit: {{modes: [abstain]}}\n")
     with pytest.raises(RecipeError, match="abstain section"):
         load_recipe(recipe)
+    # the abstention comparison: after abstain, its own key; needs the abstain section and the facts task
+    recipe.write_text(f"model: {{id: {lm.folder}}}\noutput: {workdir / 'run'}\nabstain: {{}}\n"
+                      f"abstention: {{random_sets: 2}}\n")
+    stages = active_stages(load_recipe(recipe))
+    assert stages[stages.index("abstain") + 1] == "abstention"
+    assert stage_settings(load_recipe(recipe), "abstention")["abstention"]["random_sets"] == 2
+    recipe.write_text(f"model: {{id: {lm.folder}}}\noutput: {workdir / 'run'}\nabstention: {{}}\n")
+    with pytest.raises(RecipeError, match="give the abstain section too"):
+        load_recipe(recipe)
+    recipe.write_text(f"model: {{id: {lm.folder}}}\noutput: {workdir / 'run'}\nabstain: {{}}\n"
+                      f"abstention: {{tasks: [hneurons_nonexist]}}\n")
+    with pytest.raises(RecipeError, match="must include hneurons_facts"):
+        load_recipe(recipe)
 
 
 def test_a_killed_command_resumes_to_the_same_edit(planted, planted_runs, workdir):

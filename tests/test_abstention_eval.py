@@ -285,3 +285,50 @@ def test_an_abstain_edit_is_evaluated_without_hook_controls_and_gets_a_card(tmp_
     assert "alpha =" not in readme.split("## The edit")[1].split("##")[0]
     with pytest.raises(InputError, match="adapter-lora"):
         write_card(out, eval_results=tmp_path / "ev")
+
+
+def test_the_recipe_abstention_stage_trains_the_baselines_evaluates_all_and_resumes(tmp_path):
+    """editor/pipeline/abstention.py on a tiny model: the matched random sets (same per-layer counts, none of the
+    H-Neurons) and the LoRA are trained, every variant (H edit, random sets, LoRA, prompt) is evaluated, the
+    report lists them with H - random rows; a second call under the same key redoes nothing, another key finds no
+    finished step."""
+    from test_abstain import source, write_collect
+    from tinymodels import tiny_model
+
+    from editor.edit.abstain import abstain_edit
+    from editor.edit.settings import AbstainSettings
+    from editor.evaluate.settings import AbstentionSettings
+    from editor.model.neuron_set import NeuronSet
+    from editor.pipeline.abstention import Progress, abstention_comparison
+
+    lm = source(tmp_path, "src", tiny_model("llama", max_position_embeddings=512))
+    collect = write_collect(tmp_path / "collect", lm, sizes=(8, 4, 2))
+    h_pairs = [(0, 3), (1, 5), (1, 40)]
+    neurons = tmp_path / "neurons.json"
+    neurons.write_text(json.dumps({"neurons": [{"layer": l, "index": j} for l, j in h_pairs]}))
+    train = AbstainSettings(epochs=1, lr=5e-2, kl_max_prompts=4, strengths=[1.0])
+    abstain_dir, _ = abstain_edit(lm, neurons, tmp_path / "abstain", collect, progress=False, settings=train)
+    settings = AbstentionSettings(tasks=["hneurons_facts"], limit=4, batch_size=8, kl=False,
+                                  gen_kwargs="max_gen_toks=4", ci_iters=200, results_cache=False, random_sets=2)
+    out = tmp_path / "abstention"
+    run = dict(abstain_dir=abstain_dir, neurons=neurons, responses=collect, train=train, settings=settings,
+               probe=None, out=out)
+    doc = abstention_comparison(lm, key="k1", **run)
+    assert list(doc["variants"]) == ["h-neurons", "random-seed1", "random-seed2", "lora", "prompt"]
+    assert doc["controls"] == ["random-seed1", "random-seed2"] and doc["n"] == 4
+    assert set(doc["minus_random_mean"]) == {"h-neurons", "lora", "prompt"}
+    for seed in (1, 2):
+        drawn = NeuronSet.load(out / "edits" / f"random-seed{seed}" / "neurons.json")
+        assert drawn.per_layer() == NeuronSet.from_pairs(h_pairs).per_layer()
+        assert not set(drawn.neurons) & set(h_pairs)
+    lora = json.loads((out / "edits" / "lora" / "hneurons_edit.json").read_text())
+    assert lora["baseline"] == "lora"
+    prompt = json.loads((out / "eval" / "prompt" / "eval_results.json").read_text())
+    assert prompt["settings"]["edited_system_instruction"] == settings.prompt_instruction
+    assert "Retention, behaviour and KL" not in (out / "report" / "abstention.md").read_text()  # facts only here
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/*.json") if p.name in ("hneurons_edit.json",
+                                                                                    "eval_results.json")}
+    assert len(stamps) == 3 + 5
+    abstention_comparison(lm, key="k1", **run)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert len(Progress(out, "k1").done) == 3 + 5 and Progress(out, "k2").done == []  # another key: every step

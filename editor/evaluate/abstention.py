@@ -40,7 +40,13 @@ from typing import Any
 import numpy as np
 
 from .. import stats
-from ..artifacts import atomic_write_json, atomic_write_text, provenance, read_json, sha256_file
+from ..artifacts import (
+    atomic_write_json,
+    atomic_write_text,
+    provenance,
+    read_json,
+    sha256_file,
+)
 from ..errors import InputError
 from ..formats import EVAL_RESULTS
 
@@ -428,6 +434,7 @@ def compare_abstention(eval_dirs: Sequence[str | Path], names: Sequence[str] | N
         block["control"] = is_control(name)
         block["edited_model"] = (results.get("models") or {}).get("edited")
         block["nonexist"] = nonexist_measures(loaded[0][3], ne)
+        block["other_metrics"] = other_metrics(results)
         variants[name] = block
     wrong = ~ref_base.accurate
     controls = [n for n in names if is_control(n)]
@@ -473,6 +480,20 @@ def compare_abstention(eval_dirs: Sequence[str | Path], names: Sequence[str] | N
     atomic_write_text(out / "abstention.md", render_report(doc))
     atomic_write_json(out / "abstention.json", doc)
     return doc
+
+
+OTHER_ROW_KEYS = ("task", "metric", "primary", "n", "base", "edited", "delta", "delta_ci95", "p_value", "p_holm",
+                  "mde", "test")
+
+
+def other_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
+    """What else the eval folder measured, for the side-by-side table: every metric row except the facts task's
+    (knowledge retention, the behaviour tasks: edited - base with its paired CI) and the KL on neutral prompts."""
+    rows = [{k: row.get(k) for k in OTHER_ROW_KEYS} for row in results.get("metrics") or []
+            if row.get("task") != FACTS_TASK and row.get("delta") is not None]
+    kl = results.get("kl") or None
+    return {"rows": rows, "kl": {k: kl.get(k) for k in ("mean", "ci95", "n_prompts")} if kl else None,
+            "kl_note": results.get("kl_note")}
 
 
 # ============================================================================================ rendering
@@ -524,12 +545,46 @@ def render_report(doc: Mapping[str, Any]) -> str:
             lines.append(f"| {name} | {_delta(rows['abstention_auroc'], 1.0, 3)} | {_delta(rows['accuracy'])} | "
                          f"{_delta(rows['hallucination_rate'])} | {_delta(rows['abstention_rate'])} |")
         lines += ["", "95% CIs with item and between-set variance (t, sets - 1 df; editor.stats.minus_control_sets)."]
+    lines += other_metrics_table(doc["variants"])
     probe = doc.get("probe")
     if probe:
         lines += ["", f"Probe ({probe.get('probe')}) as an abstention rule on the base answers: AUROC against base "
                       f"wrongness {_num(probe['auroc_vs_base_wrong'])} (n={probe['auroc_vs_base_wrong']['n']}), the "
                       f"ceiling for an abstention AUROC; its risk-coverage curve is in {ABSTENTION_PLOT}."]
     return "\n".join(lines) + "\n"
+
+
+def other_metrics_table(variants: Mapping[str, Any]) -> list[str]:
+    """Retention, behaviour and KL of every variant (edited - base, paired 95% CI; Holm-adjusted p of its own
+    eval report)."""
+    keys: list[tuple[str, str]] = []
+    for block in variants.values():
+        for row in (block.get("other_metrics") or {}).get("rows", []):
+            if (row["task"], row["metric"]) not in keys:
+                keys.append((row["task"], row["metric"]))
+    if not keys:
+        return []
+    lines = ["", "## Retention, behaviour and KL (edited - base)", "",
+             "| variant | " + " | ".join(f"{t} {m}" for t, m in keys) + " | KL nats |",
+             "|---|" + "---|" * (len(keys) + 1)]
+    for name, block in variants.items():
+        other = block.get("other_metrics") or {}
+        by = {(r["task"], r["metric"]): r for r in other.get("rows", [])}
+        cells = []
+        for key in keys:
+            row = by.get(key)
+            if row is None or row.get("delta_ci95") is None:
+                cells.append("n/a" if row is None else f"{row['delta']:+.3f}")
+                continue
+            lo, hi = row["delta_ci95"]
+            cells.append(f"{row['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={row['n']})")
+        kl = other.get("kl")
+        cells.append(f"{kl['mean']:.4f}" if kl and kl.get("mean") is not None else "n/a (same weights)"
+                     if other.get("kl_note") else "n/a")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Rates and accuracies as fractions, margins in nats; the paired test of each eval report (exact "
+              "McNemar mid-p or paired t)."]
+    return lines
 
 
 def summary_lines(block: Mapping[str, Any]) -> list[str]:

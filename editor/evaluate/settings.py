@@ -351,6 +351,40 @@ class DoseSettings(EvalSettings):
                                      "neuron_sets": list(self.neuron_sets)}
 
 
+ABSTENTION_TASKS = ["hneurons_facts", "hneurons_nonexist", "hneurons_knowledge_mc", "hneurons_false_premise_mc",
+                    "hneurons_misleading_context_mc", "hneurons_sycophancy_mc"]
+PROMPT_INSTRUCTION = "If you do not know the answer, say \"I don't know.\""
+
+
+class AbstentionSettings(EvalSettings):
+    """The abstention comparison of a recipe (its ``abstention`` section, after ``abstain``): the trained
+    abstention edit of the H-Neurons against the same training on matched random neuron sets, a parameter-matched
+    LoRA on every down projection, and the base model told to abstain in its system prompt, each evaluated as
+    ``hneurons eval`` does (these settings: by default the full test splits of the facts, fabricated-entity,
+    knowledge and behaviour MC tasks) and put side by side by ``hneurons abstain-report`` (docs/METHOD.md
+    section 6, "Baselines")."""
+
+    tasks: Annotated[list[str], Cli(many="comma", metavar="TASKS")] = Field(
+        list(ABSTENTION_TASKS), description="lm-eval tasks of every variant (hneurons_facts is required: abstention "
+                                            "is measured on it)")
+    controls: int = Field(0, ge=0, description="hook controls: none (scaling random neurons is no control for a "
+                                               "trained edit; random_sets are)")
+    random_sets: int = Field(3, ge=0, description="matched random neuron sets trained like the H-Neuron edit "
+                                                  "(seeds 1..N; each a variant named random-seedN)")
+    lora_baseline: bool = Field(True, description="also train and evaluate the parameter-matched LoRA baseline")
+    prompt_instruction: str | None = Field(
+        PROMPT_INSTRUCTION, description="the prompt baseline's system instruction (the base model told to abstain, "
+                                        "no training); null for none")
+
+    @model_validator(mode="after")
+    def _facts_task(self) -> "AbstentionSettings":
+        if "hneurons_facts" not in self.tasks:
+            raise ValueError("abstention.tasks must include hneurons_facts: abstention is measured on it")
+        if self.edited_system_instruction is not None:
+            raise ValueError("abstention: give the prompt baseline's instruction as prompt_instruction")
+        return self
+
+
 def refuse_eval_only(settings: EvalSettings, stage: str) -> Any:
     """edited_system_instruction and detector belong to the eval's base-vs-edited comparison."""
     for name in ("edited_system_instruction", "detector"):

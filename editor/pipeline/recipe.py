@@ -10,6 +10,7 @@ A recipe names the model, the output folder and the settings of every stage::
     dose: {controls: 3}                           # optional: the dose-response (H-Neurons vs matched random sets)
     edit: {alpha: auto, modes: [weights, ia3, gguf]}   # gguf: also gguf_type (auto, source, Q8_0, F16, F32)
     abstain: {epochs: 4, train: [up, down]}      # optional: the trained abstention edit (OUT/abstain/)
+    abstention: {random_sets: 3}                 # optional (needs abstain): vs random sets, LoRA, prompt
     eval: {tasks: [hneurons], limit: 100, controls: 2}
     publish: {repo: null}
 
@@ -38,7 +39,12 @@ from pydantic import Field, PrivateAttr, ValidationError, model_validator
 from ..collect.settings import CollectSettings
 from ..edit.settings import AbstainSettings, EditSettings
 from ..errors import RecipeError, UnavailableError
-from ..evaluate.settings import DoseSettings, EvalSettings, SweepSettings
+from ..evaluate.settings import (
+    AbstentionSettings,
+    DoseSettings,
+    EvalSettings,
+    SweepSettings,
+)
 from ..locate.settings import LocateSettings
 from ..model.loading import LoadOptions
 from ..options import Settings
@@ -67,6 +73,10 @@ class Recipe(Settings):
     abstain: AbstainSettings | None = Field(None, description="the trained abstention edit of the H-Neurons on the "
                                                               "collect answers (runs only when this section is given; "
                                                               "`abstain: {}` for the defaults)")
+    abstention: AbstentionSettings | None = Field(
+        None, description="the abstention edit against the same training on matched random neuron sets, a "
+                          "parameter-matched LoRA and a prompt baseline, one report (OUT/abstention/; needs the "
+                          "abstain section; `abstention: {}` for the defaults)")
     eval: EvalSettings = Field(default_factory=EvalSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
     _source: Path | None = PrivateAttr(None)
@@ -76,6 +86,13 @@ class Recipe(Settings):
         if "abstain" in self.edit.modes:
             raise ValueError("edit.modes: abstain is trained by the recipe's own abstain section (give `abstain: {}`), "
                              "not as an edit mode")
+        return self
+
+    @model_validator(mode="after")
+    def _abstention_needs_abstain(self):
+        if self.abstention is not None and self.abstain is None:
+            raise ValueError("the abstention section compares the trained abstention edit with its baselines: give "
+                             "the abstain section too (`abstain: {}` for the defaults)")
         return self
 
     @model_validator(mode="after")
@@ -234,6 +251,7 @@ def check_recipe(recipe: Recipe, resolve_model: bool = False) -> list[str]:
     notes = []
     sections = [("eval", recipe.eval.tasks)] + ([("sweep", recipe.sweep.tasks)] if recipe.edit.alpha == "auto" else [])
     sections += [("dose", recipe.dose.tasks)] if recipe.dose is not None else []
+    sections += [("abstention", recipe.abstention.tasks)] if recipe.abstention is not None else []
     for section, tasks in sections:
         unknown = unknown_tasks(tasks)
         if unknown:
@@ -285,6 +303,7 @@ def check_environment(recipe: Recipe, stages: list[str] | None = None) -> list[s
     if stages is None:
         stages = ["collect", "locate", "edit", "eval", "card"] + (["sweep"] if recipe.edit.alpha == "auto" else [])
         stages += ["dose"] if recipe.dose is not None else []
+        stages += ["abstention"] if recipe.abstention is not None else []
     source = check_model(recipe.model.id, recipe.model.load_options())
     notes = [f"model {recipe.model.id}: available ({source.kind}); device {recipe.model.device or 'default'}: "
              f"available"]
@@ -293,7 +312,7 @@ def check_environment(recipe: Recipe, stages: list[str] | None = None) -> list[s
 
         require_vllm()
         notes.append("vLLM and a CUDA GPU: available")
-    for section in [s for s in ("sweep", "dose", "eval") if s in stages]:
+    for section in [s for s in ("sweep", "dose", "eval", "abstention") if s in stages]:
         try:
             settings, left_out = apply_availability(getattr(recipe, section))  # suites: one line per task
         except UnavailableError as err:  # name the recipe key the tasks come from

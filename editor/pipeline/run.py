@@ -2,7 +2,8 @@
 
 Stages: collect -> locate -> dose (only when the recipe has a ``dose`` section) -> sweep (only when
 ``edit.alpha`` is ``auto``) -> edit -> abstain (only with an ``abstain`` section: the trained abstention edit of
-the H-Neurons on the collect answers, editor/edit/abstain.py) -> eval -> card -> push (only when ``publish.push``
+the H-Neurons on the collect answers, editor/edit/abstain.py) -> abstention (only with an ``abstention``
+section: that edit against its random-set, LoRA and prompt baselines, editor/pipeline/abstention.py) -> eval -> card -> push (only when ``publish.push``
 is true). Each
 stage writes its artifacts into a sub-folder of the recipe's output folder and is identified by a *stage
 key*: the hash of its own settings and of the keys of the stages it reads from. ``run_state.json`` records the key of every finished stage; a stage whose
@@ -20,6 +21,8 @@ Output folder::
     OUT/gguf/         one GGUF file for llama.cpp / Ollama / LM Studio (mode "gguf") + card
     OUT/abstain/      the abstention edit: model/, adapter-lora/, abstain_delta.safetensors, training/ (an
                       abstain section)
+    OUT/abstention/   the abstention edit vs matched random sets, LoRA, prompt: edits/, eval/, report/
+                      (an abstention section; editor/pipeline/abstention.py)
     OUT/eval/         eval_results.json, lm-eval logs, eval_deltas.png
     OUT/report.md     every stage's tables and plots (relative image paths)
     OUT/run_state.json
@@ -62,7 +65,7 @@ from ..locking import output_lock
 from ..text import fmt
 from .recipe import Recipe, check_environment, load_recipe, output_dir
 
-STAGES = ("collect", "locate", "dose", "sweep", "edit", "abstain", "eval", "card", "push")
+STAGES = ("collect", "locate", "dose", "sweep", "edit", "abstain", "abstention", "eval", "card", "push")
 
 
 @dataclass
@@ -128,13 +131,15 @@ NEW_EVAL_SETTINGS = ("system_instruction", "edited_system_instruction", "detecto
 
 
 UPSTREAM = {"collect": (), "locate": ("collect",), "dose": ("locate",), "sweep": ("locate",),
-            "edit": ("locate", "sweep"), "abstain": ("collect", "locate"),
-            "eval": ("edit",), "card": ("eval", "dose"), "push": ("card",)}
+            "edit": ("locate", "sweep"), "abstain": ("collect", "locate"), "abstention": ("abstain",),
+            "eval": ("edit",), "card": ("eval", "dose", "abstention"), "push": ("card",)}
+ADDED_UPSTREAM = {"abstention"}  # in a key only when the recipe has the stage: older run folders keep resuming
 
 
 def stage_key(ctx: RunContext, stage: str) -> str:
     return sha256_json({"stage": stage, "settings": ctx.settings[stage],
-                        "upstream": {u: ctx.keys.get(u) for u in UPSTREAM[stage]}})[:16]
+                        "upstream": {u: ctx.keys.get(u) for u in UPSTREAM[stage]
+                                     if u not in ADDED_UPSTREAM or u in ctx.keys}})[:16]
 
 
 def _changed(old: dict | None, new: dict, prefix: str = "") -> list[str]:
@@ -235,6 +240,22 @@ def run_abstain(ctx: RunContext) -> str:
             f"{result.out}")
 
 
+def run_abstention(ctx: RunContext) -> str:
+    from .abstention import abstention_comparison
+
+    doc = abstention_comparison(ctx.lm, abstain_dir=ctx.path(EDIT_FOLDERS["abstain"]),
+                                neurons=ctx.path("locate", NEURONS), responses=ctx.path("collect"),
+                                train=ctx.recipe.abstain, settings=ctx.recipe.abstention,
+                                probe=ctx.path("locate", PROBE), out=ctx.path("abstention"),
+                                key=ctx.keys["abstention"])
+    from ..evaluate.abstention import render_report
+
+    print(render_report(doc))
+    h = doc["variants"]["h-neurons"]
+    return (f"{len(doc['variants'])} variants on {doc['n']} items; H-Neuron edit abstention AUROC "
+            f"{h['abstention_auroc']['value']:.3f} -> {ctx.path('abstention', 'report')}")
+
+
 def _max_diff(verification: dict) -> float:
     """Largest logit difference between a written form and run-time scaling (edit's verification)."""
     values = [v for v in (verification.get("max_abs_diff") or {}).values() if isinstance(v, (int, float))]
@@ -263,6 +284,14 @@ def run_card(ctx: RunContext) -> str:
                           dose=dose if dose.is_file() and ctx.recipe.dose is not None else None,
                           recipe=ctx.recipe_path, repo_id=ctx.recipe.publish.repo)
         written.append(str(path))
+    abstain_eval = ctx.path("abstention", "eval", "h-neurons", EVAL_RESULTS)
+    if ctx.recipe.abstention is not None and abstain_eval.is_file():  # the trained edit's forms, with its own eval
+        for form in ("model", "adapter-lora"):
+            folder = ctx.path(EDIT_FOLDERS["abstain"], form)
+            if (folder / EDIT_MANIFEST).is_file():
+                written.append(str(write_card(folder, locate_report=ctx.path("locate", LOCATE_REPORT),
+                                              eval_results=abstain_eval, recipe=ctx.recipe_path,
+                                              repo_id=ctx.recipe.publish.repo)))
     return ", ".join(written)
 
 
@@ -282,7 +311,7 @@ def run_push(ctx: RunContext) -> str:
 
 RUNNERS: dict[str, Callable[[RunContext], str]] = {
     "collect": run_collect, "locate": run_locate, "dose": run_dose, "sweep": run_sweep, "edit": run_edit,
-    "abstain": run_abstain, "eval": run_eval,
+    "abstain": run_abstain, "abstention": run_abstention, "eval": run_eval,
     "card": run_card, "push": run_push,
 }
 
@@ -295,6 +324,7 @@ def artifact_exists(ctx: RunContext, stage: str) -> bool:
         "sweep": [ctx.path("sweep", SWEEP_REPORT)],
         "edit": [ctx.path(EDIT_FOLDERS[m], EDIT_MANIFEST) for m in ctx.recipe.edit.modes],
         "abstain": [ctx.path(EDIT_FOLDERS["abstain"], EDIT_MANIFEST)],
+        "abstention": [ctx.path("abstention", "report", "abstention.json")],
         "eval": [ctx.path("eval", EVAL_RESULTS)],
         "card": [ctx.path(EDIT_FOLDERS[m], "README.md") for m in ctx.recipe.edit.modes],
         "push": [],
@@ -309,7 +339,8 @@ def active_stages(recipe: Recipe) -> list[str]:
         stages.append("dose")
     if recipe.edit.alpha == "auto":
         stages.append("sweep")
-    stages += ["edit"] + (["abstain"] if recipe.abstain is not None else []) + ["eval", "card"]
+    stages += ["edit"] + (["abstain"] if recipe.abstain is not None else [])
+    stages += (["abstention"] if recipe.abstention is not None else []) + ["eval", "card"]
     if recipe.publish.push:
         stages.append("push")
     return stages
@@ -518,6 +549,13 @@ def render_report(ctx: RunContext, state: dict) -> str:
                              f"{manifest['neurons']['count']} neurons, max logit difference vs run-time scaling "
                              f"{_max_diff(manifest.get('verification', {})):.2e}")
         parts.append("")
+    abstention = _read(out / "abstention" / "report" / "abstention.json")
+    if abstention and r.abstention is not None:
+        from ..evaluate.abstention import render_report as abstention_table
+
+        text = abstention_table(abstention).split("\n", 1)[1]  # its own title becomes this section's
+        parts += [f"## Abstention edit vs baselines ({abstention['n']} items)", text,
+                  "![risk-coverage](abstention/report/abstention_rc.png)", ""]
     evals = _read(out / "eval" / EVAL_RESULTS)
     if evals:
         from ..evaluate.table import render_table
