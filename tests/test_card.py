@@ -219,6 +219,9 @@ def test_weights_card_from_real_artifacts_is_complete_and_round_trips(run, tmp_p
     assert not re.search(r"\bTODO\b|\bNone\b|\b[Nn]a[Nn]\b|\bnull\b|[{}]", prose)
     assert "0.801 [0.751, 0.841]" in text and "0.604 +- 0.031" in text  # the detection report's numbers
     assert "the bundled facts set" in text and "mandarjoshi/trivia\\_qa (rc.nocontext)" in text
+    settings = json.loads(eval_file.read_text())["settings"]  # the card names the paired test that was run
+    assert settings["paired_test"] == "auto" and "exact McNemar test (mid-p)" in text and "paired-bootstrap" not in prose
+    assert f"random control: {settings['controls']} seed" in text
     rows = json.loads(eval_file.read_text())["metrics"]
     table = table_lines(text, "## Evaluation")
     assert len(table) == 2 + len(rows)

@@ -144,12 +144,17 @@ def evaluation(inputs: CardInputs, plots: Plots) -> dict | None:
         if rc:
             images.append(image(rc, "risk (hallucinations among answered) against coverage (answered), base and "
                                     "edited"))
-    controls = plural(int(settings.get("controls") or 0), "seed")
+    count = int(settings.get("controls") or 0)
+    controls = (f"{plural(count, 'seed')} of as many random FFN neurons, scaled the same way"
+                + (", matched per layer" if settings.get("match_layers") else "") if count else "none")
     if doc.get("controls_note"):
         controls = f"none ({md_text(doc['controls_note'])})"
+    tests = ("95% percentile paired-bootstrap CIs ({} resamples)".format(settings.get("ci_iters", "n/a"))
+             if settings.get("paired_test") == "bootstrap" else
+             "95% CIs of the exact McNemar test (mid-p) for 0/1 metrics and of the paired t-test for margins")
     return {"lm_eval": md_text(packages.get("lm-eval") or "n/a"), "evaluated": _evaluated_what(inputs),
             "limit": md_text(limit) if limit else None, "chat": "on" if settings.get("apply_chat_template") else "off",
-            "ci_iters": str(settings.get("ci_iters", "n/a")),
+            "ci_iters": str(settings.get("ci_iters", "n/a")), "tests": tests,
             "controls": controls,
             "match_layers": bool(settings.get("match_layers")), "rows": [_eval_cells(r) for r in inputs.metric_rows],
             "kl": _kl(doc.get("kl")), "abstention": abstention, "images": images}
