@@ -414,6 +414,13 @@ def test_the_command_line_and_the_recipe_section(planted, workdir, capsys):
     stages = active_stages(load_recipe(recipe))
     assert stages[stages.index("abstain") + 1] == "abstention"
     assert stage_settings(load_recipe(recipe), "abstention")["abstention"]["random_sets"] == 2
+    from editor.pipeline.run import RunContext, abstain_neurons
+
+    ctx = RunContext(load_recipe(recipe), recipe, workdir / "run")
+    assert abstain_neurons(ctx) == str(workdir / "run" / "locate" / "neurons.json")
+    recipe.write_text(f"model: {{id: {lm.folder}}}\noutput: {workdir / 'run'}\nabstain: {{neuron_set: x5}}\n")
+    ctx = RunContext(load_recipe(recipe), recipe, workdir / "run")
+    assert abstain_neurons(ctx) == f"{workdir / 'run' / 'locate' / 'neurons_path.json'}#x5"  # a named path set
     recipe.write_text(f"model: {{id: {lm.folder}}}\noutput: {workdir / 'run'}\nabstention: {{}}\n")
     with pytest.raises(RecipeError, match="give the abstain section too"):
         load_recipe(recipe)

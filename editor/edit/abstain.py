@@ -117,7 +117,7 @@ TRAINING_HISTORY = ABSTAIN_HISTORY
 DELTA_FILE = ABSTAIN_DELTA
 FORM_FOLDERS = {"weights": EDIT_FOLDERS["weights"], "lora": EDIT_FOLDERS["lora"]}
 # Settings that change what is trained (the resume key); the strength choice and the forms are decided after.
-NOT_IN_KEY = {"strengths", "strength_rule", "forms"}
+NOT_IN_KEY = {"strengths", "strength_rule", "forms", "neuron_set"}  # neuron_set: the set itself is in the key
 
 
 def _base_model_name(source: ModelSource, folder: str | None) -> str:

@@ -186,6 +186,10 @@ class AbstainSettings(Settings):
     lora_rank: Annotated[int | None, Cli(metavar="N")] = Field(
         None, ge=1, description="--abstain-params lora: the LoRA rank (default: the rank whose parameter count "
                                 "r x (d_ff + d_model) x layers is closest to the neuron edit's, at least 1)")
+    neuron_set: Annotated[str | None, Cli(hidden=True)] = Field(
+        None, description="recipes only: train the set of this name along locate's regularisation path "
+                          "(neurons_path.json, e.g. x5 or x10) instead of locate's chosen neurons.json (on the "
+                          "command line give --neurons LOCATE/neurons_path.json#x5)")
     random_seed: Annotated[int | None, Cli(flag="--random-control", metavar="SEED")] = Field(
         None, description="train the random control instead of the given neurons: the set matched per layer (as "
                           "many neurons in each layer, none of the given ones) drawn with SEED, as eval draws its "

@@ -56,7 +56,7 @@ class Progress:
         atomic_write_json(self.path, {"key": self.key, "done": self.done})
 
 
-def train_baselines(lm: LoadedModel, neurons: Path, responses: Path, train: AbstainSettings,
+def train_baselines(lm: LoadedModel, neurons: str | Path, responses: Path, train: AbstainSettings,
                     settings: AbstentionSettings, out: Path, progress: Progress) -> dict[str, Path]:
     """The random-set and LoRA edits, trained like the H-Neuron edit; name -> edit folder."""
     from ..edit.stage import edit_model
@@ -87,7 +87,7 @@ def edit_form(folder: Path) -> dict[str, Any]:
     return {"edited": str(folder / "model")}
 
 
-def abstention_comparison(lm: LoadedModel, *, abstain_dir: Path, neurons: Path, responses: Path,
+def abstention_comparison(lm: LoadedModel, *, abstain_dir: Path, neurons: str | Path, responses: Path,
                           train: AbstainSettings, settings: AbstentionSettings, probe: Path | None, out: Path,
                           key: str) -> dict[str, Any]:
     """Train the controls and baselines, evaluate every variant, write the report (module docstring); returns

@@ -56,6 +56,7 @@ from ..formats import (
     EVAL_RESULTS,
     LOCATE_REPORT,
     NEURONS,
+    NEURONS_PATH,
     PROBE,
     RUN_REPORT,
     RUN_STATE,
@@ -230,10 +231,16 @@ def run_edit(ctx: RunContext) -> str:
     return "; ".join(notes)
 
 
+def abstain_neurons(ctx: RunContext) -> str:
+    """The neuron set the abstain stages train: locate's chosen set, or ``abstain.neuron_set`` along its path."""
+    name = ctx.recipe.abstain.neuron_set if ctx.recipe.abstain is not None else None
+    return f"{ctx.path('locate', NEURONS_PATH)}#{name}" if name else str(ctx.path("locate", NEURONS))
+
+
 def run_abstain(ctx: RunContext) -> str:
     from ..edit.stage import edit_model
 
-    result = edit_model(ctx.lm, ctx.path("locate", NEURONS), mode="abstain", out=ctx.path(EDIT_FOLDERS["abstain"]),
+    result = edit_model(ctx.lm, abstain_neurons(ctx), mode="abstain", out=ctx.path(EDIT_FOLDERS["abstain"]),
                         responses=ctx.path("collect"), abstain=ctx.recipe.abstain, overwrite=True)
     training, strength = result.manifest["abstain"]["training"], result.manifest["abstain"]["strength"]
     return (f"{training['epochs_run']} epoch(s), best {training['best_epoch']}, strength {strength['chosen']} -> "
@@ -244,7 +251,7 @@ def run_abstention(ctx: RunContext) -> str:
     from .abstention import abstention_comparison
 
     doc = abstention_comparison(ctx.lm, abstain_dir=ctx.path(EDIT_FOLDERS["abstain"]),
-                                neurons=ctx.path("locate", NEURONS), responses=ctx.path("collect"),
+                                neurons=abstain_neurons(ctx), responses=ctx.path("collect"),
                                 train=ctx.recipe.abstain, settings=ctx.recipe.abstention,
                                 probe=ctx.path("locate", PROBE), out=ctx.path("abstention"),
                                 key=ctx.keys["abstention"])
