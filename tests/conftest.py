@@ -19,6 +19,18 @@ def _own_results_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("HNEURONS_RESULTS_CACHE", str(tmp_path / "results-cache"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): small forward
+    passes run faster on one thread, and much faster on a machine shared with other jobs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The embedded default model (SmolLM2-135M-Instruct), loaded once per test session."""

@@ -40,12 +40,7 @@ PROMPT = {"chat": False, "instruction": "", "system": None, "base_template": "{q
 FAST = {"kl_weight": 0.0, "epochs": 20, "lr": 5e-2, "batch_size": 8, "patience": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small passes run faster on one thread
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,7 @@ NEURONS_2L = [(0, 3), (0, 17), (1, 5), (1, 40), (1, 41)]
 QUICK = {"epochs": 2, "lr": 5e-2, "kl_max_prompts": 6, "strengths": [0.5, 1.0]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small passes run faster on one thread
 
 
 @pytest.fixture(scope="module")

@@ -37,12 +37,7 @@ HOSTILE = "ev|il*_`x`<script>alert(1)</script>\n---\nkey: [v, {a: b}] #c &amp; !
 
 
 # ================================================================================================ fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small passes run faster on one thread
 
 
 def detection(auroc: float, accuracy: float, n: int = 120) -> dict:

@@ -93,13 +93,7 @@ def reference_logits(model, tokenizer, pairs_alpha: dict) -> tuple[torch.Tensor,
     return ids, base, scaled
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small forward passes run faster on one thread, and much faster on a machine shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small passes run faster on one thread
 
 
 @pytest.fixture(scope="module")

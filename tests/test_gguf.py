@@ -35,12 +35,7 @@ HIDDEN, FF, LAYERS, HEADS, KV = 64, 128, 2, 4, 2
 ALPHA = {(0, 3): 0.0, (0, 17): 0.0, (0, 40): 2.0, (1, 5): 0.5, (1, 127): 0.5}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small passes run faster on one thread
 
 
 @pytest.fixture(scope="module", autouse=True)
