@@ -299,7 +299,7 @@ def test_the_recipe_abstention_stage_trains_the_baselines_evaluates_all_and_resu
     from editor.edit.settings import AbstainSettings
     from editor.evaluate.settings import AbstentionSettings
     from editor.model.neuron_set import NeuronSet
-    from editor.pipeline.abstention import Progress, abstention_comparison
+    from editor.pipeline.abstention import Steps, abstention_comparison
 
     lm = source(tmp_path, "src", tiny_model("llama", max_position_embeddings=512))
     collect = write_collect(tmp_path / "collect", lm, sizes=(8, 4, 2))
@@ -313,7 +313,7 @@ def test_the_recipe_abstention_stage_trains_the_baselines_evaluates_all_and_resu
     out = tmp_path / "abstention"
     run = dict(abstain_dir=abstain_dir, neurons=neurons, responses=collect, train=train, settings=settings,
                probe=None, out=out)
-    doc = abstention_comparison(lm, key="k1", **run)
+    doc = abstention_comparison(lm, key="k1", progress=False, **run)
     assert list(doc["variants"]) == ["h-neurons", "random-seed1", "random-seed2", "lora", "prompt"]
     assert doc["controls"] == ["random-seed1", "random-seed2"] and doc["n"] == 4
     assert set(doc["minus_random_mean"]) == {"h-neurons", "lora", "prompt"}
@@ -331,4 +331,4 @@ def test_the_recipe_abstention_stage_trains_the_baselines_evaluates_all_and_resu
     assert len(stamps) == 3 + 5
     abstention_comparison(lm, key="k1", **run)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert len(Progress(out, "k1").done) == 3 + 5 and Progress(out, "k2").done == []  # another key: every step
+    assert len(Steps(out, "k1").done) == 3 + 5 and Steps(out, "k2").done == []  # another key: every step

@@ -250,6 +250,7 @@ def edit_model(
     probe: str | Path | None = None,
     responses: str | Path | None = None,
     abstain: AbstainSettings | None = None,
+    progress: bool = True,
     **fields: Any,
 ) -> EditResult:
     """Write the edited model (``weights``) or an exact suppression adapter (``ia3``, ``lora``) to ``out``; mode
@@ -276,7 +277,7 @@ def edit_model(
         from .abstain import abstain_edit
 
         folder, manifest = abstain_edit(model, neurons, out, responses, settings=AbstainSettings.of(
-            abstain, **abstain_fields), edit=settings, load=load, overwrite=overwrite, force=force)
+            abstain, **abstain_fields), edit=settings, load=load, overwrite=overwrite, force=force, progress=progress)
         return EditResult(folder, "abstain", manifest)
     if responses is not None or abstain is not None or abstain_fields:
         raise InputError("responses and the abstain training settings belong to mode abstain")

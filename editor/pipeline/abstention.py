@@ -28,7 +28,7 @@ from ..evaluate.settings import AbstentionSettings, EvalSettings
 from ..formats import EDIT_MANIFEST, EVAL_RESULTS
 from ..model.loading import LoadedModel
 
-PROGRESS = "progress.json"
+STEPS_FILE = "progress.json"
 H_EDIT = "h-neurons"
 LORA = "lora"
 PROMPT = "prompt"
@@ -40,11 +40,11 @@ def eval_settings(settings: AbstentionSettings, **update: Any) -> EvalSettings:
     return EvalSettings(**(settings.model_dump(exclude=SECTION_ONLY) | update))
 
 
-class Progress:
+class Steps:
     """The finished steps of one stage key (OUT/abstention/progress.json)."""
 
     def __init__(self, out: Path, key: str):
-        self.path, self.key = out / PROGRESS, key
+        self.path, self.key = out / STEPS_FILE, key
         doc = read_json(self.path, "abstention progress") if self.path.is_file() else {}
         self.done: list[str] = list(doc.get("done", [])) if doc.get("key") == key else []
 
@@ -57,7 +57,8 @@ class Progress:
 
 
 def train_baselines(lm: LoadedModel, neurons: str | Path, responses: Path, train: AbstainSettings,
-                    settings: AbstentionSettings, out: Path, progress: Progress) -> dict[str, Path]:
+                    settings: AbstentionSettings, out: Path, steps: Steps, bars: bool = True
+                    ) -> dict[str, Path]:
     """The random-set and LoRA edits, trained like the H-Neuron edit; name -> edit folder."""
     from ..edit.stage import edit_model
 
@@ -69,11 +70,11 @@ def train_baselines(lm: LoadedModel, neurons: str | Path, responses: Path, train
     for name, update in plans.items():
         folder = out / "edits" / name
         step = f"train:{name}"
-        if step not in progress or not (folder / EDIT_MANIFEST).is_file():
+        if step not in steps or not (folder / EDIT_MANIFEST).is_file():
             print(f"  training the {name} abstention edit ...", flush=True)
             edit_model(lm, neurons, mode="abstain", out=folder, responses=responses,
-                       abstain=AbstainSettings.of(train, **update), overwrite=True)
-            progress.mark(step)
+                       abstain=AbstainSettings.of(train, **update), overwrite=True, progress=bars)
+            steps.mark(step)
         folders[name] = folder
     return folders
 
@@ -89,15 +90,15 @@ def edit_form(folder: Path) -> dict[str, Any]:
 
 def abstention_comparison(lm: LoadedModel, *, abstain_dir: Path, neurons: str | Path, responses: Path,
                           train: AbstainSettings, settings: AbstentionSettings, probe: Path | None, out: Path,
-                          key: str) -> dict[str, Any]:
+                          key: str, progress: bool = True) -> dict[str, Any]:
     """Train the controls and baselines, evaluate every variant, write the report (module docstring); returns
     the report document."""
     from ..evaluate.abstention import compare_abstention
     from ..evaluate.stage import evaluate
 
     out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(out, key)
-    edits = {H_EDIT: abstain_dir} | train_baselines(lm, neurons, responses, train, settings, out, progress)
+    bars, steps = progress, Steps(out, key)
+    edits = {H_EDIT: abstain_dir} | train_baselines(lm, neurons, responses, train, settings, out, steps, bars)
     runs: dict[str, dict[str, Any]] = {name: edit_form(folder) for name, folder in edits.items()}
     if settings.prompt_instruction:
         runs[PROMPT] = {"settings_update": {"edited_system_instruction": settings.prompt_instruction}}
@@ -105,13 +106,13 @@ def abstention_comparison(lm: LoadedModel, *, abstain_dir: Path, neurons: str | 
     for name, run in runs.items():
         folder = out / "eval" / name
         step = f"eval:{name}"
-        if step not in progress or not (folder / EVAL_RESULTS).is_file():
+        if step not in steps or not (folder / EVAL_RESULTS).is_file():
             print(f"  evaluating {name} ...", flush=True)
             update = dict(run.get("settings_update", {}))
             if name == H_EDIT and probe is not None and probe.is_file():
                 update["detector"] = str(probe)
             evaluate(lm, run.get("edited"), adapter=run.get("adapter"), settings=eval_settings(settings, **update),
                      out=folder, overwrite=True)
-            progress.mark(step)
+            steps.mark(step)
         folders[name] = folder
     return compare_abstention(list(folders.values()), list(folders), out / "report")

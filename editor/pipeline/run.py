@@ -241,7 +241,8 @@ def run_abstain(ctx: RunContext) -> str:
     from ..edit.stage import edit_model
 
     result = edit_model(ctx.lm, abstain_neurons(ctx), mode="abstain", out=ctx.path(EDIT_FOLDERS["abstain"]),
-                        responses=ctx.path("collect"), abstain=ctx.recipe.abstain, overwrite=True)
+                        responses=ctx.path("collect"), abstain=ctx.recipe.abstain, overwrite=True,
+                        progress=ctx.progress)
     training, strength = result.manifest["abstain"]["training"], result.manifest["abstain"]["strength"]
     return (f"{training['epochs_run']} epoch(s), best {training['best_epoch']}, strength {strength['chosen']} -> "
             f"{result.out}")
@@ -254,7 +255,7 @@ def run_abstention(ctx: RunContext) -> str:
                                 neurons=abstain_neurons(ctx), responses=ctx.path("collect"),
                                 train=ctx.recipe.abstain, settings=ctx.recipe.abstention,
                                 probe=ctx.path("locate", PROBE), out=ctx.path("abstention"),
-                                key=ctx.keys["abstention"])
+                                key=ctx.keys["abstention"], progress=ctx.progress)
     from ..evaluate.abstention import render_report
 
     print(render_report(doc))
