@@ -444,3 +444,33 @@ def test_a_killed_command_resumes_to_the_same_edit(planted, planted_runs, workdi
     assert 1 <= manifest["abstain"]["training"]["resumed_from_epoch"] < FAST["epochs"]
     x, y = load_file(str(out / ABSTAIN_DELTA)), load_file(str(planted_runs["H"][0] / ABSTAIN_DELTA))
     assert sorted(x) == sorted(y) and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_a_bfloat16_model_trains_and_is_written_in_bfloat16(workdir):
+    """bfloat16, the dtype of the GPU path, here on the CPU: the float32 deltas train on a bfloat16 model, the
+    checkpoint is written in bfloat16 with only the neurons' down columns changed (every other tensor
+    bit-identical), and both forms passed the verification against the in-memory trained model before being
+    kept; the loaded model is left unchanged."""
+    tok = tiny_tokenizer(chat=False)
+    folder = workdir / "src-bf16"
+    tiny_model("llama").save_pretrained(folder)
+    tok.save_pretrained(folder)
+    lm = load_model(str(folder), device="cpu", dtype="bfloat16")
+    assert lm.model.dtype == torch.bfloat16
+    collect = write_collect(workdir / "collect-bf16", lm, sizes=(8, 4, 2))
+    before = state(lm.model)
+    neurons = [(0, 3), (1, 5), (1, 40)]
+    out, manifest = abstain_edit(lm, neurons, workdir / "bf16", collect, progress=False,
+                                 settings=AbstainSettings(epochs=2, lr=5e-2, kl_max_prompts=4, strengths=[1.0]))
+    assert all(torch.equal(before[k], v) for k, v in state(lm.model).items())
+    assert manifest["abstain"]["training"]["history"][0]["train_loss"] > 0
+    src = load_file(str(folder / "model.safetensors"))
+    written = load_file(str(out / "model" / "model.safetensors"))
+    assert {t.dtype for t in written.values()} == {torch.bfloat16}
+    changed = {name for name in src if not torch.equal(src[name].to(torch.bfloat16), written[name])}
+    assert changed == {f"{lm.arch.layers}.{layer}.{lm.arch.down_proj}.weight" for layer in (0, 1)}
+    for layer in (0, 1):
+        name = f"{lm.arch.layers}.{layer}.{lm.arch.down_proj}.weight"
+        columns = (src[name].to(torch.bfloat16) != written[name]).any(dim=0).nonzero().flatten().tolist()
+        assert set(columns) <= {j for l, j in neurons if l == layer} and columns
+    assert manifest["verification"]["weights"]["passed"] and manifest["verification"]["lora"]["passed"]
