@@ -25,12 +25,19 @@ def figure(width: float = 6.4, height: float = 3.6, rows: int | None = None, col
 
 
 def save_png(plt, fig, path: Path) -> str:
-    """Lay out, write atomically (a temporary sibling renamed into place) and close; returns the file name."""
+    """Lay out, write atomically (a temporary sibling renamed into place) and close; returns the file name. A full
+    disk (or read-only file system) is one clear OutputWriteError and leaves no temporary file behind."""
+    from .artifacts import reported_write_errors
+
     fig.tight_layout()
     tmp = path.with_name(".hneurons-tmp-" + path.name)
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with reported_write_errors(path):
+            fig.savefig(tmp, format="png")
+            tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path.name
 
 

@@ -312,13 +312,28 @@ def test_disk_full_during_locate_leaves_no_half_written_artifact_and_the_rerun_m
     assert leftovers(out.parent) == []
 
 
+def test_a_plot_on_a_full_disk_is_one_clear_error_and_leaves_no_temporary_file(small_disk):
+    """Every PNG (locate's, eval's, the abstention and dose plots) goes through save_png: on a full disk it is
+    the OutputWriteError every other write gives, with no half-written temporary file left."""
+    import numpy as np
+
+    from editor.plots import figure, save_png
+
+    folder = small_disk[0](8)  # 8 kB: less than a detailed 616 x 484 PNG
+    plt, fig, ax = figure()
+    ax.imshow(np.random.default_rng(0).random((300, 300)))
+    with pytest.raises(OutputWriteError, match="no space left on the device"):
+        save_png(plt, fig, folder / "plot.png")
+    assert list(folder.iterdir()) == []
+
+
 def test_disk_full_during_eval_keeps_finished_variants_and_the_rerun_prints_the_same_table(
         ckpt, neurons, tmp_path, small_disk, capsys, eval_reference):
     ref_out, ref_printed = eval_reference
     mount, grow = small_disk
     edited = [p for p in (ref_out / "lm_eval" / "edited").rglob("*") if p.is_file()]
     before_edited = [p for p in ref_out.rglob("*") if p.is_file() and p not in edited
-                     and p.name not in ("eval_results.json", "eval_deltas.png")]
+                     and p.name not in ("eval_results.json", "eval_deltas.png", "abstention_rc.png")]
     out = mount(4 * (pages(before_edited) + 1 + max(1, pages(edited) // 2))) / "eval"  # base fits, edited does not
     argv = eval_argv(ckpt, neurons, out)
     failed_write(argv, capsys)
