@@ -19,6 +19,7 @@ same key is not redone (a killed training resumes from its own checkpoint); anot
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,12 @@ class Steps:
         self.done.append(step)
         atomic_write_json(self.path, {"key": self.key, "done": self.done})
 
+    def run_once(self, step: str, result: Path, action: Callable[[], Any]) -> None:
+        """``action`` unless ``step`` finished under this key and its ``result`` file exists."""
+        if step not in self.done or not result.is_file():
+            action()
+            self.mark(step)
+
 
 def train_baselines(lm: LoadedModel, neurons: str | Path, responses: Path, train: AbstainSettings,
                     settings: AbstentionSettings, out: Path, steps: Steps, bars: bool = True
@@ -69,12 +76,13 @@ def train_baselines(lm: LoadedModel, neurons: str | Path, responses: Path, train
     folders = {}
     for name, update in plans.items():
         folder = out / "edits" / name
-        step = f"train:{name}"
-        if step not in steps or not (folder / EDIT_MANIFEST).is_file():
+
+        def train_one(name=name, update=update, folder=folder) -> None:
             print(f"  training the {name} abstention edit ...", flush=True)
             edit_model(lm, neurons, mode="abstain", out=folder, responses=responses,
                        abstain=AbstainSettings.of(train, **update), overwrite=True, progress=bars)
-            steps.mark(step)
+
+        steps.run_once(f"train:{name}", folder / EDIT_MANIFEST, train_one)
         folders[name] = folder
     return folders
 
@@ -105,14 +113,15 @@ def abstention_comparison(lm: LoadedModel, *, abstain_dir: Path, neurons: str | 
     folders = {}
     for name, run in runs.items():
         folder = out / "eval" / name
-        step = f"eval:{name}"
-        if step not in steps or not (folder / EVAL_RESULTS).is_file():
+
+        def evaluate_one(name=name, run=run, folder=folder) -> None:
             print(f"  evaluating {name} ...", flush=True)
             update = dict(run.get("settings_update", {}))
             if name == H_EDIT and probe is not None and probe.is_file():
                 update["detector"] = str(probe)
             evaluate(lm, run.get("edited"), adapter=run.get("adapter"), settings=eval_settings(settings, **update),
                      out=folder, overwrite=True)
-            steps.mark(step)
+
+        steps.run_once(f"eval:{name}", folder / EVAL_RESULTS, evaluate_one)
         folders[name] = folder
     return compare_abstention(list(folders.values()), list(folders), out / "report")
