@@ -71,8 +71,11 @@ def test_common_prefix_leaves_every_continuation_a_token():
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gemma3"])
-def test_compacting_greedy_generation_equals_hf(model_type):
+@pytest.mark.parametrize("gen_batch_size", [64, 2])
+def test_compacting_greedy_generation_equals_hf(model_type, gen_batch_size):
+    """One batch for all prompts, and (gen_batch_size 2) a batch the next prompts join as rows finish."""
     hf, ours = _pair(model_type)
+    ours.gen_batch_size = gen_batch_size
     prompts = ["What is the capital of France?", "Hi", "Question: What is the symbol of gold? Answer:", "abc d",
                "The currency of Japan is"]
     for kwargs in ({"until": [], "max_gen_toks": 9, "do_sample": False},

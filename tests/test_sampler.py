@@ -104,3 +104,25 @@ def test_continuous_sampling_is_seeded():
         return got
 
     assert run(3) == run(3) and run(3) != run(4)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_decode_many_equals_decoding_each_prompt_alone(model_type):
+    """decode_many: more prompts than rows; the next prompts join (llama: their prompt pass as they join) while
+    rows that hit a stop token leave, and every prompt decodes as it would alone. gemma3's sliding-window
+    cache cannot take rows mid-way, so it decodes in consecutive batches, with the same results."""
+    from editor.collect.sampler import decode_many, model_supports_continuous
+
+    model = tiny_model(model_type)
+    assert model_supports_continuous(model) == (model_type == "llama")
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(4, 300, (n,), generator=g).tolist() for n in (14, 12, 11, 9, 8, 6, 5, 3)]
+    settings = DecodeSettings(max_new_tokens=10)
+    free = [decode(model, [p], settings, stop_ids=set(), pad_id=0)[0][0] for p in prompts]
+    stop = {free[0][2], free[3][5], free[5][1]}  # rows end at different steps, so rows join a running batch
+    alone = [decode(model, [p], settings, stop_ids=stop, pad_id=0)[0] for p in prompts]
+    assert len({len(tokens) for tokens, _ in alone}) > 2
+    done = []
+    got = decode_many(model, prompts, settings, max_rows=3, stop_ids=stop, pad_id=0, on_done=done.append)
+    assert got == alone
+    assert sum(done) == len(prompts)

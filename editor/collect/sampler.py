@@ -4,7 +4,8 @@
 ends. Short factual answers (10-20 tokens) next to the occasional 50-token ramble then pay for 50
 steps each. This decoder removes a row from the batch (and from the KV cache) as soon as it ends its
 turn, so the cost follows the tokens actually generated. It also asks the model for the last position's
-logits only during the prompt pass.
+logits only during the prompt pass. :func:`decode_many` (the eval's greedy generation) and
+:func:`decode_continuous` (collect's samples) go further: new rows join the running batch as others finish.
 
 Prompts can be prefilled once and decoded many times (:func:`prefill`, then :func:`decode` with
 ``state`` and ``rows``): collect asks every question for a greedy answer and k samples, and with the
@@ -148,10 +149,7 @@ def decode(model, prompts: Sequence[Sequence[int]] | None, settings: DecodeSetti
         state = state.select(index.to(state.mask.device))
     device = state.mask.device
     n_rows = len(state)
-    generator = None
-    if settings.sample:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(0 if seed is None else int(seed))
+    generator = _generator(settings, seed, device)
     cache, mask, last_pos, logits = state.cache, state.mask, state.last_pos, state.logits
     rows = torch.arange(n_rows, device=device)  # original index of every row still decoding
     tokens: list[list[int]] = [[] for _ in range(n_rows)]
@@ -199,9 +197,20 @@ def newline_token_ids(tokenizer) -> set[int]:
 def supports_continuous(state: PromptState) -> bool:
     """Rows can join a running batch when every cache layer is a plain (full-attention) dynamic layer;
     sliding-window layers keep only their last window, where a row's gap would shift the window."""
+    return _full_attention(state.cache)
+
+
+def model_supports_continuous(model) -> bool:
+    """:func:`supports_continuous` for a model's own cache layout, before any prompt pass."""
+    from transformers import DynamicCache
+
+    return _full_attention(DynamicCache(config=model.config))
+
+
+def _full_attention(cache) -> bool:
     from transformers.cache_utils import DynamicLayer
 
-    layers = getattr(state.cache, "layers", None)
+    layers = getattr(cache, "layers", None)
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
@@ -281,47 +290,37 @@ class _Batch:
                 self.mask = self.mask[:, first:]
 
 
+def _generator(settings: DecodeSettings, seed: int | None, device) -> torch.Generator | None:
+    if not settings.sample:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(0 if seed is None else int(seed))
+    return generator
+
+
 @torch.no_grad()
-def decode_continuous(model, state: PromptState, settings: DecodeSettings, *, refill, on_finish,
-                      max_rows: int, stop_ids: set[int], stop_token_ids: set[int] | None = None,
-                      seed: int | None = None, greedy: Sequence[int] = ()) -> int:
-    """Decode requests for the prompts of ``state`` with a batch that new rows join as others finish.
-
-    First a greedy request for every prompt index in ``greedy``; then ``refill(free)`` returns up to
-    ``free`` prompt indices (of ``state``) to sample from (with ``settings``); it is asked whenever at
-    least a quarter of ``max_rows`` is free (or the batch is empty), so the batch stays full without
-    rebuilding the cache after every finished row. ``on_finish(prompt_index, tokens, ended, sampled)`` is
-    called as each request ends (``tokens, ended`` as :func:`decode` returns them), and may change what
-    ``refill`` returns next (collect's early stop). Sampled rows draw from one generator seeded with
-    ``seed``: the same state, settings, seed and callbacks give the same results. Returns the number of
-    sampled requests.
-
-    Requires :func:`supports_continuous` (full-attention dynamic caches).
-    """
-    device = state.mask.device
-    generator = None
-    if settings.sample:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(0 if seed is None else int(seed))
+def _decode_stream(model, take, settings: DecodeSettings, *, on_finish, max_rows: int, stop_ids: set[int],
+                   stop_token_ids: set[int] | None, generator: torch.Generator | None) -> None:
+    """The continuous-batching loop. ``take(free)`` returns up to ``free`` new rows as ``(state, keys, sampled)``
+    (a :class:`PromptState` of those rows, a key per row, whether each row samples) or None when there are none;
+    it is asked whenever at least a quarter of ``max_rows`` is free (or the batch is empty), so the batch stays
+    full without rebuilding the cache after every finished row. ``on_finish(key, tokens, ended, sampled)`` is
+    called as each row ends (``tokens, ended`` as :func:`decode` returns them)."""
     include = stop_token_ids or set()
-    batch = _Batch(state)
-    prompt_of: list[int] = []  # prompt index of every request
-    waiting_greedy = list(greedy)
-    n_sampled = 0
+    batch: _Batch | None = None
+    key_of: list[Any] = []  # key of every row ever started, by its request number
     while True:
-        free = max_rows - len(batch)
-        if free > 0 and (not batch.owner or free >= max(1, max_rows // 4)):
-            new_greedy, waiting_greedy = waiting_greedy[:free], waiting_greedy[free:]
-            new = new_greedy + (list(refill(free - len(new_greedy)))[:free - len(new_greedy)]
-                                if len(new_greedy) < free else [])
-            if new:
-                batch.join(state.select(torch.tensor(new, device=device)),
-                           list(range(len(prompt_of), len(prompt_of) + len(new))),
-                           [False] * len(new_greedy) + [True] * (len(new) - len(new_greedy)))
-                prompt_of += new
-                n_sampled += len(new) - len(new_greedy)
-        if not batch.owner:
-            return n_sampled
+        free = max_rows - (len(batch) if batch is not None else 0)
+        if free > 0 and (batch is None or not batch.owner or free >= max(1, max_rows // 4)):
+            new = take(free)
+            if new is not None:
+                state, keys, sampled = new
+                owners = list(range(len(key_of), len(key_of) + len(keys)))
+                key_of += list(keys)
+                batch = batch if batch is not None else _Batch(state)
+                batch.join(state, owners, list(sampled))
+        if batch is None or not batch.owner:
+            return
         chosen = batch.draw(settings, generator)
         alive = []
         for i, tok in enumerate(chosen.tolist()):
@@ -331,9 +330,10 @@ def decode_continuous(model, state: PromptState, settings: DecodeSettings, *, re
                 tokens.append(tok)
                 ended = tok in include
             if ended or len(tokens) >= settings.max_new_tokens:
-                on_finish(prompt_of[batch.owner[i]], tokens, ended, batch.sampled[i])
+                on_finish(key_of[batch.owner[i]], tokens, ended, batch.sampled[i])
             else:
                 alive.append(i)
+        device = batch.mask.device
         chosen = chosen[torch.tensor(alive, dtype=torch.long, device=device)] if len(alive) < len(batch) else chosen
         batch.keep(alive)
         if not batch.owner:
@@ -343,3 +343,79 @@ def decode_continuous(model, state: PromptState, settings: DecodeSettings, *, re
         out = model(input_ids=chosen[:, None], attention_mask=batch.mask, position_ids=batch.last_pos[:, None],
                     cache=batch.cache, use_cache=True)
         batch.logits = out.logits[:, -1, :]
+
+
+def decode_continuous(model, state: PromptState, settings: DecodeSettings, *, refill, on_finish,
+                      max_rows: int, stop_ids: set[int], stop_token_ids: set[int] | None = None,
+                      seed: int | None = None, greedy: Sequence[int] = ()) -> int:
+    """Decode requests for the prompts of ``state`` with a batch that new rows join as others finish.
+
+    First a greedy request for every prompt index in ``greedy``; then ``refill(free)`` returns up to
+    ``free`` prompt indices (of ``state``) to sample from (with ``settings``); it is asked whenever at
+    least a quarter of ``max_rows`` is free (or the batch is empty). ``on_finish(prompt_index, tokens, ended,
+    sampled)`` is called as each request ends (``tokens, ended`` as :func:`decode` returns them), and may change
+    what ``refill`` returns next (collect's early stop). Sampled rows draw from one generator seeded with
+    ``seed``: the same state, settings, seed and callbacks give the same results. Returns the number of
+    sampled requests.
+
+    Requires :func:`supports_continuous` (full-attention dynamic caches).
+    """
+    device = state.mask.device
+    waiting_greedy = list(greedy)
+    n_sampled = 0
+
+    def take(free: int):
+        nonlocal waiting_greedy, n_sampled
+        new_greedy, waiting_greedy = waiting_greedy[:free], waiting_greedy[free:]
+        new = new_greedy + (list(refill(free - len(new_greedy)))[:free - len(new_greedy)]
+                            if len(new_greedy) < free else [])
+        if not new:
+            return None
+        n_sampled += len(new) - len(new_greedy)
+        sampled = [False] * len(new_greedy) + [True] * (len(new) - len(new_greedy))
+        return state.select(torch.tensor(new, device=device)), new, sampled
+
+    _decode_stream(model, take, settings, on_finish=on_finish, max_rows=max_rows, stop_ids=stop_ids,
+                   stop_token_ids=stop_token_ids, generator=_generator(settings, seed, device))
+    return n_sampled
+
+
+
+
+def decode_many(model, prompts: Sequence[Sequence[int]], settings: DecodeSettings, *, max_rows: int,
+                stop_ids: set[int], pad_id: int, stop_token_ids: set[int] | None = None, seed: int | None = None,
+                on_done=None) -> list[tuple[list[int], bool]]:
+    """:func:`decode` for any number of prompts with one batch of at most ``max_rows`` rows that the next
+    prompts join (their prompt pass run as they join) while others finish, so a few long answers do not
+    leave the batch nearly empty for their last steps; ``on_done(n)`` is called as n more prompts finish.
+    Prompts join in the order given (put similar lengths together: each prompt pass pads to its longest).
+    Models whose caches cannot take rows mid-way (sliding windows) decode in consecutive batches of
+    ``max_rows`` (:func:`decode`). Greedy results equal :func:`decode`'s up to float rounding."""
+    results: list[tuple[list[int], bool] | None] = [None] * len(prompts)
+    if not model_supports_continuous(model):
+        for start in range(0, len(prompts), max_rows):
+            chunk = list(prompts[start:start + max_rows])
+            results[start:start + len(chunk)] = decode(model, chunk, settings, stop_ids=stop_ids, pad_id=pad_id,
+                                                       stop_token_ids=stop_token_ids, seed=seed)
+            if on_done is not None:
+                on_done(len(chunk))
+        return results  # type: ignore[return-value]
+    next_prompt = 0
+
+    def take(free: int):
+        nonlocal next_prompt
+        if next_prompt >= len(prompts):
+            return None
+        keys = list(range(next_prompt, min(len(prompts), next_prompt + free)))
+        next_prompt += len(keys)
+        return prefill(model, [prompts[i] for i in keys], pad_id), keys, [settings.sample] * len(keys)
+
+    def finish(key: int, tokens: list[int], ended: bool, sampled: bool) -> None:
+        results[key] = (tokens, ended)
+        if on_done is not None:
+            on_done(1)
+
+    device = next(model.parameters()).device
+    _decode_stream(model, take, settings, on_finish=finish, max_rows=max_rows, stop_ids=stop_ids,
+                   stop_token_ids=stop_token_ids, generator=_generator(settings, seed, device))
+    return results  # type: ignore[return-value]

@@ -10,8 +10,9 @@ loops replaced:
   only the continuation tokens are run for each choice, on a copy of that cache. The context's last logits
   score a continuation's first token, so one-token choices need no second pass at all.
 * **greedy generation with the compacting decoder** (:meth:`HneuronsLM.generate_until`,
-  :func:`editor.collect.sampler.decode`): finished rows leave the batch instead of being padded to the
-  longest. The stop strings (``until``) are cut from the text as ``hf`` cuts them; decoding stops at the
+  :func:`editor.collect.sampler.decode_many`): finished rows leave the batch instead of being padded to the
+  longest, and the next prompts join it as they leave (continuous batching; models with sliding-window caches
+  decode in consecutive batches instead). The stop strings (``until``) are cut from the text as ``hf`` cuts them; decoding stops at the
   model's end-of-sequence tokens. Sampled generation (``do_sample``) is passed to ``hf``'s loop unchanged.
 
 The numbers are ``hf``'s up to float rounding (a different batch shape sums in a different order: per-request
@@ -38,7 +39,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 
-from ..collect.sampler import DecodeSettings, PromptState, decode, left_pad
+from ..collect.sampler import DecodeSettings, PromptState, decode_many, left_pad
 
 DEFAULT_GEN_BATCH = 64
 Request = tuple[Any, list[int], list[int]]  # ((context, continuation) or None, context tokens, continuation tokens)
@@ -206,22 +207,24 @@ class HneuronsLM(HFLM):
             for (until, max_gen_toks), members in by_settings.items():
                 stops = handle_stop_sequences(list(until), eos=eos)
                 members = sorted(members, key=lambda i: -len(self.tok_encode(args[i][0])))
-                size = self.gen_batch_size
-                for start in range(0, len(members), size):
-                    chunk = members[start:start + size]
-                    for i, text in zip(chunk, self._greedy_texts([args[i][0] for i in chunk], stops, max_gen_toks)):
-                        results[i] = text
-                        self.cache_hook.add_partial("generate_until", args[i], text)
-                    bar.update(len(chunk))
+                texts = self._greedy_texts([args[i][0] for i in members], stops, max_gen_toks, bar.update)
+                for i, text in zip(members, texts):
+                    results[i] = text
+                    self.cache_hook.add_partial("generate_until", args[i], text)
         return results  # type: ignore[return-value]
 
-    def _greedy_texts(self, contexts: list[str], stops: list[str], max_gen_toks: int) -> list[str]:
-        ids, mask = self.tok_batch_encode(contexts, left_truncate_len=self.max_length - max_gen_toks,
-                                          truncation=self.truncation)
-        prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+    def _greedy_texts(self, contexts: list[str], stops: list[str], max_gen_toks: int, on_done) -> list[str]:
+        """Greedy continuations of ``contexts`` (longest first) in one continuous batch of ``gen_batch_size``
+        rows (:func:`editor.collect.sampler.decode_many`: the next prompts join as rows finish)."""
+        prompts = []
+        for start in range(0, len(contexts), self.gen_batch_size):  # pad each encode call to its own longest
+            ids, mask = self.tok_batch_encode(contexts[start:start + self.gen_batch_size],
+                                              left_truncate_len=self.max_length - max_gen_toks,
+                                              truncation=self.truncation)
+            prompts += [row[m.bool()].tolist() for row, m in zip(ids, mask)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
-        generated = decode(self.model, prompts, DecodeSettings(max_new_tokens=max_gen_toks),
-                           stop_ids=self._eos_ids(), pad_id=pad)
+        generated = decode_many(self.model, prompts, DecodeSettings(max_new_tokens=max_gen_toks),
+                                max_rows=self.gen_batch_size, stop_ids=self._eos_ids(), pad_id=pad, on_done=on_done)
         return [postprocess_generated_text(generation=self.tok_decode(tokens), stop=stops, think_end_token=None)
                 for tokens, _ in generated]
 
