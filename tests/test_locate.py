@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from tinymodels import tiny_model, tiny_tokenizer
 from editor.artifacts import atomic_write_json
 from editor.errors import InputError, ModelMismatchError
 from editor.locate.settings import LocateSettings
-from editor.locate.stage import load_probe, locate
+from editor.locate.stage import format_report, load_probe, locate
 from editor.model.loading import LoadedModel, ModelSource
 from editor.model.registry import get_arch
 
@@ -89,6 +90,9 @@ def test_locate_finds_the_planted_signal_and_reports_honestly(located):
     lo, hi = report["test"]["probe"]["auroc_ci95"]
     assert lo <= report["test"]["probe"]["auroc"] <= hi
     assert report["test"]["random"]["draws"] == 5
+    # a random refit that keeps no neuron scores every item alike: AUROC 0.5 with a CI of zero width
+    constant = sum(d["auroc"] == 0.5 and d["auroc_ci95"] == [0.5, 0.5] for d in report["test"]["random"]["per_draw"])
+    assert report["test"]["random"]["draws_without_neurons"] == constant
     assert report["counts"]["test"] == {"n": 30, "hallucinated": 15}
     # C is chosen on validation: the chosen point is the sparsest within tol of the best validation AUROC
     path = report["path"]
@@ -376,3 +380,14 @@ def test_detect_evaluate_takes_the_heldout_split(located, tmp_path, monkeypatch,
                  "--split", "heldout"]) == 2
     err = capsys.readouterr().err
     assert "'bundled:facts'" in err and "heldout" in err and "no-such-model" not in err
+
+
+def test_the_report_says_when_every_random_refit_kept_no_neuron(located):
+    """With one H-Neuron at a strong penalty, every matched random refit can keep no weight: the printed report
+    must say that the control's 0.5 is a constant by construction, and say nothing when no draw was empty."""
+    _, _, result = located
+    report = copy.deepcopy(result.report)
+    report["test"]["random"]["draws_without_neurons"] = 0
+    assert "kept no neuron" not in format_report(report)
+    report["test"]["random"]["draws_without_neurons"] = 5
+    assert "5 of the 5 random refits kept no neuron" in format_report(report)

@@ -112,7 +112,9 @@ def _check_classes(splits: dict[str, Split], source: str) -> None:
             raise InputError(
                 f"{source}: the {name} split has {counts[0]} faithful and {counts[1]} hallucinated selected "
                 f"responses; the probe needs both classes in train, validation and test. Collect more questions "
-                f"(or questions the model gets wrong as well as right)"
+                f"(or questions the model gets wrong as well as right); an answer is selected only when all of "
+                f"its samples agree, so a small model sampled at a high temperature has few: fewer samples or "
+                f"a lower temperature (collect's --samples, --temperature) give more"
             )
 
 
@@ -571,6 +573,9 @@ def split_report(probe: FittedProbe, restricted: Sequence[Restricted], x_eval: t
     result["h_neurons_only"]["roc"] = _roc_points(scored["h_neurons"][0], evaluated.y)
     draws = [m for n, (_, m) in scored.items() if n.startswith("random_")]
     result["random"] = _summarise_draws(draws)
+    # at the chosen C the L1 refit can keep no random neuron at all: a constant score, AUROC 0.5 by construction
+    result["random"]["draws_without_neurons"] = sum(
+        int(not bool((r.fitted.weight != 0).any())) for r in restricted if r.name.startswith("random_"))
     result["random"]["roc"] = _roc_points(scored["random_0"][0], evaluated.y)
     random_scores = [s for n, (s, _) in scored.items() if n.startswith("random_")]
     # per relation, and balanced within relation
@@ -629,7 +634,8 @@ def _heldout_report(probe: FittedProbe, restricted: Sequence[Restricted], heldou
         result["baselines"]["note"] = (
             f"{n_unseen} of the {n} held-out items are of families never seen in training "
             f"({', '.join(unseen)}): the family baseline gives them the overall training rate of hallucination "
-            + ("(one constant score for every item: AUROC 0.5), and length + family reduces to length"
+            + ("(one constant score for every item: AUROC 0.5), and length + family reduces to a function of length "
+               "alone (its length weights are fitted beside the family column, so it can rank unlike length only)"
                if n_unseen == n else "(a constant score for those items)"))
     return result
 
@@ -643,6 +649,10 @@ def _split_lines(block: dict, row, items: str = "test") -> list[str]:
         lines.append(f"  {'random neurons, same count':<34} AUROC {r['auroc_mean']:.3f} +- {r['auroc_std']:.3f} "
                      f"(min {r['auroc_min']:.3f}, max {r['auroc_max']:.3f}, {r['draws']} draws)   "
                      f"accuracy {r['accuracy_mean']:.3f}")
+        if r.get("draws_without_neurons"):
+            lines.append(f"    note: {r['draws_without_neurons']} of the {r['draws']} random refits kept no neuron at "
+                         f"this C (every weight 0: a constant score, AUROC 0.5 by construction); the random "
+                         f"neurons carry too little signal for the L1 penalty to keep them")
     b = block.get("balanced_within_relation")
     if b:
         lines.append(row("probe, balanced within relation", b["probe"]))
