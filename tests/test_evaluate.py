@@ -142,10 +142,16 @@ def test_checkpoint_and_adapter_of_one_edit_give_identical_lm_eval_numbers(tiny,
                        load=LoadOptions(device="cpu"))
     by_adapter = evaluate(base=base, adapter=tmp_path / "ia3", settings=settings(tiny), out=tmp_path / "b")
 
-    for task in ("tiny_gen", "tiny_mc"):
-        # Same generated texts and the same log-likelihoods, item by item.
-        assert responses(tmp_path / "a/lm_eval/edited", task) == responses(tmp_path / "b/lm_eval/edited", task)
-    assert [r["edited"] for r in by_ckpt.metrics] == [r["edited"] for r in by_adapter.metrics]
+    # Same generated texts, and the same log-likelihoods item by item to float rounding: the adapter scales the
+    # neurons' activations where the checkpoint zeroes their weights, and some CPU kernels (seen on AMD EPYC)
+    # then round the last digit differently.
+    assert responses(tmp_path / "a/lm_eval/edited", "tiny_gen") == responses(tmp_path / "b/lm_eval/edited", "tiny_gen")
+    by_a, by_b = (responses(tmp_path / f"{x}/lm_eval/edited", "tiny_mc") for x in "ab")
+    assert [[r[1] for r in item] for item in by_a] == [[r[1] for r in item] for item in by_b]
+    assert [float(r[0]) for item in by_a for r in item] == pytest.approx(
+        [float(r[0]) for item in by_b for r in item], rel=1e-6, abs=1e-5)
+    assert [r["edited"] for r in by_ckpt.metrics] == pytest.approx([r["edited"] for r in by_adapter.metrics],
+                                                                     rel=1e-6, abs=1e-5)
     # The edit does change the model (otherwise the equality above would be vacuous).
     assert responses(tmp_path / "a/lm_eval/edited", "tiny_mc") != responses(tmp_path / "a/lm_eval/base", "tiny_mc")
     # The adapter was removed from the shared base model after its evaluation.
