@@ -380,8 +380,6 @@ def decode_continuous(model, state: PromptState, settings: DecodeSettings, *, re
     return n_sampled
 
 
-
-
 def decode_many(model, prompts: Sequence[Sequence[int]], settings: DecodeSettings, *, max_rows: int,
                 stop_ids: set[int], pad_id: int, stop_token_ids: set[int] | None = None, seed: int | None = None,
                 on_done=None) -> list[tuple[list[int], bool]]:
