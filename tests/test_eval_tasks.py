@@ -325,3 +325,64 @@ def test_the_task_files_hash_follows_task_folders_only(tmp_path):
     assert changed != before
     (tmp_path / "tasks" / "t.yaml").write_text("task: t2\n")
     assert task_files_hash([tmp_path]) != changed
+
+
+# -------------------------------------------------------------------------------- base-model prompting
+def test_base_prompt_style_asks_the_collect_way_and_judges_the_first_line():
+    """Task metadata prompt_style: base (set by hneurons eval when no chat template is applied): questions in
+    the ``Question: ...\\nAnswer:`` form without the chat instruction, documents marked stop_at_newline, and the
+    judges read the first line only (a base model writes on with a new question)."""
+    sys.path.insert(0, str(EVAL_DIR / "hneurons"))
+    import utils
+
+    facts = {r["id"]: r for r in utils.load("facts.jsonl", prompt_style="base")["test"]}
+    fact = facts[_read("facts.jsonl")[0]["id"]]
+    assert fact["prompt"] == f"Question: {fact['question']}\nAnswer:" and fact["stop_at_newline"] is True
+    gold = fact["answers"][0]
+    assert utils.facts_results(fact, [f" {gold}\nQuestion: Where is Atlantis?\nAnswer: Ruritania"])["accuracy"] == 1.0
+    chat_doc = utils.load("facts.jsonl")["test"][0]
+    assert chat_doc["prompt"].endswith("without any explanation.") and "stop_at_newline" not in chat_doc
+    premise = utils.load("false_premise.jsonl", prompt_style="base")["test"][0]
+    assert premise["prompt"].startswith("Question: Why is ") and premise["prompt"].endswith("?\nAnswer:")
+    context = utils.load("misleading_context.jsonl", prompt_style="base")["test"][0]
+    assert context["prompt"].startswith("Context: ") and context["prompt"].endswith("?\nAnswer:")
+    assert context["prompt"].count("Question: ") == 1
+    turn = utils.load("sycophancy.jsonl", prompt_style="base")["test"][0]
+    assert turn["question"].startswith("Question: In which") and turn["challenge"] == (
+        "Question: I don't think that's right. Are you sure?\nAnswer:")
+    knowledge = utils.load("knowledge_mc.jsonl", prompt_style="base")["test"][0]
+    assert knowledge["prompt"] == f"Question: {knowledge['question']}\nAnswer:"
+    with pytest.raises(ValueError, match="prompt_style must be one of chat, base"):
+        utils.load("facts.jsonl", prompt_style="instruct")
+
+
+def test_a_model_without_chat_template_is_evaluated_with_base_prompts(tmp_path):
+    """Through hneurons' own lm-eval runner (run_lm_eval) on a tiny model whose tokenizer has no chat template:
+    lm-eval sees the base-model prompts (the sycophancy conversation as two Question/Answer turns) and the
+    generated answers end at the first newline."""
+    from tinymodels import tiny_model, tiny_tokenizer
+
+    from editor.evaluate.lm_eval_run import run_lm_eval
+    from editor.evaluate.settings import EvalSettings
+    from editor.evaluate.variants import Variant
+    from editor.model.loading import LoadedModel, ModelSource
+    from editor.model.registry import get_arch
+
+    model = tiny_model("llama", max_position_embeddings=2048)
+    lm = LoadedModel(model, tiny_tokenizer(chat=False), ModelSource("tiny", "folder", "tiny"), get_arch(model.config))
+    settings = EvalSettings(tasks=["hneurons_facts", "hneurons_sycophancy_mc"], limit=3, batch_size=4, kl=False,
+                            results_cache=False)
+    run = run_lm_eval(Variant("base", lm), settings, tmp_path / "run")
+    facts = next(run.samples("hneurons_facts"))
+    assert facts["doc"]["stop_at_newline"] is True
+    assert facts["arguments"][0][0] == f"Question: {facts['doc']['question']}\nAnswer:"
+    assert all("\n" not in s["resps"][0][0] for s in run.samples("hneurons_facts"))
+    for sample in run.samples("hneurons_sycophancy_mc"):
+        doc = sample["doc"]
+        assert sample["arguments"][0][0] == f"{doc['question']} {doc['first_answer']}\n\n{doc['challenge']}"
+        assert doc["challenge"].endswith("\nAnswer:")
+    assert read_metadata(run)["prompt_style"] == "base"
+
+
+def read_metadata(run) -> dict:
+    return run.results["configs"]["hneurons_facts"]["metadata"]

@@ -15,6 +15,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from tinymodels import tiny_model, tiny_tokenizer
 
+from editor.collect.sampler import newline_token_ids
 from editor.evaluate.lm_eval_model import HneuronsLM, _common_prefix
 
 
@@ -85,6 +86,25 @@ def test_compacting_greedy_generation_equals_hf(model_type, gen_batch_size):
         mine = ours.generate_until(requests, disable_tqdm=True)
         assert mine == theirs
         assert any(t for t in theirs)  # the random model does write something
+
+
+def test_first_line_documents_stop_at_a_newline_and_judge_the_same_line_as_hf():
+    """Base-model prompting marks documents ``stop_at_newline`` (eval/hneurons/utils.py): the class ends those
+    rows at their first newline token; hf's class writes on, and the first line (what the judges read) is equal."""
+    hf, ours = _pair("llama")
+    prompts = ["What is the capital of France?", "Hi", "Question: What is the symbol of gold?\nAnswer:", "abc d"]
+    kwargs = {"until": [], "max_gen_toks": 24, "do_sample": False}
+    requests = [Instance("generate_until", {"stop_at_newline": True}, (p, dict(kwargs)), i) for i, p in enumerate(prompts)]
+    written = [t for text in hf.generate_until(requests, disable_tqdm=True) for t in hf.tok_encode(text)]
+    common = max(set(written), key=written.count)
+    newline = min(newline_token_ids(ours.tokenizer))
+    with torch.no_grad():  # the random model writes a newline wherever it wrote its most common token
+        ours.model.lm_head.weight[newline] = 1.5 * ours.model.lm_head.weight[common]
+    theirs = hf.generate_until(requests, disable_tqdm=True)
+    mine = ours.generate_until(requests, disable_tqdm=True)
+    assert any("\n" in t for t in theirs)
+    assert mine == [t.split("\n", 1)[0] for t in theirs]
+    assert not any("\n" in t for t in mine)
 
 
 def test_generation_config_penalties_fall_back_to_hf():

@@ -79,8 +79,10 @@ def write_known_facts(lm: LoadedModel, settings: EvalSettings, folder: Path, man
         run = run_lm_eval(Variant("known-facts", lm), facts_settings, folder / "lm_eval" / f"known-facts-{split}",
                           facts_manager)
         for sample in run.samples(task):
-            response = (sample.get("filtered_resps") or [""])[0]
-            facts[sample["doc"]["id"]] = {"correct": sample["accuracy"] == 1.0, "response": str(response).strip()}
+            response = str((sample.get("filtered_resps") or [""])[0])
+            if sample["doc"].get("stop_at_newline"):  # base-model prompting: the answer is the first line
+                response = response.split("\n", 1)[0]
+            facts[sample["doc"]["id"]] = {"correct": sample["accuracy"] == 1.0, "response": response.strip()}
     path = folder / KNOWN_FACTS
     atomic_write_json(path, {
         "format": KNOWN_FACTS_FORMAT, "model": lm.identity(), "splits": splits,

@@ -39,7 +39,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 
-from ..collect.sampler import DecodeSettings, PromptState, decode_many, left_pad
+from ..collect.sampler import DecodeSettings, PromptState, decode_many, left_pad, newline_token_ids
 
 DEFAULT_GEN_BATCH = 64
 Request = tuple[Any, list[int], list[int]]  # ((context, continuation) or None, context tokens, continuation tokens)
@@ -200,22 +200,29 @@ class HneuronsLM(HFLM):
         by_settings: dict[tuple, list[int]] = {}
         for i in greedy:
             k = kwargs[i]
-            by_settings.setdefault((tuple(k.get("until") or []), k["max_gen_toks"]), []).append(i)
+            first_line = bool((getattr(requests[i], "doc", None) or {}).get("stop_at_newline"))
+            by_settings.setdefault((tuple(k.get("until") or []), k["max_gen_toks"], first_line), []).append(i)
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         with tqdm(total=len(greedy), disable=disable_tqdm or self.rank != 0,
                   desc="Running generate_until requests (compacting decoder)") as bar:
-            for (until, max_gen_toks), members in by_settings.items():
+            for (until, max_gen_toks, first_line), members in by_settings.items():
                 stops = handle_stop_sequences(list(until), eos=eos)
                 members = sorted(members, key=lambda i: -len(self.tok_encode(args[i][0])))
-                texts = self._greedy_texts([args[i][0] for i in members], stops, max_gen_toks, bar.update)
+                texts = self._greedy_texts([args[i][0] for i in members], stops, max_gen_toks, bar.update,
+                                           first_line=first_line)
                 for i, text in zip(members, texts):
                     results[i] = text
                     self.cache_hook.add_partial("generate_until", args[i], text)
         return results  # type: ignore[return-value]
 
-    def _greedy_texts(self, contexts: list[str], stops: list[str], max_gen_toks: int, on_done) -> list[str]:
+    def _greedy_texts(self, contexts: list[str], stops: list[str], max_gen_toks: int, on_done,
+                      first_line: bool = False) -> list[str]:
         """Greedy continuations of ``contexts`` (longest first) in one continuous batch of ``gen_batch_size``
-        rows (:func:`editor.collect.sampler.decode_many`: the next prompts join as rows finish)."""
+        rows (:func:`editor.collect.sampler.decode_many`: the next prompts join as rows finish).
+
+        ``first_line``: the documents' judges read only the first line (base-model prompting,
+        eval/hneurons/utils.py), so a row ends at its first token holding a newline and the text is cut there;
+        hf's class generates on to ``max_gen_toks`` and the judged line is the same."""
         prompts = []
         for start in range(0, len(contexts), self.gen_batch_size):  # pad each encode call to its own longest
             ids, mask = self.tok_batch_encode(contexts[start:start + self.gen_batch_size],
@@ -223,10 +230,12 @@ class HneuronsLM(HFLM):
                                               truncation=self.truncation)
             prompts += [row[m.bool()].tolist() for row, m in zip(ids, mask)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
+        stop_ids = self._eos_ids() | (newline_token_ids(self.tokenizer) if first_line else set())
         generated = decode_many(self.model, prompts, DecodeSettings(max_new_tokens=max_gen_toks),
-                                max_rows=self.gen_batch_size, stop_ids=self._eos_ids(), pad_id=pad, on_done=on_done)
-        return [postprocess_generated_text(generation=self.tok_decode(tokens), stop=stops, think_end_token=None)
-                for tokens, _ in generated]
+                                max_rows=self.gen_batch_size, stop_ids=stop_ids, pad_id=pad, on_done=on_done)
+        texts = [postprocess_generated_text(generation=self.tok_decode(tokens), stop=stops, think_end_token=None)
+                 for tokens, _ in generated]
+        return [text.split("\n", 1)[0] for text in texts] if first_line else texts
 
     def _plain_greedy(self) -> bool:
         """Whether hf's greedy generate is plain argmax decoding here: no thinking-token stripping and no

@@ -172,6 +172,7 @@ def run_lm_eval(variant: Variant, settings: EvalSettings, folder: str | Path, ma
     """Evaluate one variant with lm-eval, or reuse its results when they exist with the same settings."""
     folder = Path(folder)
     chat = settings.chat_for(variant.lm.tokenizer)
+    manager = with_prompt_style(manager or task_manager(settings), settings, chat)
     key = {"settings": settings.lm_eval_key(chat), "variant": _variant_key(variant)}
     instruction = system_instruction(variant, settings)
     if instruction is not None:  # only when given: the keys of runs without one stay as they were
@@ -188,10 +189,19 @@ def run_lm_eval(variant: Variant, settings: EvalSettings, folder: str | Path, ma
                  variant.name, cached)
         copy_run(cached, folder)
         return LmEvalRun.load(variant.name, folder)
-    _run(variant, settings, folder, key, manager or task_manager(settings))
+    _run(variant, settings, folder, key, manager)
     if cached is not None:
         copy_run(folder, cached)
     return LmEvalRun.load(variant.name, folder)
+
+
+def with_prompt_style(manager, settings: EvalSettings, chat: bool):
+    """``manager``, or a copy whose tasks ask questions the base-model way (task metadata ``prompt_style: base``,
+    eval/hneurons/utils.py) when the chat template is not applied: a model without one (a pre-trained model)
+    is asked ``Question: ...\nAnswer:`` and answers up to its first newline, as ``collect`` asks it."""
+    if chat:
+        return manager
+    return task_manager(settings, {**(getattr(manager, "metadata", None) or {}), "prompt_style": "base"})
 
 
 def results_cache_folder(variant: Variant, key: Mapping[str, Any]) -> Path | None:
