@@ -94,7 +94,8 @@ def test_first_line_documents_stop_at_a_newline_and_judge_the_same_line_as_hf():
     hf, ours = _pair("llama")
     prompts = ["What is the capital of France?", "Hi", "Question: What is the symbol of gold?\nAnswer:", "abc d"]
     kwargs = {"until": [], "max_gen_toks": 24, "do_sample": False}
-    requests = [Instance("generate_until", {"stop_at_newline": True}, (p, dict(kwargs)), i) for i, p in enumerate(prompts)]
+    requests = [Instance("generate_until", {"stop_at_newline": True}, (p, dict(kwargs)), i)
+                for i, p in enumerate(prompts)]
     written = [t for text in hf.generate_until(requests, disable_tqdm=True) for t in hf.tok_encode(text)]
     common = max(set(written), key=written.count)
     newline = min(newline_token_ids(ours.tokenizer))

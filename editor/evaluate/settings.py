@@ -67,9 +67,10 @@ class EvalSettings(Settings):
                                 "its choices and greedy generation by the compacting decoder (the same numbers up to "
                                 "float rounding, docs/METHOD.md section 8); hf = lm-eval's own")
     gen_batch_size: int = Field(
-        64, ge=1, description="generation batch of the hneurons lm-eval model class (finished rows leave it, so a "
-                              "large batch costs little: on a CPU a decoding step reads every weight once whatever "
-                              "the batch); batch_size stays the log-likelihood batch")
+        64, ge=1, description="generation batch of the hneurons lm-eval model class: finished rows leave it and "
+                              "the next prompts join it (so a large batch costs little: on a CPU a decoding step "
+                              "reads every weight once whatever the batch); batch_size stays the log-likelihood "
+                              "batch")
     results_cache: Annotated[bool, Cli(flag="--no-results-cache", negate=True)] = Field(
         True, description="do not reuse (or store) unedited models' lm-eval results across output folders (the "
                           "cache, under $HNEURONS_CACHE/lm_eval, is keyed by a hash of the weights, the tokenizer, "
