@@ -362,7 +362,7 @@ def test_a_model_without_chat_template_is_evaluated_with_base_prompts(tmp_path):
     generated answers end at the first newline."""
     from tinymodels import tiny_model, tiny_tokenizer
 
-    from editor.evaluate.lm_eval_run import run_lm_eval
+    from editor.evaluate.lm_eval_run import lm_eval_command, run_lm_eval
     from editor.evaluate.settings import EvalSettings
     from editor.evaluate.variants import Variant
     from editor.model.loading import LoadedModel, ModelSource
@@ -382,6 +382,8 @@ def test_a_model_without_chat_template_is_evaluated_with_base_prompts(tmp_path):
         assert sample["arguments"][0][0] == f"{doc['question']} {doc['first_answer']}\n\n{doc['challenge']}"
         assert doc["challenge"].endswith("\nAnswer:")
     assert read_metadata(run)["prompt_style"] == "base"
+    command = lm_eval_command(Variant("base", lm), settings)  # the printed reproduction asks the same way
+    assert "--apply_chat_template" not in command and '"prompt_style": "base"' in command
 
 
 def read_metadata(run) -> dict:

@@ -327,8 +327,11 @@ def lm_eval_command(variant: Variant, settings: EvalSettings, output_path: str |
     if settings.limit is not None:
         parts += ["--limit", str(settings.limit)]
     parts += ["--batch_size", str(settings.batch_size), "--device", device]
-    if settings.chat_for(lm.tokenizer):
+    chat = settings.chat_for(lm.tokenizer)
+    if chat:
         parts += ["--apply_chat_template"]
+    else:  # the tasks' base-model prompting, as run_lm_eval sets it (with_prompt_style)
+        metadata = {**(metadata or {}), "prompt_style": "base"}
     if settings.gen_kwargs:
         parts += ["--gen_kwargs", settings.gen_kwargs]
     instruction = system_instruction(variant, settings)
