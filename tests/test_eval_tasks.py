@@ -338,9 +338,10 @@ def test_base_prompt_style_asks_the_collect_way_and_judges_the_first_line():
     facts = {r["id"]: r for r in utils.load("facts.jsonl", prompt_style="base")["test"]}
     fact = facts[_read("facts.jsonl")[0]["id"]]
     assert fact["prompt"] == f"Question: {fact['question']}\nAnswer:" and fact["stop_at_newline"] is True
-    gold = fact["answers"][0]
-    assert utils.facts_results(fact, [f" {gold}\nQuestion: Where is Atlantis?\nAnswer: Ruritania"])["accuracy"] == 1.0
+    doubt = f" {fact['answers'][0]}\nI am not sure, maybe it is Ruritania."  # line 2 would make it a hedge
+    assert utils.facts_results(fact, [doubt])["accuracy"] == 1.0
     chat_doc = utils.load("facts.jsonl")["test"][0]
+    assert chat_doc["id"] == fact["id"] and utils.facts_results(chat_doc, [doubt])["accuracy"] == 0.0
     assert chat_doc["prompt"].endswith("without any explanation.") and "stop_at_newline" not in chat_doc
     premise = utils.load("false_premise.jsonl", prompt_style="base")["test"][0]
     assert premise["prompt"].startswith("Question: Why is ") and premise["prompt"].endswith("?\nAnswer:")

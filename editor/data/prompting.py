@@ -55,6 +55,12 @@ class Prompt:
     stop_at_newline: bool  # base-model prompting ends the answer at the first newline
 
 
+def answer_line(doc: Any, response: str) -> str:
+    """The part of a task response the judges read: its first line when the document was asked the
+    base-model way (``stop_at_newline``, eval/hneurons/utils.py), else all of it."""
+    return response.split("\n", 1)[0] if doc.get("stop_at_newline") else response
+
+
 def as_ids(encoded: Any) -> list[int]:
     """apply_chat_template returns a list, a tensor, or (transformers 5) a BatchEncoding."""
     if hasattr(encoded, "keys") and "input_ids" in encoded:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import atomic_write_json
+from ..data.prompting import answer_line
 from ..formats import KNOWN_FACTS, KNOWN_FACTS_FORMAT
 from ..model.loading import LoadedModel
 from ..paths import EVAL_DIR
@@ -79,9 +80,7 @@ def write_known_facts(lm: LoadedModel, settings: EvalSettings, folder: Path, man
         run = run_lm_eval(Variant("known-facts", lm), facts_settings, folder / "lm_eval" / f"known-facts-{split}",
                           facts_manager)
         for sample in run.samples(task):
-            response = str((sample.get("filtered_resps") or [""])[0])
-            if sample["doc"].get("stop_at_newline"):  # base-model prompting: the answer is the first line
-                response = response.split("\n", 1)[0]
+            response = answer_line(sample["doc"], str((sample.get("filtered_resps") or [""])[0]))
             facts[sample["doc"]["id"]] = {"correct": sample["accuracy"] == 1.0, "response": response.strip()}
     path = folder / KNOWN_FACTS
     atomic_write_json(path, {

@@ -41,11 +41,11 @@ DATA_DIR = HERE / "data"
 
 try:
     from editor.data import behaviour, judge, questions
-    from editor.data.prompting import BASE_TEMPLATE, DEFAULT_INSTRUCTION
+    from editor.data.prompting import BASE_TEMPLATE, DEFAULT_INSTRUCTION, answer_line
 except ImportError:  # a checkout that is not installed: eval/hneurons/utils.py -> repository root
     sys.path.insert(0, str(HERE.parents[1]))
     from editor.data import behaviour, judge, questions
-    from editor.data.prompting import BASE_TEMPLATE, DEFAULT_INSTRUCTION
+    from editor.data.prompting import BASE_TEMPLATE, DEFAULT_INSTRUCTION, answer_line
 
 PROMPT_STYLES = ("chat", "base")
 
@@ -113,11 +113,6 @@ def base_prompted(row: dict) -> dict:
         plain = row["prompt"].removesuffix(f" {DEFAULT_INSTRUCTION}")
         row["prompt"] = base_question(row["question"] if plain != row["prompt"] else plain)
     return row
-
-
-def answer_line(doc, response: str) -> str:
-    """The part of ``response`` the judges read: its first line under base-model prompting, else all of it."""
-    return response.split("\n", 1)[0] if doc.get("stop_at_newline") else response
 
 
 def _known_facts(path: str | None) -> dict:
