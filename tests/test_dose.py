@@ -110,6 +110,17 @@ def test_reduced_dose_response_of_a_tiny_model_end_to_end(tmp_path, capsys):
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "lm_eval").rglob("results.json")} == stamps
     assert json.loads((out / "dose_response.json").read_text())["rows"] == doc["rows"]
+    # ... and the KL of every variant is read back from kl/ (a marked value comes back), unless its key differs.
+    marked = json.loads((out / "kl" / "H_alpha_0.json").read_text())
+    assert marked["key"]["variant"]["name"] == "H_alpha_0" and len(marked["per_prompt"]) == 2
+    (out / "kl" / "H_alpha_0.json").write_text(json.dumps(marked | {"per_prompt": [0.125, 0.125]}))
+    assert main(argv) == 0
+    again = json.loads((out / "dose_response.json").read_text())["kl"]["mean_per_alpha"]
+    assert again["H"][0] == 0.125 and again["H"][2] == doc["kl"]["mean_per_alpha"]["H"][2]
+    (out / "kl" / "H_alpha_0.json").write_text(json.dumps(marked | {"per_prompt": [0.125, 0.125], "key": {
+        **marked["key"], "sequences_sha256": "other"}}))
+    assert main(argv) == 0
+    assert json.loads((out / "dose_response.json").read_text())["kl"]["mean_per_alpha"] == doc["kl"]["mean_per_alpha"]
 
 
 def test_dose_settings_refuse_what_cannot_give_a_slope_before_any_model_loads(tmp_path, capsys):

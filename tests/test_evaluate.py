@@ -382,6 +382,27 @@ def test_eval_cli_writes_the_documented_outputs_and_resumes(tiny, tmp_path, caps
     # Other settings into the same folder: refused without --overwrite.
     assert main([a if a != "6" else "5" for a in argv]) == 2
     assert "other settings" in capsys.readouterr().err
+def test_run_time_edits_share_the_base_pass_and_match_the_paired_kl(tiny):
+    """kl_divergences scores every run-time edit against one base pass per batch; the values equal the paired
+    (base pass + edited pass per variant) computation, and other kinds (a second loaded model) still pair."""
+    from editor.evaluate.kl import kl_divergences, kl_per_sequence, paired_forward
+
+    base = load_model(str(tiny["ckpt"]), device="cpu")
+    copy = load_model(str(tiny["ckpt"]), device="cpu")
+    seqs = kl_sequences(base, settings(tiny, kl=True))
+    nset = NeuronSet.from_dict(NEURONS)
+    base_v = Variant("base", base)
+    edits = [Variant(f"a{a:g}", base, neurons=nset, alphas=nset.alphas(a)) for a in (0.0, 2.0, 3.0)]
+    shared = kl_divergences(base_v, [*edits, Variant("copy", copy)], seqs, 3)
+    assert list(shared) == ["a0", "a2", "a3", "copy"] and shared["copy"] == [0.0] * 4
+    for variant in edits:
+        with paired_forward(base_v, variant) as forward:
+            paired = kl_per_sequence(forward, seqs.sequences, base.tokenizer.pad_token_id or 0, base.model.device, 3)
+        assert shared[variant.name] == pytest.approx(paired, rel=1e-5, abs=1e-9)
+        assert min(paired) > 0
+    assert np.mean(shared["a3"]) > np.mean(shared["a2"])  # a larger scaling moves the distribution more
+
+
 
 
 def test_user_errors_are_clear(tiny, tmp_path):

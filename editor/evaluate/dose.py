@@ -58,7 +58,7 @@ from ..model.loading import LoadedModel, LoadOptions, load_model
 from ..model.neuron_set import NeuronSet, as_neuron_set
 from ..plots import figure, save_png
 from ..text import fmt
-from .kl import kl_divergence, kl_sequences, write_kl_files
+from .kl import kl_divergences, kl_sequences, stored_kl, write_kl_files
 from .lm_eval_run import LmEvalRun, prepare_environment, run_lm_eval, task_manager
 from .settings import DoseSettings
 from .stage import check_out, known_facts_manager, known_facts_summary, preflight
@@ -305,8 +305,15 @@ def _describe_set(members: NeuronSet) -> dict[str, Any]:
 
 def _kl(lm, base_variant, variants, grid, settings: DoseSettings, out: Path) -> dict[str, Any]:
     seqs = kl_sequences(lm, settings)
-    per_variant = {v.name: kl_divergence(base_variant, v, seqs, settings.batch_size) for v in variants.values()}
-    write_kl_files(out / "kl", seqs, lm.tokenizer, per_variant)
+    by_name = {v.name: v for v in variants.values()}
+    # a re-run (more sets, another report) measures only the variants without a stored KL on these sequences
+    per_variant = {name: stored_kl(out / "kl", v, seqs) for name, v in by_name.items()}
+    missing = [by_name[name] for name, values in per_variant.items() if values is None]
+    if len(missing) < len(by_name):
+        log.info("KL: %d of %d variants found in %s, measuring %d", len(by_name) - len(missing), len(by_name),
+                 out / "kl", len(missing))
+    per_variant.update(kl_divergences(base_variant, missing, seqs, settings.batch_size) if missing else {})
+    write_kl_files(out / "kl", seqs, lm.tokenizer, per_variant, by_name)
     means: dict[str, list[float]] = {}
     for (name, alpha), variant in variants.items():
         means.setdefault(name, [0.0] * len(grid))[grid.index(alpha)] = float(np.mean(per_variant[variant.name]))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import atomic_write_json, atomic_writer
+from ..artifacts import atomic_write_json, atomic_writer, read_json, sha256_json
 from ..data.prompting import read_neutral_prompts, render_prompt_ids
 from ..errors import InputError, ModelMismatchError
 from ..model.hooks import scaled_neurons
@@ -105,48 +105,111 @@ def paired_forward(base: Variant, edited: Variant) -> Iterator[Forward]:
                          f"run-time edit must be on the base model itself")
 
 
+def _kl_rows(log_p: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """Mean over the real positions of KL(p || q) per row, q = softmax(logits)."""
+    log_q = torch.log_softmax(logits, dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)  # clamp: float rounding below 0
+    return ((kl * mask).sum(1) / mask.sum(1)).tolist()
+
+
+def _batches(sequences: Sequence[list[int]], pad: int, device: torch.device,
+             batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start:start + batch_size]
+        width = max(len(s) for s in batch)
+        # Right padding keeps every real token at its natural position (no position ids needed).
+        yield (torch.tensor([s + [pad] * (width - len(s)) for s in batch], device=device),
+               torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=device))
+
+
 @torch.no_grad()
 def kl_per_sequence(forward: Forward, sequences: Sequence[list[int]], pad: int, device: torch.device,
                     batch_size: int) -> list[float]:
     """Mean over positions of KL(base || edited) of the next-token distributions, one value per sequence."""
     values: list[float] = []
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start:start + batch_size]
-        width = max(len(s) for s in batch)
-        # Right padding keeps every real token at its natural position (no position ids needed).
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in batch], device=device)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=device)
+    for ids, mask in _batches(sequences, pad, device, batch_size):
         base_logits, edited_logits = forward(ids, mask)
-        log_p = torch.log_softmax(base_logits, dim=-1)
-        log_q = torch.log_softmax(edited_logits, dim=-1)
-        kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)  # clamp: float rounding below 0
-        kl = (kl * mask).sum(1) / mask.sum(1)
-        values += kl.tolist()
+        values += _kl_rows(torch.log_softmax(base_logits, dim=-1), edited_logits, mask)
+    return values
+
+
+@torch.no_grad()
+def _shared_reference_kl(base: Variant, hooked: Sequence[Variant], seqs: KLSequences,
+                         batch_size: int) -> dict[str, list[float]]:
+    """KL of many run-time edits of one model: each batch's base distribution is computed once and every edit
+    is scored against it (1 + k forward passes per batch instead of 2k)."""
+    from tqdm.auto import tqdm
+
+    model, values = base.lm.model, {v.name: [] for v in hooked}
+    scales = {v.name: v.scales() for v in hooked}
+    batches = _batches(seqs.sequences, _pad_id(base.lm.tokenizer), model.device, batch_size)
+    total = -(-len(seqs.sequences) // batch_size)
+    for ids, mask in tqdm(batches, total=total, desc=f"KL: {len(hooked)} variants", disable=None):
+        log_p = torch.log_softmax(_logits(model, ids, mask), dim=-1)
+        for variant in hooked:
+            with scaled_neurons(model, scales[variant.name]):
+                values[variant.name] += _kl_rows(log_p, _logits(model, ids, mask), mask)
     return values
 
 
 def kl_divergence(base: Variant, edited: Variant, seqs: KLSequences, batch_size: int) -> list[float]:
-    if edited.lm.architecture_hash != base.lm.architecture_hash:
-        raise ModelMismatchError(f"KL needs the same vocabulary and layout: {edited.name} has architecture hash "
-                                 f"{edited.lm.architecture_hash}, {base.name} {base.lm.architecture_hash}")
-    with paired_forward(base, edited) as forward:
-        return kl_per_sequence(forward, seqs.sequences, _pad_id(base.lm.tokenizer), base.lm.model.device,
-                               batch_size)
+    return kl_divergences(base, [edited], seqs, batch_size)[edited.name]
+
+
+def kl_divergences(base: Variant, edited: Sequence[Variant], seqs: KLSequences,
+                   batch_size: int) -> dict[str, list[float]]:
+    """Per-sequence KL(base || variant) for each variant; run-time edits of the base model share its pass."""
+    for variant in edited:
+        if variant.lm.architecture_hash != base.lm.architecture_hash:
+            raise ModelMismatchError(f"KL needs the same vocabulary and layout: {variant.name} has architecture "
+                                     f"hash {variant.lm.architecture_hash}, {base.name} {base.lm.architecture_hash}")
+    hooked = [v for v in edited if v.kind == "hooks" and v.lm is base.lm and base.kind == "model"]
+    values = _shared_reference_kl(base, hooked, seqs, batch_size) if hooked else {}
+    for variant in edited:
+        if variant.name not in values:
+            with paired_forward(base, variant) as forward:
+                values[variant.name] = kl_per_sequence(forward, seqs.sequences, _pad_id(base.lm.tokenizer),
+                                                       base.lm.model.device, batch_size)
+    return {v.name: values[v.name] for v in edited}
+
+
+def sequences_sha256(seqs: KLSequences) -> str:
+    """What a stored per-variant KL was measured on: the prompts and the base continuations, as token ids."""
+    return sha256_json([seqs.prompt_ids, seqs.continuation_ids])
+
+
+def stored_kl(folder: Path, variant: Variant, seqs: KLSequences) -> list[float] | None:
+    """The per-prompt KL of ``variant`` kept in ``folder`` by an earlier run on the same sequences, else None."""
+    path = folder / f"{variant.name}.json"
+    if not path.is_file():
+        return None
+    doc = read_json(path)
+    key = doc.get("key") or {}
+    if key.get("sequences_sha256") != sequences_sha256(seqs) or "variant" not in key:
+        return None
+    if sha256_json(key["variant"]) != sha256_json(variant.describe()):
+        return None
+    return [float(v) for v in doc["per_prompt"]]
 
 
 def kl_summary(values: Sequence[float], ci_iters: int, ci_seed: int) -> dict[str, Any]:
     return {"mean": float(np.mean(values)), "ci95": mean_ci(values, ci_iters, ci_seed), "n_prompts": len(values)}
 
 
-def write_kl_files(folder: Path, seqs: KLSequences, tokenizer: Any, per_variant: Mapping[str, list[float]]) -> None:
+def write_kl_files(folder: Path, seqs: KLSequences, tokenizer: Any, per_variant: Mapping[str, list[float]],
+                   variants: Mapping[str, Variant] | None = None) -> None:
+    """``continuations.jsonl`` and one ``<variant>.json`` per variant; given the variants, each file also keeps
+    the key (sequences and variant) under which :func:`stored_kl` reuses it."""
     with atomic_writer(folder / "continuations.jsonl") as handle:
         for prompt, p_ids, c_ids in zip(seqs.prompts, seqs.prompt_ids, seqs.continuation_ids):
             handle.write(json.dumps({"prompt": prompt, "prompt_tokens": len(p_ids),
                                      "continuation": tokenizer.decode(c_ids, skip_special_tokens=False),
                                      "continuation_tokens": len(c_ids)}, ensure_ascii=False) + "\n")
     for name, values in per_variant.items():
-        atomic_write_json(folder / f"{name}.json", {"direction": "KL(base || variant), nats, mean over positions",
-                                                    "per_prompt": values})
+        doc: dict[str, Any] = {"direction": "KL(base || variant), nats, mean over positions", "per_prompt": values}
+        if variants is not None and name in variants:
+            doc["key"] = {"sequences_sha256": sequences_sha256(seqs), "variant": variants[name].describe()}
+        atomic_write_json(folder / f"{name}.json", doc)
 
 
 Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

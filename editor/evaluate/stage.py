@@ -145,7 +145,7 @@ from ..locking import output_lock
 from ..model.loading import LoadedModel, LoadOptions, check_model, load_model
 from ..model.neuron_set import NeuronSet, as_neuron_set, check_alpha
 from .compare import compare_runs, spread
-from .kl import kl_divergence, kl_sequences, kl_summary, write_kl_files
+from .kl import kl_divergences, kl_sequences, kl_summary, write_kl_files
 from .known import write_known_facts
 from .lm_eval_run import (
     HOOKS_NOTE,
@@ -430,9 +430,7 @@ def check_out(out: Path, settings: EvalSettings, overwrite: bool, name: str = EV
 def _kl_block(base_v: Variant, edited_v: Variant, controls: Sequence[Variant], settings: EvalSettings,
               folder: Path) -> dict[str, Any]:
     seqs = kl_sequences(base_v.lm, settings)
-    per_variant = {edited_v.name: kl_divergence(base_v, edited_v, seqs, settings.batch_size)}
-    for control in controls:
-        per_variant[control.name] = kl_divergence(base_v, control, seqs, settings.batch_size)
+    per_variant = kl_divergences(base_v, [edited_v, *controls], seqs, settings.batch_size)
     write_kl_files(folder, seqs, base_v.lm.tokenizer, per_variant)
     block = kl_summary(per_variant[edited_v.name], settings.ci_iters, settings.ci_seed)
     block.update(direction="KL(base || edited), nats per position, mean over positions then prompts",

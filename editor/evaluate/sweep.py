@@ -83,7 +83,7 @@ from ..model.neuron_set import NeuronSet, as_neuron_set
 from ..plots import figure, save_png
 from ..text import fmt
 from .compare import paired_stats
-from .kl import kl_divergence, kl_sequences, kl_summary, write_kl_files
+from .kl import kl_divergences, kl_sequences, kl_summary, write_kl_files
 from .lm_eval_run import (
     LmEvalRun,
     prepare_environment,
@@ -382,12 +382,13 @@ def _sweep(base, neurons, settings: SweepSettings, grid: list[float], out: Path,
         if alpha != REFERENCE_ALPHA:
             variant = Variant(_folder_name(alpha), lm, neurons=nset, alphas=nset.alphas(alpha))
             run = run_lm_eval(variant, settings, out / "lm_eval" / variant.name, manager)
-            point_kl[variant.name] = kl_divergence(base_variant, variant, seqs, settings.batch_size)
+            point_variants = [variant]
             for seed, cset in controls.items():
                 cvar = Variant(f"{variant.name}_control_seed{seed}", lm, neurons=cset, seed=seed, match_layers=match_layers,
                                alphas=control_alphas(nset, nset.alphas(alpha), cset, match_layers))
                 control_runs[seed] = run_lm_eval(cvar, settings, out / "lm_eval" / cvar.name, manager)
-                point_kl[cvar.name] = kl_divergence(base_variant, cvar, seqs, settings.batch_size)
+                point_variants.append(cvar)
+            point_kl = kl_divergences(base_variant, point_variants, seqs, settings.batch_size)
         point = point_from_runs(alpha, run, reference, control_runs, settings.ci_iters, settings.ci_seed,
                                 settings.paired_test)
         if alpha != REFERENCE_ALPHA:
