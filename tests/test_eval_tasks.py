@@ -325,6 +325,13 @@ def test_the_task_files_hash_follows_task_folders_only(tmp_path):
     assert changed != before
     (tmp_path / "tasks" / "t.yaml").write_text("task: t2\n")
     assert task_files_hash([tmp_path]) != changed
+    # The same files elsewhere (another clone) hash the same; a renamed file does not.
+    import shutil
+
+    copy = shutil.copytree(tmp_path, tmp_path.parent / f"{tmp_path.name}-clone")
+    assert task_files_hash([copy]) == task_files_hash([tmp_path])
+    (copy / "tasks" / "data" / "t.jsonl").rename(copy / "tasks" / "data" / "u.jsonl")
+    assert task_files_hash([copy]) != task_files_hash([tmp_path])
 
 
 # -------------------------------------------------------------------------------- base-model prompting

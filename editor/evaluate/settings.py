@@ -399,12 +399,13 @@ def task_files_hash(include_paths: Iterable[str | Path]) -> str:
 
     Only folders that hold task YAMLs count, with everything below them (a task folder and its data/): files
     beside them that no task reads (eval/judge_validation/'s labels, eval/data/'s question sets) do not make
-    every finished run stale when they change."""
+    every finished run stale when they change. Files are named relative to their include path (numbered in
+    order), so the same tasks in another checkout or clone give the same hash."""
     digests = {}
-    for root in include_paths:
-        task_dirs = {f.parent for f in Path(root).rglob("*") if f.suffix in (".yaml", ".yml") and f.is_file()}
-        for path in sorted(Path(root).rglob("*")):
+    for number, root in enumerate(map(Path, include_paths)):
+        task_dirs = {f.parent for f in root.rglob("*") if f.suffix in (".yaml", ".yml") and f.is_file()}
+        for path in sorted(root.rglob("*")):
             if (path.is_file() and path.suffix in (".yaml", ".yml", ".py", ".json", ".jsonl", ".txt", ".csv")
                     and any(d in path.parents for d in task_dirs)):
-                digests[str(path)] = sha256_file(path)
+                digests[f"{number}:{path.relative_to(root).as_posix()}"] = sha256_file(path)
     return sha256_json(digests)
