@@ -56,6 +56,35 @@ def test_prompt_shared_log_likelihoods_equal_hf_and_run_fewer_tokens(model_type)
     assert ours.forward_tokens < per_choice  # each context once, shared choice prefixes once
 
 
+SYSTEM = "<|system|> You are a careful assistant. Answer with the answer only. <|user|> "
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3"])
+def test_a_system_turn_every_prompt_starts_with_is_run_once_and_changes_no_number(model_type, monkeypatch):
+    """Chat-template prompts share their system turn: on full-attention caches the class runs it once per
+    batch (editor.collect.sampler.prompt_pass) and its log-likelihoods and texts stay hf's; sliding-window
+    caches (gemma3) run every prompt whole."""
+    from editor.collect import sampler
+
+    hf, ours = _pair(model_type)
+    requests = [((SYSTEM + c, t), ours.tok_encode(SYSTEM) + ctx, toks) for (c, t), ctx, toks in _requests(ours.tokenizer)]
+    mine = ours._loglikelihood_tokens(requests, disable_tqdm=True)
+    np.testing.assert_allclose([m[0] for m in mine], [t[0] for t in hf._loglikelihood_tokens(requests, True)],
+                               atol=1e-4, rtol=0)
+    shared_tokens, ours.forward_tokens = ours.forward_tokens, 0
+    monkeypatch.setattr(sampler, "MIN_SHARED_PREFIX", 10**6)  # the same class with the prefix pass switched off
+    plain = ours._loglikelihood_tokens(requests, disable_tqdm=True)
+    np.testing.assert_allclose([m[0] for m in plain], [m[0] for m in mine], atol=1e-4, rtol=0)
+    system, batches = len(ours.tok_encode(SYSTEM)), 2  # 4 contexts in batches of 3
+    expected = ours.forward_tokens - (4 - batches) * system if model_type == "llama" else ours.forward_tokens
+    assert shared_tokens == expected
+    monkeypatch.undo()
+    kwargs = {"until": [], "max_gen_toks": 9, "do_sample": False}
+    prompts = [SYSTEM + p for p in ["What is the capital of France?", "Hi", "abc d", "The currency of Japan is"]]
+    generate = [Instance("generate_until", {}, (p, dict(kwargs)), i) for i, p in enumerate(prompts)]
+    assert ours.generate_until(generate, disable_tqdm=True) == hf.generate_until(generate, disable_tqdm=True)
+
+
 def test_prompt_sharing_can_be_turned_off_and_then_is_hf():
     hf, _ = _pair("llama")
     plain = HneuronsLM(pretrained=hf.model, tokenizer=hf.tokenizer, batch_size=3, prefix_sharing="False")

@@ -271,6 +271,36 @@ def test_decoding_from_a_shared_prompt_pass_equals_decoding_afresh(model_type):
     assert [t for t, _ in again] == [shared[1][0], shared[3][0], shared[0][0]]
 
 
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_a_shared_prefix_is_run_once_and_changes_no_token(model_type):
+    """Prompts that start alike (a chat template's system turn) share one prefix pass on full-attention
+    caches: the state's logits and the greedy tokens equal each prompt decoded alone, through decode and the
+    continuous batch; sliding-window caches (Gemma 3) keep the plain left-padded pass."""
+    from editor.collect.sampler import DecodeSettings, decode, decode_many, prefill, shared_prefix_length
+
+    model = tiny_model(model_type)
+    g = torch.Generator().manual_seed(3)
+    system = torch.randint(4, 300, (12,), generator=g).tolist()
+    prompts = [system + torch.randint(4, 300, (n,), generator=g).tolist() for n in (3, 9, 1, 6)]
+    assert shared_prefix_length(prompts) == 12 and shared_prefix_length([system, system]) == 11
+    assert shared_prefix_length(prompts[:1]) == 0 and shared_prefix_length([[5, 6], [7, 6]]) == 0
+    state = prefill(model, prompts, pad_id=0)
+    full = model_type == "llama"
+    assert state.mask.shape[1] == 21
+    # shared: the gap sits after the prefix (row 2, 1 own token, has 8 masked columns there); plain: on the left
+    assert state.mask[2].tolist() == ([1] * 12 + [0] * 8 + [1] if full else [0] * 8 + [1] * 13)
+    assert state.last_pos.tolist() == [len(p) - 1 for p in prompts]
+    for row, prompt in enumerate(prompts):
+        alone = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+        torch.testing.assert_close(state.logits[row], alone, rtol=1e-4, atol=1e-4)
+    settings = DecodeSettings(max_new_tokens=8)
+    one_by_one = [decode(model, [p], settings, stop_ids=set(), pad_id=0)[0][0] for p in prompts]
+    assert [t for t, _ in decode(model, prompts, settings, stop_ids=set(), pad_id=0)] == one_by_one
+    many = decode_many(model, prompts * 3, settings, max_rows=4, stop_ids={7, 11}, pad_id=0)
+    stopped = [decode(model, [p], settings, stop_ids={7, 11}, pad_id=0)[0] for p in prompts]
+    assert many == stopped * 3
+
+
 @pytest.mark.parametrize("top_k,top_p", [(50, 0.9), (50, 1.0), (0, 0.9), (5, 0.5)])
 def test_candidate_draws_use_the_warped_distribution(top_k, top_p):
     """Sampling among the top-k candidates is the distribution of transformers' warpers (editor.collect.sampler.warp)."""

@@ -115,18 +115,61 @@ class PromptState:
         return PromptState(cache, self.mask[index], self.last_pos[index], self.logits[index])
 
 
+MIN_SHARED_PREFIX = 8  # tokens: below this a separate prefix pass costs more than it saves
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens every prompt starts with (a chat template's system turn), leaving each prompt at least one."""
+    if len(prompts) < 2:
+        return 0
+    limit = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for i in range(limit):
+        if any(p[i] != first[i] for p in prompts[1:]):
+            return i
+    return max(limit, 0)
+
+
 @torch.no_grad()
 def prefill(model, prompts: Sequence[Sequence[int]], pad_id: int) -> PromptState:
-    """One prompt pass over the left-padded ``prompts`` (logits of the last position only)."""
+    """One prompt pass over the left-padded ``prompts`` (logits of the last position only; a prefix every
+    prompt shares is run once: :func:`prompt_pass`)."""
+    return prompt_pass(model, prompts, pad_id)[0]
+
+
+@torch.no_grad()
+def prompt_pass(model, prompts: Sequence[Sequence[int]], pad_id: int,
+                keep: int = 1) -> tuple[PromptState, torch.Tensor, int]:
+    """The prompt pass: (state, logits of the last ``keep`` positions [P, keep, vocab], tokens run).
+
+    When the prompts share a prefix of at least ``MIN_SHARED_PREFIX`` tokens (the system turn of a chat
+    template) and the model's cache is full attention, the prefix is run once and copied to every row: the
+    rows are laid out as [prefix][masked padding][rest of the prompt], with positions that continue the
+    prefix, the gap layout a running batch already has after a row joins (:class:`_Batch`); each prompt keeps
+    at least ``keep`` tokens of its own. Sliding-window caches keep the plain left-padded pass (a gap inside
+    the window would shorten it)."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    shared = min(shared_prefix_length(prompts), min(len(p) for p in prompts) - keep)
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                logits_to_keep=1)
-    return PromptState(cache, mask, positions[:, -1], out.logits[:, -1, :])
+    if shared < MIN_SHARED_PREFIX or not model_supports_continuous(model):
+        ids, mask = left_pad(prompts, pad_id, device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                       logits_to_keep=keep).logits
+        return PromptState(cache, mask, positions[:, -1], logits[:, -1, :]), logits, sum(map(len, prompts))
+    prefix = torch.as_tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
+    model(input_ids=prefix, attention_mask=torch.ones_like(prefix),
+          position_ids=torch.arange(shared, device=device)[None], cache=cache, use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(len(prompts))
+    ids, rest_mask = left_pad([p[shared:] for p in prompts], pad_id, device)
+    mask = torch.cat([rest_mask.new_ones((len(prompts), shared)), rest_mask], dim=1)
+    positions = shared + (rest_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                   logits_to_keep=keep).logits
+    tokens = shared + sum(len(p) - shared for p in prompts)
+    return PromptState(cache, mask, positions[:, -1], logits[:, -1, :]), logits, tokens
 
 
 @torch.no_grad()

@@ -6,7 +6,8 @@ loops replaced:
 * **log-likelihoods with the prompt shared** (:meth:`HneuronsLM._loglikelihood_tokens`). A multiple-choice item
   asks for log p(choice | prompt) once per choice; ``hf`` runs prompt + choice through the model for every choice
   (it shares the prompt only when every choice is one token). Here the requests are grouped by their context
-  tokens, each context is run once (left-padded, KV cache kept, :func:`editor.collect.sampler.prefill`), and
+  tokens, each context is run once (left-padded, KV cache kept, :func:`editor.collect.sampler.prompt_pass`:
+  the system turn every context of a batch starts with is run once for the batch), and
   only the continuation tokens are run for each choice, on a copy of that cache. The context's last logits
   score a continuation's first token, so one-token choices need no second pass at all.
 * **greedy generation with the compacting decoder** (:meth:`HneuronsLM.generate_until`,
@@ -41,7 +42,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 
-from ..collect.sampler import DecodeSettings, PromptState, decode_many, left_pad, newline_token_ids
+from ..collect.sampler import DecodeSettings, decode_many, newline_token_ids, prompt_pass
 
 DEFAULT_GEN_BATCH = 64
 Request = tuple[Any, list[int], list[int]]  # ((context, continuation) or None, context tokens, continuation tokens)
@@ -63,21 +64,6 @@ def _common_prefix(continuations: Sequence[list[int]]) -> list[int]:
     while n < limit and all(c[n] == continuations[0][n] for c in continuations):
         n += 1
     return list(continuations[0][:n])
-
-
-@torch.no_grad()
-def _prefill_last(model, prompts: Sequence[Sequence[int]], pad_id: int, keep: int) -> tuple[PromptState, torch.Tensor]:
-    """One left-padded pass over ``prompts`` keeping the KV cache and the logits of the last ``keep`` positions
-    ([prompts, keep, vocab]; :func:`editor.collect.sampler.prefill` keeps one)."""
-    from transformers import DynamicCache
-
-    device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                   logits_to_keep=keep).logits
-    return PromptState(cache, mask, positions[:, -1], logits[:, -1, :]), logits
 
 
 @register_model("hneurons")
@@ -143,8 +129,8 @@ class HneuronsLM(HFLM):
         shared = [_common_prefix([toks for g2, toks in members if g2 == g]) for g in range(len(contexts))]
         prompts = [list(ctx) + s for ctx, s in zip(contexts, shared)]
         keep = 1 + max(len(s) for s in shared)
-        state, logits = _prefill_last(self.model, prompts, pad, keep)
-        self.forward_tokens += sum(len(p) for p in prompts)
+        state, logits, tokens = prompt_pass(self.model, prompts, pad, keep)
+        self.forward_tokens += tokens
         logp = F.log_softmax(logits.float(), dim=-1)  # [contexts, keep, vocab]; position -1 scores the next token
         head = []  # per context: (log p, greedy?) of its shared tokens
         for g, s in enumerate(shared):
