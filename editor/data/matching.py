@@ -23,6 +23,7 @@ Stdlib only: lm-eval task code imports the judges without loading torch.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
@@ -179,14 +180,21 @@ def _runs(response: Sequence[Unit], alias: Sequence[Unit]) -> list[int]:
     return hits
 
 
+@functools.lru_cache(maxsize=16384)
+def _token_units(text: str) -> tuple[tuple[Token, ...], tuple[Unit, ...]]:
+    """tokens and units of ``text``, kept: a judge matches one response against every alias of every other
+    answer of its relation, and the same aliases against every response (immutable, so safe to share)."""
+    toks = tuple(tokens(text))
+    return toks, tuple(units(toks))
+
+
 def mentions(text: str, answers: Sequence[str]) -> list[tuple[str, tuple[int, int]]]:
     """Every occurrence of one of ``answers`` in ``text``: (alias, [start, end) span), in text order; where two
     aliases overlap, the longer is kept. Aliases that normalise to nothing (e.g. "The") are ignored."""
-    toks = tokens(text)
-    text_units = units(toks)
+    toks, text_units = _token_units(text)
     found: list[tuple[int, int, str]] = []  # (first unit, last unit, alias)
     for alias in answers:
-        alias_units = units(tokens(alias))
+        alias_units = _token_units(alias)[1]
         if not alias_units:
             continue
         found += [(i, i + len(alias_units) - 1, alias) for i in _runs(text_units, alias_units)]
