@@ -382,6 +382,25 @@ def test_eval_cli_writes_the_documented_outputs_and_resumes(tiny, tmp_path, caps
     # Other settings into the same folder: refused without --overwrite.
     assert main([a if a != "6" else "5" for a in argv]) == 2
     assert "other settings" in capsys.readouterr().err
+def test_kl_continuations_are_generates_greedy_tokens_up_to_and_with_the_end_of_turn(tiny):
+    """The compacting decoder writes the KL sequences: the tokens of transformers' greedy generate, each cut
+    after its first end-of-turn token (kept), whatever the batch."""
+    from editor.evaluate.kl import _eos_ids, greedy_continuations
+
+    base = load_model(str(tiny["ckpt"]), device="cpu")
+    prompts = [base.tokenizer.encode(t) for t in ("Hi there", "Write a poem about the sea", "abc", "The sky is")]
+    eos = _eos_ids(base)
+    expected = []
+    for ids in prompts:
+        out = base.model.generate(input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                  pad_token_id=base.tokenizer.eos_token_id)[0, len(ids):].tolist()
+        cut = next((i + 1 for i, t in enumerate(out) if t in eos), len(out))
+        expected.append(out[:cut])
+    assert greedy_continuations(base, prompts, 12, batch_size=2) == expected
+    assert greedy_continuations(base, prompts, 12, batch_size=8) == expected
+    assert all(0 < len(c) <= 12 for c in expected)
+
+
 def test_run_time_edits_share_the_base_pass_and_match_the_paired_kl(tiny):
     """kl_divergences scores every run-time edit against one base pass per batch; the values equal the paired
     (base pass + edited pass per variant) computation, and other kinds (a second loaded model) still pair."""

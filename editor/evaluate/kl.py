@@ -36,22 +36,18 @@ def _pad_id(tokenizer: Any) -> int:
 @torch.no_grad()
 def greedy_continuations(lm: LoadedModel, prompt_ids: Sequence[list[int]], new_tokens: int,
                          batch_size: int) -> list[list[int]]:
-    """The base model's greedy continuation of each prompt (left-padded batches), cut after end of turn."""
+    """The base model's greedy continuation of each prompt, ending with (and including) its end-of-turn
+    token when it writes one: the compacting decoder (:func:`editor.collect.sampler.decode_many`), whose
+    greedy tokens are ``generate``'s up to float rounding."""
     from tqdm.auto import tqdm
 
-    pad, eos, device = _pad_id(lm.tokenizer), _eos_ids(lm), lm.model.device
-    out: list[list[int]] = []
-    for start in tqdm(range(0, len(prompt_ids), batch_size), desc="KL: base continuations", disable=None):
-        batch = prompt_ids[start:start + batch_size]
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
-        generated = lm.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=new_tokens,
-                                      do_sample=False, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
-        for row in generated[:, width:].tolist():
-            cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-            out.append(row[:cut])
-    return out
+    from ..collect.sampler import DecodeSettings, decode_many
+
+    with tqdm(total=len(prompt_ids), desc="KL: base continuations", disable=None) as bar:
+        generated = decode_many(lm.model, prompt_ids, DecodeSettings(max_new_tokens=new_tokens),
+                                max_rows=batch_size, stop_ids=set(), stop_token_ids=_eos_ids(lm),
+                                pad_id=_pad_id(lm.tokenizer), on_done=bar.update)
+    return [tokens for tokens, _ in generated]
 
 
 @dataclass
