@@ -117,6 +117,23 @@ def test_compacting_greedy_generation_equals_hf(model_type, gen_batch_size):
         assert any(t for t in theirs)  # the random model does write something
 
 
+@pytest.mark.parametrize("model_type", ["llama", "gemma3"])
+def test_requests_of_several_limits_and_stops_share_one_stream_and_equal_hf(model_type):
+    """Tasks of different max_gen_toks and until in one generate_until call (lm-eval sends every task's
+    requests together): one decoding stream, each row to its own limit and cut at its own stops, as hf."""
+    hf, ours = _pair(model_type)
+    ours.gen_batch_size = 3
+    prompts = ["What is the capital of France?", "Hi", "Question: What is the symbol of gold? Answer:", "abc d",
+               "The currency of Japan is", "Write", "One two three"]
+    kinds = [{"until": [], "max_gen_toks": 5}, {"until": ["e", "."], "max_gen_toks": 11},
+             {"until": [], "max_gen_toks": 8}]
+    requests = [Instance("generate_until", {}, (p, {**kinds[i % 3], "do_sample": False}), i)
+                for i, p in enumerate(prompts)]
+    theirs = hf.generate_until(requests, disable_tqdm=True)
+    assert ours.generate_until(requests, disable_tqdm=True) == theirs
+    assert len({len(hf.tok_encode(t)) for t in theirs}) > 1
+
+
 def test_first_line_documents_stop_at_a_newline_and_judge_the_same_line_as_hf():
     """Base-model prompting marks documents ``stop_at_newline`` (eval/hneurons/utils.py): the class ends those
     rows at their first newline token; hf's class writes on, and the first line (what the judges read) is equal."""

@@ -299,6 +299,13 @@ def test_a_shared_prefix_is_run_once_and_changes_no_token(model_type):
     many = decode_many(model, prompts * 3, settings, max_rows=4, stop_ids={7, 11}, pad_id=0)
     stopped = [decode(model, [p], settings, stop_ids={7, 11}, pad_id=0)[0] for p in prompts]
     assert many == stopped * 3
+    # every prompt its own limit, one stream (continuous) or batches of one limit (sliding window)
+    limits = [3, 8, 5, 8, 3, 1]
+    mixed = decode_many(model, prompts + prompts[:2], settings, max_rows=3, stop_ids=set(), pad_id=0,
+                        max_new_tokens=limits)
+    assert mixed == [decode(model, [p], DecodeSettings(max_new_tokens=n), stop_ids=set(), pad_id=0)[0]
+                     for p, n in zip(prompts + prompts[:2], limits)]
+    assert [len(t) for t, _ in mixed] == limits
 
 
 @pytest.mark.parametrize("top_k,top_p", [(50, 0.9), (50, 1.0), (0, 0.9), (5, 0.5)])

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -343,12 +343,14 @@ def _generator(settings: DecodeSettings, seed: int | None, device) -> torch.Gene
 
 @torch.no_grad()
 def _decode_stream(model, take, settings: DecodeSettings, *, on_finish, max_rows: int, stop_ids: set[int],
-                   stop_token_ids: set[int] | None, generator: torch.Generator | None) -> None:
+                   stop_token_ids: set[int] | None, generator: torch.Generator | None,
+                   max_tokens_of=None) -> None:
     """The continuous-batching loop. ``take(free)`` returns up to ``free`` new rows as ``(state, keys, sampled)``
     (a :class:`PromptState` of those rows, a key per row, whether each row samples) or None when there are none;
     it is asked whenever at least a quarter of ``max_rows`` is free (or the batch is empty), so the batch stays
     full without rebuilding the cache after every finished row. ``on_finish(key, tokens, ended, sampled)`` is
-    called as each row ends (``tokens, ended`` as :func:`decode` returns them)."""
+    called as each row ends (``tokens, ended`` as :func:`decode` returns them). ``max_tokens_of(key)``, when
+    given, is a row's own token limit (else ``settings.max_new_tokens``)."""
     include = stop_token_ids or set()
     batch: _Batch | None = None
     key_of: list[Any] = []  # key of every row ever started, by its request number
@@ -372,7 +374,8 @@ def _decode_stream(model, take, settings: DecodeSettings, *, on_finish, max_rows
             if not ended:
                 tokens.append(tok)
                 ended = tok in include
-            if ended or len(tokens) >= settings.max_new_tokens:
+            limit = settings.max_new_tokens if max_tokens_of is None else max_tokens_of(key_of[batch.owner[i]])
+            if ended or len(tokens) >= limit:
                 on_finish(key_of[batch.owner[i]], tokens, ended, batch.sampled[i])
             else:
                 alive.append(i)
@@ -425,21 +428,30 @@ def decode_continuous(model, state: PromptState, settings: DecodeSettings, *, re
 
 def decode_many(model, prompts: Sequence[Sequence[int]], settings: DecodeSettings, *, max_rows: int,
                 stop_ids: set[int], pad_id: int, stop_token_ids: set[int] | None = None, seed: int | None = None,
-                on_done=None) -> list[tuple[list[int], bool]]:
+                on_done=None, max_new_tokens: Sequence[int] | None = None) -> list[tuple[list[int], bool]]:
     """:func:`decode` for any number of prompts with one batch of at most ``max_rows`` rows that the next
     prompts join (their prompt pass run as they join) while others finish, so a few long answers do not
     leave the batch nearly empty for their last steps; ``on_done(n)`` is called as n more prompts finish.
     Prompts join in the order given (put similar lengths together: each prompt pass pads to its longest).
     Models whose caches cannot take rows mid-way (sliding windows) decode in consecutive batches of
-    ``max_rows`` (:func:`decode`). Greedy results equal :func:`decode`'s up to float rounding."""
+    ``max_rows`` (:func:`decode`). Greedy results equal :func:`decode`'s up to float rounding.
+
+    ``max_new_tokens`` gives every prompt its own limit (``settings.max_new_tokens`` is then unused), so that
+    requests of several limits share one batch."""
     results: list[tuple[list[int], bool] | None] = [None] * len(prompts)
+    limits = list(max_new_tokens) if max_new_tokens is not None else [settings.max_new_tokens] * len(prompts)
     if not model_supports_continuous(model):
-        for start in range(0, len(prompts), max_rows):
-            chunk = list(prompts[start:start + max_rows])
-            results[start:start + len(chunk)] = decode(model, chunk, settings, stop_ids=stop_ids, pad_id=pad_id,
-                                                       stop_token_ids=stop_token_ids, seed=seed)
+        start = 0
+        while start < len(prompts):  # consecutive batches of at most max_rows, each of one limit
+            end = start + 1
+            while end < min(len(prompts), start + max_rows) and limits[end] == limits[start]:
+                end += 1
+            chunk = list(prompts[start:end])
+            results[start:end] = decode(model, chunk, replace(settings, max_new_tokens=limits[start]),
+                                        stop_ids=stop_ids, pad_id=pad_id, stop_token_ids=stop_token_ids, seed=seed)
             if on_done is not None:
                 on_done(len(chunk))
+            start = end
         return results  # type: ignore[return-value]
     next_prompt = 0
 
@@ -457,6 +469,7 @@ def decode_many(model, prompts: Sequence[Sequence[int]], settings: DecodeSetting
             on_done(1)
 
     device = next(model.parameters()).device
-    _decode_stream(model, take, settings, on_finish=finish, max_rows=max_rows, stop_ids=stop_ids,
-                   stop_token_ids=stop_token_ids, generator=_generator(settings, seed, device))
+    _decode_stream(model, take, replace(settings, max_new_tokens=max(limits, default=1)), on_finish=finish,
+                   max_rows=max_rows, stop_ids=stop_ids, stop_token_ids=stop_token_ids,
+                   generator=_generator(settings, seed, device), max_tokens_of=limits.__getitem__)
     return results  # type: ignore[return-value]

@@ -185,44 +185,52 @@ class HneuronsLM(HFLM):
             for i, text in zip(sampled, super().generate_until([requests[i] for i in sampled], disable_tqdm)):
                 results[i] = text
         greedy = [i for i in range(len(requests)) if results[i] is None]
-        by_settings: dict[tuple, list[int]] = {}
+        # one decoding stream per stop set (first-line documents also stop at a newline): requests of every
+        # task and length limit share it, the longest limits first, so the short ones fill its tail
+        by_stops: dict[bool, list[int]] = {}
         for i in greedy:
-            k = kwargs[i]
-            first_line = bool((getattr(requests[i], "doc", None) or {}).get("stop_at_newline"))
-            by_settings.setdefault((tuple(k.get("until") or []), k["max_gen_toks"], first_line), []).append(i)
+            by_stops.setdefault(bool((getattr(requests[i], "doc", None) or {}).get("stop_at_newline")), []).append(i)
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         with tqdm(total=len(greedy), disable=disable_tqdm or self.rank != 0,
                   desc="Running generate_until requests (compacting decoder)") as bar:
-            for (until, max_gen_toks, first_line), members in by_settings.items():
-                stops = handle_stop_sequences(list(until), eos=eos)
-                members = sorted(members, key=lambda i: -len(self.tok_encode(args[i][0])))
-                texts = self._greedy_texts([args[i][0] for i in members], stops, max_gen_toks, bar.update,
+            for first_line, members in by_stops.items():
+                members = sorted(members, key=lambda i: (-kwargs[i]["max_gen_toks"], -len(self.tok_encode(args[i][0]))))
+                texts = self._greedy_texts([args[i][0] for i in members],
+                                           [handle_stop_sequences(list(kwargs[i].get("until") or []), eos=eos)
+                                            for i in members],
+                                           [kwargs[i]["max_gen_toks"] for i in members], bar.update,
                                            first_line=first_line)
                 for i, text in zip(members, texts):
                     results[i] = text
                     self.cache_hook.add_partial("generate_until", args[i], text)
         return results  # type: ignore[return-value]
 
-    def _greedy_texts(self, contexts: list[str], stops: list[str], max_gen_toks: int, on_done,
+    def _greedy_texts(self, contexts: list[str], stops: list[list[str]], limits: list[int], on_done,
                       first_line: bool = False) -> list[str]:
-        """Greedy continuations of ``contexts`` (longest first) in one continuous batch of ``gen_batch_size``
-        rows (:func:`editor.collect.sampler.decode_many`: the next prompts join as rows finish).
+        """Greedy continuations of ``contexts`` (each with its stop strings and token limit; longest limits
+        first) in one continuous batch of ``gen_batch_size`` rows (:func:`editor.collect.sampler.decode_many`:
+        the next prompts join as rows finish).
 
         ``first_line``: the documents' judges read only the first line (base-model prompting,
         eval/hneurons/utils.py), so a row ends at its first token holding a newline and the text is cut there;
         hf's class generates on to ``max_gen_toks`` and the judged line is the same."""
-        prompts = []
-        for start in range(0, len(contexts), self.gen_batch_size):  # pad each encode call to its own longest
-            ids, mask = self.tok_batch_encode(contexts[start:start + self.gen_batch_size],
-                                              left_truncate_len=self.max_length - max_gen_toks,
+        prompts: list[list[int]] = []
+        start = 0
+        while start < len(contexts):  # pad each encode call to its own longest; truncate as hf does per limit
+            end = start + 1
+            while end < min(len(contexts), start + self.gen_batch_size) and limits[end] == limits[start]:
+                end += 1
+            ids, mask = self.tok_batch_encode(contexts[start:end], left_truncate_len=self.max_length - limits[start],
                                               truncation=self.truncation)
             prompts += [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+            start = end
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
         stop_ids = self._eos_ids() | (newline_token_ids(self.tokenizer) if first_line else set())
-        generated = decode_many(self.model, prompts, DecodeSettings(max_new_tokens=max_gen_toks),
-                                max_rows=self.gen_batch_size, stop_ids=stop_ids, pad_id=pad, on_done=on_done)
-        texts = [postprocess_generated_text(generation=self.tok_decode(tokens), stop=stops, think_end_token=None)
-                 for tokens, _ in generated]
+        generated = decode_many(self.model, prompts, DecodeSettings(max_new_tokens=max(limits)),
+                                max_rows=self.gen_batch_size, stop_ids=stop_ids, pad_id=pad, on_done=on_done,
+                                max_new_tokens=limits)
+        texts = [postprocess_generated_text(generation=self.tok_decode(tokens), stop=row_stops, think_end_token=None)
+                 for (tokens, _), row_stops in zip(generated, stops)]
         return [text.split("\n", 1)[0] for text in texts] if first_line else texts
 
     def _plain_greedy(self) -> bool:
