@@ -109,7 +109,7 @@ def eval_stage(lm, neurons: str | None, tmp: Path) -> dict:
                                                                                           "kl_max_prompts")},
             "edited": f"{what} at alpha 0 (run-time)", "hf_seconds": round(runs["hf"]["seconds"], 1),
             "hneurons_seconds": round(runs["hneurons"]["seconds"], 1),
-            "time_ratio": round(runs["hf"]["seconds"] / runs["hneurons"]["seconds"], 2),
+            "time_ratio": round(runs["hf"]["seconds"] / runs["hneurons"]["seconds"], 3),
             "metrics_agree": agree, "largest_metric_difference": worst, "rows": len(runs["hf"]["metrics"])}
 
 
