@@ -13,7 +13,8 @@ loops replaced:
 * **greedy generation with the compacting decoder** (:meth:`HneuronsLM.generate_until`,
   :func:`editor.collect.sampler.decode_many`): finished rows leave the batch instead of being padded to the
   longest, and the next prompts join it as they leave (continuous batching; models with sliding-window caches
-  decode in consecutive batches instead). The stop strings (``until``) are cut from the text as ``hf`` cuts
+  decode in consecutive batches instead). The requests of every task share one stream, each row to its own
+  ``max_gen_toks`` (longest limits first, so the short ones fill the tail). The stop strings (``until``) are cut from the text as ``hf`` cuts
   them; decoding stops at the model's end-of-sequence tokens, and for documents marked ``stop_at_newline``
   (base-model prompting, eval/hneurons/utils.py) at the first newline token, where their judged answer ends.
   Sampled generation (``do_sample``) is passed to ``hf``'s loop unchanged.
