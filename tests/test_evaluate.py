@@ -17,7 +17,7 @@ import torch
 from editor.cli import main
 from editor.errors import InputError, ModelMismatchError
 from editor.evaluate.compare import compare_runs, paired_bootstrap
-from editor.evaluate.kl import kl_divergence, kl_sequences
+from editor.evaluate.kl import kl_divergences, kl_sequences
 from editor.evaluate.lm_eval_run import LmEvalRun, local_task_names, task_split
 from editor.evaluate.settings import EvalSettings
 from editor.evaluate.stage import evaluate
@@ -324,9 +324,9 @@ def test_kl_is_zero_for_identical_models_and_positive_for_an_edit(tiny):
     assert all(len(c) > 0 for c in seqs.continuation_ids)
     nset = NeuronSet.from_dict(NEURONS)
     base_v = Variant("base", base)
-    same = kl_divergence(base_v, Variant("copy", copy), seqs, 4)
-    unit = kl_divergence(base_v, Variant("a1", base, neurons=nset, alphas=nset.alphas(1.0)), seqs, 4)
-    edited = kl_divergence(base_v, Variant("a0", base, neurons=nset, alphas=nset.alphas(0.0)), seqs, 4)
+    values = kl_divergences(base_v, [Variant("copy", copy), Variant("a1", base, neurons=nset, alphas=nset.alphas(1.0)),
+                                     Variant("a0", base, neurons=nset, alphas=nset.alphas(0.0))], seqs, 4)
+    same, unit, edited = values["copy"], values["a1"], values["a0"]
     assert same == [0.0] * 4 and unit == [0.0] * 4
     assert all(v > 1e-4 for v in edited)
     # Independent check of the formula on the first sequence: torch's kl_div, mean over positions.
@@ -401,24 +401,31 @@ def test_kl_continuations_are_generates_greedy_tokens_up_to_and_with_the_end_of_
     assert all(0 < len(c) <= 12 for c in expected)
 
 
-def test_run_time_edits_share_the_base_pass_and_match_the_paired_kl(tiny):
-    """kl_divergences scores every run-time edit against one base pass per batch; the values equal the paired
-    (base pass + edited pass per variant) computation, and other kinds (a second loaded model) still pair."""
-    from editor.evaluate.kl import kl_divergences, kl_per_sequence, paired_forward
+def test_run_time_edits_share_the_base_pass_and_equal_each_sequence_scored_alone(tiny):
+    """kl_divergences scores every run-time edit against one base pass per batch (right-padded batches of 3);
+    each value equals the KL of that sequence run alone through the base model and through the edited one
+    (torch's kl_div, mean over positions); a second loaded model goes through the paired path."""
+    from editor.model.hooks import scaled_neurons
 
     base = load_model(str(tiny["ckpt"]), device="cpu")
     copy = load_model(str(tiny["ckpt"]), device="cpu")
     seqs = kl_sequences(base, settings(tiny, kl=True))
     nset = NeuronSet.from_dict(NEURONS)
-    base_v = Variant("base", base)
     edits = [Variant(f"a{a:g}", base, neurons=nset, alphas=nset.alphas(a)) for a in (0.0, 2.0, 3.0)]
-    shared = kl_divergences(base_v, [*edits, Variant("copy", copy)], seqs, 3)
+    shared = kl_divergences(Variant("base", base), [*edits, Variant("copy", copy)], seqs, 3)
     assert list(shared) == ["a0", "a2", "a3", "copy"] and shared["copy"] == [0.0] * 4
-    for variant in edits:
-        with paired_forward(base_v, variant) as forward:
-            paired = kl_per_sequence(forward, seqs.sequences, base.tokenizer.pad_token_id or 0, base.model.device, 3)
-        assert shared[variant.name] == pytest.approx(paired, rel=1e-5, abs=1e-9)
-        assert min(paired) > 0
+    with torch.no_grad():
+        for variant in edits:
+            alone = []
+            for sequence in seqs.sequences:
+                ids = torch.tensor([sequence])
+                log_p = torch.log_softmax(base.model(ids).logits.float(), -1)
+                with scaled_neurons(base.model, variant.scales()):
+                    log_q = torch.log_softmax(base.model(ids).logits.float(), -1)
+                alone.append(float(torch.nn.functional.kl_div(log_q, log_p, log_target=True,
+                                                              reduction="none").sum(-1).mean()))
+            assert shared[variant.name] == pytest.approx(alone, rel=1e-4, abs=1e-9)
+            assert min(alone) > 0
     assert np.mean(shared["a3"]) > np.mean(shared["a2"])  # a larger scaling moves the distribution more
 
 

@@ -312,7 +312,7 @@ def _kl(lm, base_variant, variants, grid, settings: DoseSettings, out: Path) -> 
     if len(missing) < len(by_name):
         log.info("KL: %d of %d variants found in %s, measuring %d", len(by_name) - len(missing), len(by_name),
                  out / "kl", len(missing))
-    per_variant.update(kl_divergences(base_variant, missing, seqs, settings.batch_size) if missing else {})
+    per_variant.update(kl_divergences(base_variant, missing, seqs, settings.batch_size))
     write_kl_files(out / "kl", seqs, lm.tokenizer, per_variant, by_name)
     means: dict[str, list[float]] = {}
     for (name, alpha), variant in variants.items():

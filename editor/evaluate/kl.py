@@ -76,17 +76,9 @@ def _logits(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor)
 
 @contextlib.contextmanager
 def paired_forward(base: Variant, edited: Variant) -> Iterator[Forward]:
-    """A function batch -> (base logits, edited logits), each edit switched on only for its own pass."""
-    if edited.kind == "hooks" and edited.lm is base.lm:
-        scales = edited.scales()
-
-        def hooks(ids, mask):
-            reference = _logits(base.lm.model, ids, mask)
-            with scaled_neurons(base.lm.model, scales):
-                return reference, _logits(base.lm.model, ids, mask)
-
-        yield hooks
-    elif edited.kind == "adapter" and edited.lm is base.lm:
+    """A function batch -> (base logits, edited logits), each edit switched on only for its own pass (run-time
+    edits of the base model are not paired: :func:`kl_divergences` scores them against one shared base pass)."""
+    if edited.kind == "adapter" and edited.lm is base.lm:
         with edited.active() as wrapped:
             def adapter(ids, mask):
                 with wrapped.disable_adapter():
@@ -146,10 +138,6 @@ def _shared_reference_kl(base: Variant, hooked: Sequence[Variant], seqs: KLSeque
             with scaled_neurons(model, scales[variant.name]):
                 values[variant.name] += _kl_rows(log_p, _logits(model, ids, mask), mask)
     return values
-
-
-def kl_divergence(base: Variant, edited: Variant, seqs: KLSequences, batch_size: int) -> list[float]:
-    return kl_divergences(base, [edited], seqs, batch_size)[edited.name]
 
 
 def kl_divergences(base: Variant, edited: Sequence[Variant], seqs: KLSequences,
