@@ -67,7 +67,8 @@ def test_a_system_turn_every_prompt_starts_with_is_run_once_and_changes_no_numbe
     from editor.collect import sampler
 
     hf, ours = _pair(model_type)
-    requests = [((SYSTEM + c, t), ours.tok_encode(SYSTEM) + ctx, toks) for (c, t), ctx, toks in _requests(ours.tokenizer)]
+    system = ours.tok_encode(SYSTEM)
+    requests = [((SYSTEM + c, t), system + ctx, toks) for (c, t), ctx, toks in _requests(ours.tokenizer)]
     mine = ours._loglikelihood_tokens(requests, disable_tqdm=True)
     np.testing.assert_allclose([m[0] for m in mine], [t[0] for t in hf._loglikelihood_tokens(requests, True)],
                                atol=1e-4, rtol=0)

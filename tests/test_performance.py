@@ -306,6 +306,9 @@ def test_a_shared_prefix_is_run_once_and_changes_no_token(model_type):
     assert mixed == [decode(model, [p], DecodeSettings(max_new_tokens=n), stop_ids=set(), pad_id=0)[0]
                      for p, n in zip(prompts + prompts[:2], limits)]
     assert [len(t) for t, _ in mixed] == limits
+    from editor.collect.sampler import equal_runs
+
+    assert equal_runs([3, 3, 8, 8, 8, 1], 2) == [(0, 2), (2, 4), (4, 5), (5, 6)] and equal_runs([], 4) == []
 
 
 @pytest.mark.parametrize("top_k,top_p", [(50, 0.9), (50, 1.0), (0, 0.9), (5, 0.5)])

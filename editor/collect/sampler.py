@@ -426,6 +426,18 @@ def decode_continuous(model, state: PromptState, settings: DecodeSettings, *, re
     return n_sampled
 
 
+def equal_runs(values: Sequence[Any], size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` spans of consecutive equal ``values``, each at most ``size`` long."""
+    spans, start = [], 0
+    while start < len(values):
+        end = start + 1
+        while end < min(len(values), start + size) and values[end] == values[start]:
+            end += 1
+        spans.append((start, end))
+        start = end
+    return spans
+
+
 def decode_many(model, prompts: Sequence[Sequence[int]], settings: DecodeSettings, *, max_rows: int,
                 stop_ids: set[int], pad_id: int, stop_token_ids: set[int] | None = None, seed: int | None = None,
                 on_done=None, max_new_tokens: Sequence[int] | None = None) -> list[tuple[list[int], bool]]:
@@ -441,17 +453,12 @@ def decode_many(model, prompts: Sequence[Sequence[int]], settings: DecodeSetting
     results: list[tuple[list[int], bool] | None] = [None] * len(prompts)
     limits = list(max_new_tokens) if max_new_tokens is not None else [settings.max_new_tokens] * len(prompts)
     if not model_supports_continuous(model):
-        start = 0
-        while start < len(prompts):  # consecutive batches of at most max_rows, each of one limit
-            end = start + 1
-            while end < min(len(prompts), start + max_rows) and limits[end] == limits[start]:
-                end += 1
+        for start, end in equal_runs(limits, max_rows):  # consecutive batches, each of one limit
             chunk = list(prompts[start:end])
             results[start:end] = decode(model, chunk, replace(settings, max_new_tokens=limits[start]),
                                         stop_ids=stop_ids, pad_id=pad_id, stop_token_ids=stop_token_ids, seed=seed)
             if on_done is not None:
                 on_done(len(chunk))
-            start = end
         return results  # type: ignore[return-value]
     next_prompt = 0
 

@@ -14,9 +14,10 @@ loops replaced:
   :func:`editor.collect.sampler.decode_many`): finished rows leave the batch instead of being padded to the
   longest, and the next prompts join it as they leave (continuous batching; models with sliding-window caches
   decode in consecutive batches instead). The requests of every task share one stream, each row to its own
-  ``max_gen_toks`` (longest limits first, so the short ones fill the tail). The stop strings (``until``) are cut from the text as ``hf`` cuts
-  them; decoding stops at the model's end-of-sequence tokens, and for documents marked ``stop_at_newline``
-  (base-model prompting, eval/hneurons/utils.py) at the first newline token, where their judged answer ends.
+  ``max_gen_toks`` (longest limits first, so the short ones fill the tail). The stop strings (``until``) are
+  cut from the text as ``hf`` cuts them; decoding stops at the model's end-of-sequence tokens, and for
+  documents marked ``stop_at_newline`` (base-model prompting, eval/hneurons/utils.py) at the first newline
+  token, where their judged answer ends.
   Sampled generation (``do_sample``) is passed to ``hf``'s loop unchanged.
 
 The numbers are ``hf``'s up to float rounding (a different batch shape sums in a different order: per-request
@@ -43,7 +44,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 
-from ..collect.sampler import DecodeSettings, decode_many, newline_token_ids, prompt_pass
+from ..collect.sampler import DecodeSettings, decode_many, equal_runs, newline_token_ids, prompt_pass
 
 DEFAULT_GEN_BATCH = 64
 Request = tuple[Any, list[int], list[int]]  # ((context, continuation) or None, context tokens, continuation tokens)
@@ -195,7 +196,7 @@ class HneuronsLM(HFLM):
         with tqdm(total=len(greedy), disable=disable_tqdm or self.rank != 0,
                   desc="Running generate_until requests (compacting decoder)") as bar:
             for first_line, members in by_stops.items():
-                members = sorted(members, key=lambda i: (-kwargs[i]["max_gen_toks"], -len(self.tok_encode(args[i][0]))))
+                members.sort(key=lambda i: (-kwargs[i]["max_gen_toks"], -len(self.tok_encode(args[i][0]))))
                 texts = self._greedy_texts([args[i][0] for i in members],
                                            [handle_stop_sequences(list(kwargs[i].get("until") or []), eos=eos)
                                             for i in members],
@@ -216,15 +217,10 @@ class HneuronsLM(HFLM):
         eval/hneurons/utils.py), so a row ends at its first token holding a newline and the text is cut there;
         hf's class generates on to ``max_gen_toks`` and the judged line is the same."""
         prompts: list[list[int]] = []
-        start = 0
-        while start < len(contexts):  # pad each encode call to its own longest; truncate as hf does per limit
-            end = start + 1
-            while end < min(len(contexts), start + self.gen_batch_size) and limits[end] == limits[start]:
-                end += 1
+        for start, end in equal_runs(limits, self.gen_batch_size):  # each encode call pads to its own longest
             ids, mask = self.tok_batch_encode(contexts[start:end], left_truncate_len=self.max_length - limits[start],
-                                              truncation=self.truncation)
+                                              truncation=self.truncation)  # truncated as hf does for that limit
             prompts += [row[m.bool()].tolist() for row, m in zip(ids, mask)]
-            start = end
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
         stop_ids = self._eos_ids() | (newline_token_ids(self.tokenizer) if first_line else set())
         generated = decode_many(self.model, prompts, DecodeSettings(max_new_tokens=max(limits)),
