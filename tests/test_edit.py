@@ -21,6 +21,7 @@ from tinymodels import tiny_model, tiny_tokenizer
 
 from editor.cli import main as cli_main
 from editor.edit.stage import edit_model
+from editor.edit.verify import FP32_TOLERANCE
 from editor.errors import InputError, ModelLoadError, ModelMismatchError, OutputExistsError
 from editor.formats import EDIT_MANIFEST
 from editor.model.checkpoint import down_proj_tensor_names
@@ -204,9 +205,9 @@ def test_verification_is_recorded_and_passes(edits):
             assert ver["edit_effect_max_abs"] > 0.05
             assert ver["stored_dtype"] == str(CASES[case][1]).removeprefix("torch.")
             if CASES[case][1] == torch.float32:
-                assert ver["tolerance"] == 1e-4
-            else:  # half precision: 1e-4 + 4 * 2^-8 * max(1, max alpha) * suppression effect
-                assert ver["tolerance"] == pytest.approx(1e-4 + 2**-6 * 2.0 * ver["suppression_effect_max_abs"])
+                assert ver["tolerance"] == 2e-4
+            else:  # half precision: 2e-4 + 4 * 2^-8 * max(1, max alpha) * suppression effect
+                assert ver["tolerance"] == pytest.approx(2e-4 + 2**-6 * 2.0 * ver["suppression_effect_max_abs"])
 
 
 # ------------------------------------------------------------------------------------------ bit identity
@@ -694,7 +695,7 @@ def test_smollm2_edit_loads_offline_with_plain_libraries_and_generates(smollm2, 
                for mode in ("weights", "ia3", "lora")}
     assert (tmp_path / "ia3" / "adapter_model.safetensors").stat().st_size < 1_000_000
     for result in results.values():
-        assert all(d <= 1e-4 for d in result.verification["max_abs_diff"].values())
+        assert all(d <= FP32_TOLERANCE for d in result.verification["max_abs_diff"].values())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", SMOL_GENERATE, str(tmp_path / "weights"), smollm2.folder,
                            str(tmp_path / "ia3"), str(tmp_path / "lora")],
