@@ -21,3 +21,19 @@ def eval_dir() -> Path:
 
 EVAL_DIR = eval_dir()
 NEUTRAL_PROMPTS = EVAL_DIR / "data" / "neutral_prompts.jsonl"  # the KL measure's prompts (eval/data/README.md)
+BUNDLED_PREFIX = "bundled:"  # a file of the bundled eval folder, named so that it reads the same on every machine
+
+
+def portable_path(path: str | Path) -> str:
+    """``path`` as a report records it: ``bundled:<path inside eval/>`` for a bundled file (its absolute path
+    differs between a checkout, a clone and an installed wheel), else the absolute path."""
+    resolved = Path(bundled_file(str(path))).resolve()
+    try:
+        return BUNDLED_PREFIX + resolved.relative_to(EVAL_DIR.resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
+def bundled_file(text: str) -> str:
+    """The file a ``bundled:`` name stands for; any other path unchanged."""
+    return str(EVAL_DIR / text[len(BUNDLED_PREFIX):]) if text.startswith(BUNDLED_PREFIX) else text

@@ -544,3 +544,33 @@ def test_smollm2_base_vs_edited_on_every_bundled_task(smollm2, tmp_path):
     assert report.results["lm_eval_commands"]["base"].startswith(
         "hneurons lm-eval --model hneurons --model_args pretrained=")
     print(report.table())
+
+
+def test_bundled_files_are_recorded_by_a_name_that_reads_the_same_on_every_machine(tmp_path):
+    """Reports name the bundled KL prompts and task folder ``bundled:...`` (an absolute path would differ between
+    a checkout, a CI clone and an installed wheel); the name is accepted back, and a card's reproduce command
+    leaves the default prompts out however the report named them."""
+    from editor.paths import EVAL_DIR, NEUTRAL_PROMPTS, portable_path
+    from editor.report.card.commands import _eval_flags
+
+    assert portable_path(NEUTRAL_PROMPTS) == "bundled:data/neutral_prompts.jsonl"
+    assert portable_path(EVAL_DIR) == "bundled:."
+    own = tmp_path / "prompts.jsonl"
+    own.write_text('{"prompt": "Hello"}\n')
+    assert portable_path(own) == str(own.resolve())
+
+    settings = EvalSettings(tasks=["hneurons_facts"], kl_prompts="bundled:data/neutral_prompts.jsonl")
+    assert Path(settings.kl_prompts).resolve() == NEUTRAL_PROMPTS.resolve()  # found, so its validator passed
+    assert settings.describe()["include_paths"] == ["bundled:."]
+    sub = EvalSettings(tasks=["hneurons_facts"], include_paths=["bundled:hneurons"])
+    assert Path(EVAL_DIR / "hneurons").resolve() in {Path(p).resolve() for p in sub.task_paths}
+    with pytest.raises(ValueError, match="bundled:data/nope.jsonl|nope.jsonl"):
+        EvalSettings(tasks=["hneurons_facts"], kl_prompts="bundled:data/nope.jsonl")
+
+    def kl_flags(prompts):
+        flags = _eval_flags({"tasks": ["t"], "kl": {"prompts": prompts, "max_prompts": 8}})
+        return [f for f in flags if f.startswith("--kl-prompts")]
+
+    assert kl_flags("bundled:data/neutral_prompts.jsonl") == []
+    assert kl_flags(str(NEUTRAL_PROMPTS)) == []  # a report written before the bundled names
+    assert kl_flags(str(own)) == [f"--kl-prompts {own.resolve()}"]

@@ -56,6 +56,7 @@ from ..formats import (
 from ..locking import output_lock
 from ..model.loading import LoadedModel, LoadOptions, load_model
 from ..model.neuron_set import NeuronSet, as_neuron_set
+from ..paths import portable_path
 from ..plots import figure, save_png
 from ..text import fmt
 from .kl import kl_divergences, kl_sequences, stored_kl, write_kl_files
@@ -319,7 +320,7 @@ def _kl(lm, base_variant, variants, grid, settings: DoseSettings, out: Path) -> 
         means.setdefault(name, [0.0] * len(grid))[grid.index(alpha)] = float(np.mean(per_variant[variant.name]))
     return {"direction": "KL(base || edited), nats per position, mean over positions then prompts",
             "n_prompts": len(seqs.prompts), "new_tokens": settings.kl_new_tokens,
-            "chat_template": settings.chat_for(lm.tokenizer), "prompts_file": str(Path(settings.kl_prompts).resolve()),
+            "chat_template": settings.chat_for(lm.tokenizer), "prompts_file": portable_path(settings.kl_prompts),
             "prompts_sha256": sha256_file(settings.kl_prompts), "mean_per_alpha": means}
 
 

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..artifacts import package_versions, sha256_file, sha256_json
 from ..options import Cli, Settings
-from ..paths import EVAL_DIR, NEUTRAL_PROMPTS
+from ..paths import EVAL_DIR, NEUTRAL_PROMPTS, bundled_file, portable_path
 
 LM_EVAL_SEEDS = [0, 1234, 1234, 1234]  # lm-eval's defaults: python, numpy, torch, fewshot
 DEFAULT_ALPHAS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0]
@@ -190,12 +190,12 @@ class EvalSettings(Settings):
     @field_validator("kl_prompts", mode="before")
     @classmethod
     def _path_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, Path) else value
+        return bundled_file(str(value)) if isinstance(value, (str, Path)) else value
 
     @field_validator("include_paths", mode="before")
     @classmethod
     def _paths_text(cls, value: Any) -> Any:
-        return [str(v) for v in value] if isinstance(value, (list, tuple)) else value
+        return [bundled_file(str(v)) for v in value] if isinstance(value, (list, tuple)) else value
 
     @field_validator("include_paths")
     @classmethod
@@ -241,7 +241,7 @@ class EvalSettings(Settings):
         return {"tasks": list(self.tasks), "limit": self.limit, "batch_size": self.batch_size,
                 "lm_eval_model": self.lm_eval_model, "gen_batch_size": self.gen_batch_size,
                 "apply_chat_template": self.apply_chat_template, "gen_kwargs": self.gen_kwargs,
-                "seeds": list(self.seeds), "include_paths": self.task_paths,
+                "seeds": list(self.seeds), "include_paths": [portable_path(p) for p in self.task_paths],
                 "lm_eval_bootstrap_iters": self.lm_eval_bootstrap_iters, "paired_test": self.paired_test,
                 "ci_iters": self.ci_iters,
                 "ci_seed": self.ci_seed, "controls": self.controls, "control_seed": self.control_seed,

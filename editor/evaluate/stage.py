@@ -144,6 +144,7 @@ from ..formats import EDIT_MANIFEST, EVAL_FORMAT, EVAL_RESULTS
 from ..locking import output_lock
 from ..model.loading import LoadedModel, LoadOptions, check_model, load_model
 from ..model.neuron_set import NeuronSet, as_neuron_set, check_alpha
+from ..paths import portable_path
 from .compare import compare_runs, spread
 from .kl import kl_divergences, kl_sequences, kl_summary, write_kl_files
 from .known import write_known_facts
@@ -434,7 +435,7 @@ def _kl_block(base_v: Variant, edited_v: Variant, controls: Sequence[Variant], s
     write_kl_files(folder, seqs, base_v.lm.tokenizer, per_variant)
     block = kl_summary(per_variant[edited_v.name], settings.ci_iters, settings.ci_seed)
     block.update(direction="KL(base || edited), nats per position, mean over positions then prompts",
-                 n_positions=sum(len(s) for s in seqs.sequences), prompts_file=str(Path(settings.kl_prompts).resolve()),
+                 n_positions=sum(len(s) for s in seqs.sequences), prompts_file=portable_path(settings.kl_prompts),
                  prompts_sha256=sha256_file(settings.kl_prompts), new_tokens=settings.kl_new_tokens,
                  chat_template=settings.chat_for(base_v.lm.tokenizer), control=None)
     if controls:
@@ -459,8 +460,8 @@ def _results_doc(base_v, edited_v, controls, settings, runs, rows, kl, alpha, ne
     described = settings.describe()
     described["apply_chat_template"] = settings.chat_for((edited_v or base_v).lm.tokenizer)
     described["alpha"] = alpha
-    described["kl"] = {"enabled": settings.kl, "prompts": str(settings.kl_prompts), "max_prompts": settings.kl_max_prompts,
-                       "new_tokens": settings.kl_new_tokens}
+    described["kl"] = {"enabled": settings.kl, "prompts": portable_path(settings.kl_prompts),
+                       "max_prompts": settings.kl_max_prompts, "new_tokens": settings.kl_new_tokens}
     return {
         "format": EVAL_FORMAT,
         "models": {"base": base_v.describe() if base_v else None, "edited": edited_v.describe() if edited_v else None,

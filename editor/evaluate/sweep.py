@@ -80,6 +80,7 @@ from ..formats import SWEEP_FORMAT, SWEEP_PLOT, SWEEP_REPORT
 from ..locking import output_lock
 from ..model.loading import LoadedModel, LoadOptions, load_model
 from ..model.neuron_set import NeuronSet, as_neuron_set
+from ..paths import portable_path
 from ..plots import figure, save_png
 from ..text import fmt
 from .compare import paired_stats
@@ -433,7 +434,7 @@ def _sweep_doc(lm, nset, grid, splits, settings, control_seeds, match_layers, as
     described = settings.describe()
     described.update(apply_chat_template=settings.chat_for(lm.tokenizer), control_seeds=list(control_seeds),
                      match_layers=match_layers,
-                     kl={"prompts": str(Path(settings.kl_prompts).resolve()),
+                     kl={"prompts": portable_path(settings.kl_prompts),
                          "prompts_sha256": sha256_file(settings.kl_prompts), "max_prompts": settings.kl_max_prompts,
                          "new_tokens": settings.kl_new_tokens})
     return {

@@ -83,10 +83,11 @@ def _locate_command(inputs: CardInputs) -> str | None:
 
 
 def _eval_flags(settings: Mapping[str, Any]) -> list[str]:
-    from ...paths import EVAL_DIR, NEUTRAL_PROMPTS
+    from ...paths import EVAL_DIR, NEUTRAL_PROMPTS, bundled_file, portable_path
 
     kl = settings.get("kl") or {}
-    extra = [p for p in settings.get("include_paths") or [] if Path(str(p)).resolve() != EVAL_DIR.resolve()]
+    extra = [p for p in settings.get("include_paths") or []
+             if Path(bundled_file(str(p))).resolve() != EVAL_DIR.resolve()]
     seeds = settings.get("seeds") or []
     chat = settings.get("apply_chat_template")
     flags = [f"--tasks {_q(','.join(settings.get('tasks') or []))}",
@@ -101,8 +102,9 @@ def _eval_flags(settings: Mapping[str, Any]) -> list[str]:
         flags.append("--no-kl")
     else:
         prompts = kl.get("prompts")
-        if prompts and Path(str(prompts)).resolve() != NEUTRAL_PROMPTS.resolve():
-            flags.append(f"--kl-prompts {_q(prompts)}")
+        # older reports name the bundled prompts by their absolute path on the machine that ran them
+        if prompts and Path(bundled_file(str(prompts))).resolve() != NEUTRAL_PROMPTS.resolve():
+            flags.append(f"--kl-prompts {_q(portable_path(prompts))}")
         if kl.get("max_prompts"):
             flags.append(f"--kl-max-prompts {kl['max_prompts']}")
         flags.append(f"--kl-new-tokens {kl.get('new_tokens', 32)}")
