@@ -574,3 +574,19 @@ def test_bundled_files_are_recorded_by_a_name_that_reads_the_same_on_every_machi
     assert kl_flags("bundled:data/neutral_prompts.jsonl") == []
     assert kl_flags(str(NEUTRAL_PROMPTS)) == []  # a report written before the bundled names
     assert kl_flags(str(own)) == [f"--kl-prompts {own.resolve()}"]
+
+
+def test_base_prompt_style_copy_is_built_once_per_manager():
+    """A model without a chat template gets a copy of the task manager with ``prompt_style: base``; a
+    dose-response runs 20 or more variants on one manager, so the copy is built once, not per run."""
+    from editor.evaluate.lm_eval_run import task_manager, with_prompt_style
+
+    settings = EvalSettings(tasks=["hneurons_knowledge_mc"])
+    manager = task_manager(settings, {"known_only": True})
+    assert with_prompt_style(manager, settings, chat=True) is manager
+    base = with_prompt_style(manager, settings, chat=False)
+    assert base is not manager and base.metadata == {"known_only": True, "prompt_style": "base"}
+    assert with_prompt_style(manager, settings, chat=False) is base
+    assert with_prompt_style(base, settings, chat=False) is base
+    other = with_prompt_style(task_manager(settings), settings, chat=False)
+    assert other is not base and other.metadata == {"prompt_style": "base"}

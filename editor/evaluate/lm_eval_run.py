@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import shutil
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,9 +200,19 @@ def with_prompt_style(manager, settings: EvalSettings, chat: bool):
     """``manager``, or a copy whose tasks ask questions the base-model way (task metadata ``prompt_style: base``,
     eval/hneurons/utils.py) when the chat template is not applied: a model without one (a pre-trained model)
     is asked ``Question: ...\nAnswer:`` and answers up to its first newline, as ``collect`` asks it."""
-    if chat:
+    metadata = getattr(manager, "metadata", None) or {}
+    if chat or metadata.get("prompt_style") == "base":
         return manager
-    return task_manager(settings, {**(getattr(manager, "metadata", None) or {}), "prompt_style": "base"})
+    # one copy per manager and task folders: a dose-response runs 20 or more variants on one manager, and each
+    # TaskManager indexes every task folder again (seconds; more with lm-eval's built-in tasks)
+    folders = (tuple(settings.task_paths), getattr(settings, "data_dir", None))
+    copies = _BASE_STYLE_COPIES.setdefault(manager, {})
+    if folders not in copies:
+        copies[folders] = task_manager(settings, {**metadata, "prompt_style": "base"})
+    return copies[folders]
+
+
+_BASE_STYLE_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # manager -> {folders: its copy}
 
 
 def results_cache_folder(variant: Variant, key: Mapping[str, Any]) -> Path | None:
