@@ -134,6 +134,12 @@ def source(workdir: Path, name: str, model) -> object:
     return load_model(str(folder), device="cpu")
 
 
+def planted_source(workdir: Path) -> tuple[object, Path]:
+    """The one-layer llama with the planted marker signal (module docstring), loaded, and its collect folder."""
+    lm = source(workdir, "planted", plant(tiny_model("llama", num_hidden_layers=1), tiny_tokenizer(chat=False)))
+    return lm, write_collect(workdir / "collect-planted", lm)
+
+
 def state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -153,9 +159,7 @@ TEST_PROMPTS = [(question(400 + i, m), m) for i in range(16) for m in (True, Fal
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def planted(workdir):
-    tok = tiny_tokenizer(chat=False)
-    lm = source(workdir, "planted", plant(tiny_model("llama", num_hidden_layers=1), tok))
-    return lm, write_collect(workdir / "collect-planted", lm)
+    return planted_source(workdir)
 
 
 @pytest.fixture(scope="module")

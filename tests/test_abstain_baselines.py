@@ -11,8 +11,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_abstain import FAST, H, plant, question, source, state, write_collect
-from tinymodels import tiny_model, tiny_tokenizer
+from test_abstain import FAST, H, planted_source, question, source, state, write_collect
+from tinymodels import tiny_model
 
 from editor.cli import main as cli_main
 from editor.edit.abstain import abstain_edit
@@ -45,9 +45,7 @@ def two_layer(workdir):
 
 @pytest.fixture(scope="module")
 def planted(workdir):
-    tok = tiny_tokenizer(chat=False)
-    lm = source(workdir, "planted", plant(tiny_model("llama", num_hidden_layers=1), tok))
-    return lm, write_collect(workdir / "collect-planted", lm)
+    return planted_source(workdir)
 
 
 @pytest.fixture(scope="module")
