@@ -590,3 +590,27 @@ def test_base_prompt_style_copy_is_built_once_per_manager():
     assert with_prompt_style(base, settings, chat=False) is base
     other = with_prompt_style(task_manager(settings), settings, chat=False)
     assert other is not base and other.metadata == {"prompt_style": "base"}
+
+
+def test_no_progress_hides_every_lm_eval_bar_and_leaves_the_results_alone(tiny, tmp_path, capsys):
+    """`hneurons eval --no-progress` (and `run --no-progress`, through the same switch) draws none of the bars:
+    neither lm-eval's own (building contexts, tokenising) nor those of hneurons' lm-eval model class; without
+    it they are drawn. Both runs score the same numbers."""
+    from editor.evaluate.bars import bars_enabled
+
+    def eval_args(out, *extra):
+        return ["eval", "--base", str(tiny["ckpt"]), "--neurons", str(tiny["neurons"]), "--alpha", "0",
+                "--tasks", "tiny_gen,tiny_mc", "--include-path", str(tiny["tasks"]), "--limit", "3", "--controls",
+                "0", "--batch-size", "4", "--no-kl", "--ci-iters", "100", "--no-results-cache", "--device", "cpu",
+                "--out", str(out), *extra]
+
+    assert main(eval_args(tmp_path / "bars")) == 0
+    drawn = capsys.readouterr().err
+    assert "Running loglikelihood requests (prompt shared)" in drawn and "it/s]" in drawn
+    assert main(eval_args(tmp_path / "quiet", "--no-progress")) == 0
+    quiet = capsys.readouterr().err
+    assert "Running loglikelihood" not in quiet and "it/s]" not in quiet and "%|" not in quiet
+    assert bars_enabled()  # the switch is put back after the command
+    rows = [json.loads((tmp_path / f / "eval_results.json").read_text())["metrics"] for f in ("bars", "quiet")]
+    assert [(r["task"], r["metric"], r["edited"]) for r in rows[0]] == [(r["task"], r["metric"], r["edited"])
+                                                                          for r in rows[1]]

@@ -56,6 +56,8 @@ def register(subparsers) -> None:
     add_arguments(parser, DoseSettings, title="grid, random sets, lm-eval, statistics and KL")
     parser.add_argument("--out", metavar="DIR", help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace a dose-response of other settings in --out")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (lm-eval's and the KL measure's; the printed results are unchanged)")
     add_recipe_option(parser)
     parser.set_defaults(func=run)
 
@@ -68,13 +70,15 @@ def resolve(args) -> SimpleNamespace:
 
 
 def run(args) -> int:
+    from ..evaluate.bars import eval_progress
     from ..evaluate.dose import dose_response
     from ..evaluate.lm_eval_run import prepare_environment
 
     plan = resolve(args)
     prepare_environment(plan.settings)  # offline flags before transformers / datasets are imported
-    report = dose_response(plan.model, plan.neurons, plan.settings, out=plan.out, force=args.force,
-                           overwrite=args.overwrite, load=load_options(args))
+    with eval_progress(not args.no_progress):
+        report = dose_response(plan.model, plan.neurons, plan.settings, out=plan.out, force=args.force,
+                               overwrite=args.overwrite, load=load_options(args))
     print(report.summary())
     print(f"\nresults: {plan.out / DOSE_REPORT}, {plan.out / DOSE_SLOPES_PLOT} and one dose_<task>.png per task")
     return 0

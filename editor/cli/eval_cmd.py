@@ -83,6 +83,8 @@ def register(subparsers) -> None:
     add_arguments(parser, EvalSettings, title="lm-eval, controls, statistics and KL")
     parser.add_argument("--out", metavar="DIR", help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace results of other settings in --out")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (lm-eval's and the KL measure's; the printed results are unchanged)")
     add_recipe_option(parser)
     parser.set_defaults(func=run)
 
@@ -104,15 +106,17 @@ def resolve(args) -> SimpleNamespace:
 
 
 def run(args) -> int:
+    from ..evaluate.bars import eval_progress
     from ..evaluate.lm_eval_run import prepare_environment
     from ..evaluate.stage import evaluate
 
     plan = resolve(args)
     prepare_environment(plan.settings)  # offline flags before transformers / datasets are imported
     out = plan.out
-    report = evaluate(base=plan.base, edited=plan.edited, adapter=plan.adapter, neurons=plan.neurons, alpha=plan.alpha,
-                      settings=plan.settings, out=out, overwrite=args.overwrite, force=args.force,
-                      load=load_options(args))
+    with eval_progress(not args.no_progress):
+        report = evaluate(base=plan.base, edited=plan.edited, adapter=plan.adapter, neurons=plan.neurons,
+                          alpha=plan.alpha, settings=plan.settings, out=out, overwrite=args.overwrite, force=args.force,
+                          load=load_options(args))
     print(report.table())
     if report.results.get("abstention"):
         from ..evaluate.abstention import summary_lines

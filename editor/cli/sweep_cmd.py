@@ -73,6 +73,8 @@ def register(subparsers) -> None:
     add_arguments(parser, SweepSettings, title="grid, choice of alpha, lm-eval, controls and KL")
     parser.add_argument("--out", metavar="DIR", help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace a sweep of other settings in --out")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (lm-eval's and the KL measure's; the printed results are unchanged)")
     add_recipe_option(parser)
     parser.set_defaults(func=run)
 
@@ -97,14 +99,16 @@ def resolve(args) -> SimpleNamespace:
 
 
 def run(args) -> int:
+    from ..evaluate.bars import eval_progress
     from ..evaluate.lm_eval_run import prepare_environment
     from ..evaluate.sweep import sweep
 
     plan = resolve(args)
     prepare_environment(plan.settings)  # offline flags before transformers / datasets are imported
     out = plan.out
-    report = sweep(plan.model, plan.neurons, plan.settings, out=out, force=args.force, overwrite=args.overwrite,
-                   load=load_options(args))
+    with eval_progress(not args.no_progress):
+        report = sweep(plan.model, plan.neurons, plan.settings, out=out, force=args.force, overwrite=args.overwrite,
+                       load=load_options(args))
     print(report.summary())
     print(f"\nresults: {out / SWEEP_REPORT} and {out / SWEEP_PLOT}")
     return 0

@@ -18,6 +18,7 @@ from ..data.prompting import read_neutral_prompts, render_prompt_ids
 from ..errors import InputError, ModelMismatchError
 from ..model.hooks import scaled_neurons
 from ..model.loading import LoadedModel
+from .bars import tqdm_disable
 from .compare import mean_ci
 from .settings import EvalSettings
 from .variants import Variant
@@ -43,7 +44,7 @@ def greedy_continuations(lm: LoadedModel, prompt_ids: Sequence[list[int]], new_t
 
     from ..collect.sampler import DecodeSettings, decode_many
 
-    with tqdm(total=len(prompt_ids), desc="KL: base continuations", disable=None) as bar:
+    with tqdm(total=len(prompt_ids), desc="KL: base continuations", disable=tqdm_disable()) as bar:
         generated = decode_many(lm.model, prompt_ids, DecodeSettings(max_new_tokens=new_tokens),
                                 max_rows=batch_size, stop_ids=set(), stop_token_ids=_eos_ids(lm),
                                 pad_id=_pad_id(lm.tokenizer), on_done=bar.update)
@@ -132,7 +133,7 @@ def _shared_reference_kl(base: Variant, hooked: Sequence[Variant], seqs: KLSeque
     scales = {v.name: v.scales() for v in hooked}
     batches = _batches(seqs.sequences, _pad_id(base.lm.tokenizer), model.device, batch_size)
     total = -(-len(seqs.sequences) // batch_size)
-    for ids, mask in tqdm(batches, total=total, desc=f"KL: {len(hooked)} variants", disable=None):
+    for ids, mask in tqdm(batches, total=total, desc=f"KL: {len(hooked)} variants", disable=tqdm_disable()):
         log_p = torch.log_softmax(_logits(model, ids, mask), dim=-1)
         for variant in hooked:
             with scaled_neurons(model, scales[variant.name]):

@@ -45,6 +45,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from tqdm import tqdm
 
 from ..collect.sampler import DecodeSettings, decode_many, equal_runs, newline_token_ids, prompt_pass
+from .bars import bars_enabled
 
 DEFAULT_GEN_BATCH = 64
 Request = tuple[Any, list[int], list[int]]  # ((context, continuation) or None, context tokens, continuation tokens)
@@ -101,7 +102,7 @@ class HneuronsLM(HFLM):
                 groups.setdefault(tuple(context), []).append(i)
         order = sorted(groups, key=lambda ctx: (-len(ctx), ctx))  # longest first: little padding per batch
         size = self._contexts_per_batch(override_bs)
-        with tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0,
+        with tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0 or not bars_enabled(),
                   desc="Running loglikelihood requests (prompt shared)") as bar:
             for start in range(0, len(order), size):
                 contexts = order[start:start + size]
@@ -193,7 +194,7 @@ class HneuronsLM(HFLM):
         for i in greedy:
             by_stops.setdefault(bool((getattr(requests[i], "doc", None) or {}).get("stop_at_newline")), []).append(i)
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
-        with tqdm(total=len(greedy), disable=disable_tqdm or self.rank != 0,
+        with tqdm(total=len(greedy), disable=disable_tqdm or self.rank != 0 or not bars_enabled(),
                   desc="Running generate_until requests (compacting decoder)") as bar:
             for first_line, members in by_stops.items():
                 members.sort(key=lambda i: (-kwargs[i]["max_gen_toks"], -len(self.tok_encode(args[i][0]))))

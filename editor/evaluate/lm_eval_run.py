@@ -28,6 +28,7 @@ from ..artifacts import (
 from ..errors import InputError
 from ..formats import EVAL_RUN
 from ..model.loading import cache_dir
+from .bars import quiet_lm_eval
 from .settings import EvalSettings
 from .variants import Variant
 
@@ -273,7 +274,7 @@ def _run(variant: Variant, settings: EvalSettings, folder: Path, key: Mapping[st
     log.info("%s: running lm-eval on %s", variant.name, ", ".join(settings.tasks))
     model_class = lm_eval_model_class(settings.lm_eval_model)
     chat = settings.chat_for(variant.lm.tokenizer)
-    with variant.active() as module:
+    with variant.active() as module, quiet_lm_eval():
         extra = {"gen_batch_size": settings.gen_batch_size} if settings.lm_eval_model == "hneurons" else {}
         lm = model_class(pretrained=module, tokenizer=variant.lm.tokenizer, batch_size=settings.batch_size, **extra)
         python_seed, numpy_seed, torch_seed, fewshot_seed = settings.seeds

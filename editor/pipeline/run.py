@@ -48,6 +48,7 @@ from ..artifacts import (
     sha256_json,
 )
 from ..errors import InputError
+from ..evaluate.bars import eval_progress
 from ..formats import (
     COLLECT_MANIFEST,
     DOSE_REPORT,
@@ -371,7 +372,7 @@ def run_recipe(recipe_path: str | Path, *, from_stage: str | None = None, to_sta
     # a missing model, device, dataset or optional package fails before anything is created
     check_environment(recipe, stages[start:stop + 1])
     out = output_dir(recipe)
-    with output_lock(out, "recipe output folder"):
+    with output_lock(out, "recipe output folder"), eval_progress(progress):
         return _run(recipe, recipe_path, stages, out, from_stage, to_stage, progress)
 
 
