@@ -70,6 +70,12 @@ def add_recipe_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", dest="recipe_file", metavar="FILE", help=RECIPE_HELP)
 
 
+def add_eval_progress_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` of the evaluation commands (eval, sweep, dose-response): read by editor.evaluate.bars."""
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (lm-eval's and the KL measure's; the printed results are unchanged)")
+
+
 def in_recipe_output(args: argparse.Namespace, *parts: str) -> str | None:
     """A path inside the recipe's output folder (None without --recipe)."""
     recipe = getattr(args, "recipe", None)

@@ -10,6 +10,7 @@ from ..formats import DOSE_REPORT, DOSE_SLOPES_PLOT, NEURONS
 from ..options import add_arguments
 from .common import (
     HELP_FORMATTER,
+    add_eval_progress_option,
     add_model_args,
     add_recipe_option,
     in_recipe_output,
@@ -56,8 +57,7 @@ def register(subparsers) -> None:
     add_arguments(parser, DoseSettings, title="grid, random sets, lm-eval, statistics and KL")
     parser.add_argument("--out", metavar="DIR", help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace a dose-response of other settings in --out")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bars (lm-eval's and the KL measure's; the printed results are unchanged)")
+    add_eval_progress_option(parser)
     add_recipe_option(parser)
     parser.set_defaults(func=run)
 

@@ -11,6 +11,7 @@ from ..model.loading import DEFAULT_MODEL
 from ..options import add_arguments
 from .common import (
     HELP_FORMATTER,
+    add_eval_progress_option,
     add_model_args,
     add_recipe_option,
     in_recipe_output,
@@ -83,8 +84,7 @@ def register(subparsers) -> None:
     add_arguments(parser, EvalSettings, title="lm-eval, controls, statistics and KL")
     parser.add_argument("--out", metavar="DIR", help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace results of other settings in --out")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bars (lm-eval's and the KL measure's; the printed results are unchanged)")
+    add_eval_progress_option(parser)
     add_recipe_option(parser)
     parser.set_defaults(func=run)
 

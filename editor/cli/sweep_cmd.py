@@ -13,6 +13,7 @@ from ..formats import NEURONS, SWEEP_PLOT, SWEEP_REPORT
 from ..options import add_arguments
 from .common import (
     HELP_FORMATTER,
+    add_eval_progress_option,
     add_model_args,
     add_recipe_option,
     in_recipe_output,
@@ -73,8 +74,7 @@ def register(subparsers) -> None:
     add_arguments(parser, SweepSettings, title="grid, choice of alpha, lm-eval, controls and KL")
     parser.add_argument("--out", metavar="DIR", help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace a sweep of other settings in --out")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bars (lm-eval's and the KL measure's; the printed results are unchanged)")
+    add_eval_progress_option(parser)
     add_recipe_option(parser)
     parser.set_defaults(func=run)
 
