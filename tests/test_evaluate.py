@@ -595,7 +595,8 @@ def test_base_prompt_style_copy_is_built_once_per_manager():
 def test_no_progress_hides_every_lm_eval_bar_and_leaves_the_results_alone(tiny, tmp_path, capsys):
     """`hneurons eval --no-progress` (and `run --no-progress`, through the same switch) draws none of the
     evaluation's bars: neither lm-eval's own (building contexts, tokenising) nor those of hneurons' lm-eval
-    model class; without it they are drawn. Both runs score the same numbers."""
+    model class nor transformers' and datasets' (loading the checkpoint, reading the task file); without it
+    they are drawn. Both runs score the same numbers."""
     from editor.evaluate.bars import bars_enabled
 
     def eval_args(out, *extra):
@@ -610,11 +611,16 @@ def test_no_progress_hides_every_lm_eval_bar_and_leaves_the_results_alone(tiny, 
     assert main(eval_args(tmp_path / "quiet", "--no-progress")) == 0
     quiet = capsys.readouterr().err
     assert "(prompt shared)" not in quiet and "(compacting decoder)" not in quiet
-    # every bar left is transformers loading the checkpoint or datasets reading the task file (the model and
-    # the data, not the evaluation): lm-eval's own bars (some without a name) are gone
+    # no bar at all: neither lm-eval's own (some without a name) nor transformers loading the checkpoint nor
+    # datasets reading the task file
     bars = [b.strip() for b in re.split(r"[\r\n]", quiet) if "%|" in b or "it/s]" in b or "examples/s]" in b]
-    assert all(b.startswith(("Loading weights", "Generating test split")) for b in bars), bars
-    assert bars_enabled()  # the switch is put back after the command
+    assert bars == [], bars
+    # the switches are put back after the command
+    import datasets
+    import huggingface_hub.utils as hub
+    import transformers.utils.logging as hf_logging
+    assert bars_enabled() and hf_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()
+    assert not hub.are_progress_bars_disabled()
     rows = [json.loads((tmp_path / f / "eval_results.json").read_text())["metrics"] for f in ("bars", "quiet")]
     assert [(r["task"], r["metric"], r["edited"]) for r in rows[0]] == [(r["task"], r["metric"], r["edited"])
                                                                           for r in rows[1]]

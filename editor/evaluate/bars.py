@@ -2,7 +2,9 @@
 
 The bars come from two places: hneurons' own loops (the lm-eval model class, the KL measure), which ask
 :func:`bars_enabled`, and lm-eval's internals (building the task contexts, tokenising, the ``hf`` model class),
-which take no setting, so :func:`quiet_lm_eval` hides them for the duration of one lm-eval run.
+which take no setting, so :func:`quiet_lm_eval` hides them for the duration of one lm-eval run. With bars
+off, :func:`eval_progress` also turns off the global progress-bar switches of transformers (loading a
+checkpoint), huggingface_hub and datasets (reading a task file) for the block, and puts them back afterwards.
 """
 
 from __future__ import annotations
@@ -20,9 +22,34 @@ def eval_progress(enabled: bool) -> Iterator[None]:
     """Draw (True) or hide (False) the evaluation stages' progress bars inside the block."""
     token = _ENABLED.set(enabled)
     try:
-        yield
+        if enabled:
+            yield
+        else:
+            with _quiet_libraries():
+                yield
     finally:
         _ENABLED.reset(token)
+
+
+@contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """transformers', huggingface_hub's and datasets' own switches off, each restored to what it was."""
+    import datasets
+    import huggingface_hub.utils as hub
+    import transformers.utils.logging as hf_logging
+
+    switches = [(hf_logging.is_progress_bar_enabled(), hf_logging.enable_progress_bar),
+                (not hub.are_progress_bars_disabled(), hub.enable_progress_bars),
+                (datasets.is_progress_bar_enabled(), datasets.enable_progress_bars)]
+    hf_logging.disable_progress_bar()
+    hub.disable_progress_bars()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        for was_enabled, enable in switches:
+            if was_enabled:
+                enable()
 
 
 def bars_enabled() -> bool:
