@@ -73,8 +73,8 @@ def add_recipe_option(parser: argparse.ArgumentParser) -> None:
 def add_eval_progress_option(parser: argparse.ArgumentParser) -> None:
     """``--no-progress`` of the evaluation commands (eval, sweep, dose-response): read by editor.evaluate.bars."""
     parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bars (lm-eval's, the KL measure's, and transformers' and datasets' while loading the "
-                             "model and the task files; the printed results are unchanged)")
+                        help="no progress bars (lm-eval's, the KL measure's, and transformers' and datasets' while "
+                             "loading the model and the task files; the printed results are unchanged)")
 
 
 def in_recipe_output(args: argparse.Namespace, *parts: str) -> str | None:
