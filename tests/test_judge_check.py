@@ -16,6 +16,10 @@ from editor.stats import cohen_kappa
 # Measured 2026-12-01 on 450 responses (90 per judge): answer 0.978, fabricated 1.000, premise 0.844,
 # context 0.956, flip 0.922. A judge change that loses agreement fails here.
 DOCUMENTED_AGREEMENT = {"answer": 0.977, "fabricated": 1.0, "premise": 0.844, "context": 0.955, "flip": 0.922}
+# The held-out Gemma set (eval/judge_validation/heldout/README.md, 2026-12-03, 45 per judge, labelled before the
+# judges ran on it): premise 0.756, context 1.000, flip 1.000.
+HELDOUT_DIR = VALIDATION_DIR / "heldout"
+HELDOUT_AGREEMENT = {"premise": 0.755, "context": 1.0, "flip": 1.0}
 
 
 def test_cohen_kappa_on_known_tables():
@@ -92,3 +96,18 @@ def test_rule_judges_reach_their_documented_agreement(kind):
     report = check_judges(VALIDATION_DIR, rule_label)["judges"][kind]
     assert report["agreement"] >= DOCUMENTED_AGREEMENT[kind], (kind, report["agreement"],
                                                               report["disagreements"][:5])
+
+
+def test_the_held_out_set_is_gemma_only_items_after_the_main_sets():
+    main_ids = {r["id"] for r in labelled(VALIDATION_DIR)}
+    records = labelled(HELDOUT_DIR)
+    assert len(records) == 135 and not main_ids & {r["id"] for r in records}
+    assert {r["model"] for r in records} == {"gemma3-270m"}
+    assert {kind: sum(r["judge"] == kind for r in records) for kind in HELDOUT_AGREEMENT} == dict.fromkeys(
+        HELDOUT_AGREEMENT, 45)
+
+
+@pytest.mark.parametrize("kind", sorted(HELDOUT_AGREEMENT))
+def test_rule_judges_reach_their_held_out_agreement(kind):
+    report = check_judges(HELDOUT_DIR, rule_label)["judges"][kind]
+    assert report["agreement"] >= HELDOUT_AGREEMENT[kind], (kind, report["agreement"], report["disagreements"][:5])
