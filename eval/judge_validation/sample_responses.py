@@ -37,13 +37,12 @@ def records(model: str, limit: int, workdir: Path, skip: int = 0, tasks: dict[st
 
     lm = load_model(model, device="cpu")
     out = workdir / model
-    # lm-eval's limit takes the first items, so the held-out items skip - skip + limit run and the first are dropped
+    # lm-eval's limit keeps the first items: run skip + limit of them and drop the first skip
     evaluate(lm, settings=None, tasks=list(tasks), limit=skip + limit, controls=0, kl=False, out=out, overwrite=True)
     rows = []
     for task, kind in tasks.items():
-        samples = (out / "lm_eval" / "base" / f"samples_{task}.jsonl").read_text().splitlines()
-        for line in sorted(samples, key=lambda line: json.loads(line)["doc_id"])[skip:]:
-            sample = json.loads(line)
+        lines = (out / "lm_eval" / "base" / f"samples_{task}.jsonl").read_text().splitlines()
+        for sample in sorted(map(json.loads, lines), key=lambda sample: sample["doc_id"])[skip:]:
             doc = sample["doc"]
             rows.append({"id": f"{model}:{doc['id']}", "judge": kind, "model": model, "task": task,
                          "prompt": prompt_of(doc, task), "answers": doc.get("answers", []),
