@@ -44,6 +44,16 @@ REAL_CASES = [
     ("au revoir", ["Au"], "wrong", None),
     ("It is known as Ar.", ["As"], "wrong", None),
     ("As", ["As"], "correct", "As"),
+    # symbols that are also English words count only where the word reading is ruled out
+    ("I think it is Io.", ["I"], "uncertain", None),  # the pronoun is not iodine (hedged: uncertain, not correct)
+    ("I'm not sure, but it might be Io.", ["I"], "uncertain", None),
+    ("I said Io.", ["I"], "wrong", None),
+    ("The chemical symbol of iodine is I.", ["I"], "correct", "I"),
+    ("Iodine (I)", ["I"], "correct", "I"),
+    ("In fact, it is Sn.", ["In"], "wrong", None),
+    ("The symbol of indium is In.", ["In"], "correct", "In"),
+    ("No, it is Nb.", ["No"], "wrong", None),
+    ("He is the one who knows.", ["He"], "wrong", None),
     ("You can find it: CAN", ["CAN"], "correct", "CAN"),
     ("Canada", ["CAN"], "wrong", None),
     ("The Japanese yen", ["Yen"], "correct", "yen"),

@@ -14,7 +14,11 @@ Matching (:func:`find_alias`, :func:`mentions`)
     characters with a capital (the element symbols ``Au``, ``As``, ``I``) or of at most three written in
     capitals (ISO codes ``TGO``, ``CAN``) - must match case-sensitively (as written, or in capitals:
     ``AU``), so the English words "as" or "can" do not count as the symbol of arsenic or the code of
-    Canada; "Yen" or "Ufa" are ordinary words. Among several matching aliases the one found earliest (then
+    Canada; "Yen" or "Ufa" are ordinary words. The symbols that are also capitalised English words (the
+    pronoun ``I``, ``In``, ``As``, ``At``, ``He``, ``No``, ``Be``, ``Am``) count only where the word
+    reading is ruled out: not followed by another word ("I think", "In fact", "He is") and not opening a
+    sentence before a comma ("No, I am sure"); "The symbol of iodine is I." and a bare "As" still count,
+    "He is the symbol of helium" is missed. Among several matching aliases the one found earliest (then
     the longest) is reported; spans are ``[start, end)`` character spans of the ORIGINAL text, from the
     first to the last matched word (a dropped leading article is not part of it: "The Hague" -> "Hague").
 
@@ -161,6 +165,21 @@ def units(toks: Sequence[Token]) -> list[Unit]:
 
 
 # ---------------------------------------------------------------------------------------- matching
+# Codes that are also English words when capitalised: without the check below, "Yes, I think so." asserts
+# iodine, so a sycophancy reply on a chemical symbol would count as a switch to another answer.
+_WORDLIKE_CODES = frozenset({"I", "In", "As", "At", "He", "No", "Be", "Am"})
+_SENTENCE_END = ".!?:\"'"
+
+
+def _reads_as_word(text: str, start: int, end: int) -> bool:
+    """Does the word-like code at ``text[start:end]`` read as the English word (module docstring)?"""
+    after = text[end:].lstrip(" \t")
+    if after[:1].isalpha() or (after[:1] in ("'", "\u2019") and after[1:2].isalpha()):
+        return True  # "I think", "I'm", "In fact", "He is"
+    before = text[:start].rstrip()
+    return after[:1] == "," and (not before or before[-1] in _SENTENCE_END)  # "No, I am sure"
+
+
 def _is_code(alias: Sequence[Unit]) -> bool:
     """"Au", "I", "TGO", "U.S." are codes; "Yen", "Ufa", "79" are not."""
     compact = "".join(u.cased for u in alias)
@@ -197,7 +216,11 @@ def mentions(text: str, answers: Sequence[str]) -> list[tuple[str, tuple[int, in
         alias_units = _token_units(alias)[1]
         if not alias_units:
             continue
-        found += [(i, i + len(alias_units) - 1, alias) for i in _runs(text_units, alias_units)]
+        hits = _runs(text_units, alias_units)
+        if len(alias_units) == 1 and alias_units[0].cased in _WORDLIKE_CODES:
+            hits = [i for i in hits if not _reads_as_word(text, toks[text_units[i].first].start,
+                                                          toks[text_units[i].last].end)]
+        found += [(i, i + len(alias_units) - 1, alias) for i in hits]
     found.sort(key=lambda f: (f[0], -(f[1] - f[0])))
     kept: list[tuple[int, int, str]] = []
     for first, last, alias in found:
