@@ -334,6 +334,37 @@ def test_the_task_files_hash_follows_task_folders_only(tmp_path):
     assert task_files_hash([copy]) != task_files_hash([tmp_path])
 
 
+def test_the_results_key_follows_the_judges_source_and_covers_every_module_the_tasks_import(tmp_path, monkeypatch):
+    """A judge fixed in a checkout (same package version) must not be answered from results the old judge
+    scored: the lm-eval key, and so the results cache, hashes the source of every editor.data module the
+    bundled task files import."""
+    import shutil
+
+    import editor.data
+    from editor.evaluate.settings import EvalSettings, scoring_code_hash
+
+    script = ("import sys, importlib.util as u; s = u.spec_from_file_location('t', sys.argv[1]); "
+              "s.loader.exec_module(u.module_from_spec(s)); "
+              "print(' '.join(m for m in sys.modules if m.startswith('editor.data.')))")
+    for utils in ("hneurons", "paper"):
+        imported = subprocess.run([sys.executable, "-c", script, str(EVAL_DIR / utils / "utils.py")], check=True,
+                                  capture_output=True, text=True).stdout.split()
+        assert imported and {m.rsplit(".", 1)[1] for m in imported} <= set(editor.data.SCORING_MODULES), imported
+
+    copy = tmp_path / "data"
+    shutil.copytree(Path(editor.data.__file__).parent, copy)
+    monkeypatch.setattr(editor.data, "__file__", str(copy / "__init__.py"))
+    before = scoring_code_hash()
+    key = EvalSettings().lm_eval_key(chat=True)
+    assert key["scoring_code_sha256"] == before
+    (copy / "judge_check.py").write_text("# not imported by any task\n")
+    assert scoring_code_hash() == before
+    matching = copy / "matching.py"
+    matching.write_text(matching.read_text() + "\n# a changed judge\n")
+    assert scoring_code_hash() != before
+    assert EvalSettings().lm_eval_key(chat=True) != key
+
+
 # -------------------------------------------------------------------------------- base-model prompting
 def test_base_prompt_style_asks_the_collect_way_and_judges_the_first_line():
     """Task metadata prompt_style: base (set by hneurons eval when no chat template is applied): questions in

@@ -234,6 +234,7 @@ class EvalSettings(Settings):
                 "gen_batch_size": self.gen_batch_size if self.lm_eval_model == "hneurons" else None,
                 "bootstrap_iters": self.lm_eval_bootstrap_iters,
                 "task_files_sha256": task_files_hash(self.task_paths),
+                "scoring_code_sha256": scoring_code_hash(),
                 "versions": package_versions(("hneurons", "lm-eval", "transformers", "torch", "peft"))}
 
     def describe(self) -> dict[str, Any]:
@@ -392,6 +393,15 @@ def refuse_eval_only(settings: EvalSettings, stage: str) -> Any:
         if getattr(settings, name) is not None:
             raise ValueError(f"{name} is a setting of `hneurons eval` only; {stage} does not use it")
     return settings
+
+
+def scoring_code_hash() -> str:
+    """sha256 over the source of hneurons' judges and prompt code that the task files import: a judge fixed
+    in a checkout (same package version) makes the results scored by the old one stale, cached ones too."""
+    from .. import data
+
+    folder = Path(data.__file__).parent
+    return sha256_json({name: sha256_file(folder / f"{name}.py") for name in data.SCORING_MODULES})
 
 
 def task_files_hash(include_paths: Iterable[str | Path]) -> str:
