@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from editor.evaluate.dose import dose_statistics, slope_weights
+from editor.evaluate.dose import dose_statistics, render_summary, slope_weights
 
 GRID = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]
 
@@ -33,6 +33,24 @@ def test_least_squares_slope_and_the_per_item_slopes_agree():
     assert result["sets"]["H"]["values"] == pytest.approx(values.mean(axis=1).tolist())
     assert result["random"]["slope_mean"] == pytest.approx(0.0, abs=1e-12) and result["h_rank"] == {
         "rank": 1, "of": 3, "meaning": "1 = H's slope is the largest; k + 1 = the smallest"}
+
+
+def test_a_row_on_which_nothing_varies_says_it_measures_nothing():
+    """Gemma 3 270M flips no known answer in any set at any alpha: the row's intervals are [0, 0], and the
+    note (printed under the table) says why and what 0 in n items allows."""
+    zeros = {name: np.zeros((len(GRID), 211)) for name in ("H", "random_seed0", "random_seed1")}
+    result = dose_statistics(GRID, zeros, iters=50)
+    note = result["h_minus_random"]["note"]
+    assert result["h_minus_random"]["ci95"] == [0.0, 0.0]
+    assert "nothing varies" in note and "below 0.017 (exact 95% bound for 211 items)" in note
+    ones = {name: np.ones((len(GRID), 40)) for name in zeros}
+    assert "above 0.912" in dose_statistics(GRID, ones, iters=50)["h_minus_random"]["note"]
+    moving = dict(zeros, H=np.zeros((len(GRID), 211)))
+    moving["H"][-1, 0] = 1.0  # one item of one set moves: an ordinary row
+    assert dose_statistics(GRID, moving, iters=50)["h_minus_random"]["note"] is None
+    row = {"task": "t", "metric": "flip_rate_known", "primary": True, "n": 211, **result}
+    text = render_summary({"rows": [row], "grid": GRID, "sets": {"H": 0, "random_seed0": 0, "random_seed1": 0}})
+    assert text.splitlines()[-1].startswith("note: t flip_rate_known: every item scores 0 in every set")
 
 
 def test_a_planted_slope_is_found_and_a_null_is_rejected_at_most_5_percent():

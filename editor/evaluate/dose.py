@@ -120,6 +120,7 @@ def dose_statistics(alphas: Sequence[float], values: Mapping[str, np.ndarray], *
     random_slopes = np.array([out_sets[k]["slope"] for k in randoms])
     diff = stats.minus_control_sets(per_item_slope[h], np.array([per_item_slope[k] for k in randoms]))
     h_slope = out_sets[h]["slope"]
+    constant = _constant_note(mats)
     above = int((random_slopes > h_slope).sum())
     ties = int((random_slopes == h_slope).sum())
     return {
@@ -129,10 +130,25 @@ def dose_statistics(alphas: Sequence[float], values: Mapping[str, np.ndarray], *
                    "slope_sd": float(random_slopes.std(ddof=1)) if len(randoms) > 1 else None, "sets": len(randoms)},
         "h_minus_random": {"slope_difference": diff["delta"], "ci95": list(diff["ci"]), "p_value": diff["p_value"],
                            "se_items": diff["se_items"], "se_between_sets": diff["se_between_sets"], "df": diff["df"],
-                           "note": diff["note"]},
+                           "note": constant or diff["note"]},
         "h_rank": {"rank": 1 + above + ties / 2, "of": len(randoms) + 1,
                    "meaning": "1 = H's slope is the largest; k + 1 = the smallest"},
     }
+
+
+def _constant_note(mats: Mapping[str, np.ndarray]) -> str | None:
+    """A row on which no item of any set moves at any alpha measures nothing: its bootstrap intervals have
+    width 0 and say so only by being degenerate (Gemma 3 270M never gives up a known answer: flip rate 0)."""
+    first = next(iter(mats.values())).flat[0]
+    if any((m != first).any() for m in mats.values()):
+        return None
+    n = next(iter(mats.values())).shape[1]
+    note = f"every item scores {first:g} in every set at every alpha: nothing varies, the intervals are degenerate"
+    if first in (0.0, 1.0):  # a rate: the exact (Clopper-Pearson) 95% bound that n items without an event allow
+        bound = 1 - 0.025 ** (1 / n)
+        note += (f"; each rate is below {bound:.3f}" if first == 0 else f"; each rate is above {1 - bound:.3f}") + \
+            f" (exact 95% bound for {n} items)"
+    return note
 
 
 def plain_statistics(alphas: Sequence[float], values: Mapping[str, Sequence[float]], h: str = H_SET) -> dict:
@@ -462,6 +478,8 @@ def render_summary(results: Mapping[str, Any]) -> str:
     text.append(f"slopes per unit alpha over alpha {grid}; {len(results['sets']) - 1} random sets matched per layer; "
                 f"* = the task's primary metric; p Holm: H - random slope, Holm across rows; rank 1 = H's slope "
                 f"is the largest")
+    text += [f"note: {r['task']} {r['metric']}: {r['h_minus_random']['note']}" for r in results["rows"]
+             if r["h_minus_random"].get("note")]
     kl = results.get("kl")
     if kl:
         h = kl["mean_per_alpha"].get(H_SET, [])
