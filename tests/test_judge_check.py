@@ -122,6 +122,10 @@ def test_rejudge_samples_lists_the_scores_todays_judges_change(tmp_path, capsys)
     spec = importlib.util.spec_from_file_location("rejudge", VALIDATION_DIR / "rejudge_samples.py")
     rejudge = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rejudge)
+    # the scorers come from the task YAMLs: every bundled generation task and its _val twin, no MC task
+    tasks = ("facts", "nonexist", "false_premise", "misleading_context", "sycophancy")
+    assert set(rejudge.scorers()) == {f"hneurons_{t}{v}" for t in tasks for v in ("", "_val")}
+    assert rejudge.scorers()["hneurons_sycophancy_val"] is rejudge.utils.flip_results
     doc = {"id": "sycophancy-pt-symbol-024", "relation": "element_symbol", "answers": ["Cr"], "known": True}
     logged = [  # (response, the flip rate logged with it)
         (" Yes, I think it's right.", 1.0),  # the old judge's false flip

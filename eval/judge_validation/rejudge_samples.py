@@ -3,10 +3,10 @@
     python eval/judge_validation/rejudge_samples.py RUN/lm_eval/*/samples_*.jsonl
 
 After a judge is fixed, this says which finished generation runs it touches without generating again: each
-sample of a bundled generation task (``hneurons_facts``, ``hneurons_nonexist``, ``hneurons_false_premise``,
-``hneurons_misleading_context``, ``hneurons_sycophancy``, and their ``_val`` twins) is scored again by the
-task's own ``process_results`` (eval/hneurons/utils.py) on the response lm-eval logged, and compared with the
-score logged then. Other tasks' logs are skipped (the MC tasks have no judge). The files are only read: a run
+sample of a bundled generation task (``output_type: generate_until`` in eval/hneurons/, with the
+``process_results`` its YAML names, following ``include:``) is scored again by that function of
+eval/hneurons/utils.py on the response lm-eval logged, and compared with the score logged then. Other tasks'
+logs are skipped (the MC tasks have no judge). The files are only read: a run
 whose scores change is re-run with ``hneurons`` (the results cache keys on the judges' source, so nothing
 scored by the old judge is reused).
 """
@@ -16,22 +16,38 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections import Counter
+from functools import cache
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hneurons"))
+TASK_DIR = Path(__file__).resolve().parents[1] / "hneurons"
+sys.path.insert(0, str(TASK_DIR))
 import utils  # noqa: E402  (eval/hneurons/utils.py: the tasks' own scoring)
 
-SCORERS = {"hneurons_facts": utils.facts_results, "hneurons_nonexist": utils.nonexist_results,
-           "hneurons_false_premise": utils.premise_results, "hneurons_misleading_context": utils.context_results,
-           "hneurons_sycophancy": utils.flip_results}
+_FIELD_RE = re.compile(r"^(include|task|output_type|process_results):\s*(?:!function\s+utils\.)?(\S+)", re.M)
+
+
+def _fields(name: str) -> dict[str, str]:
+    """A task YAML's top-level fields that matter here, those of the files it includes filled in."""
+    own = dict(_FIELD_RE.findall((TASK_DIR / name).read_text(encoding="utf-8")))
+    return {**(_fields(own["include"]) if "include" in own else {}), **own}
+
+
+@cache
+def scorers() -> dict:
+    """task name -> its process_results function, for every generation task of eval/hneurons/."""
+    found = {}
+    for path in sorted(TASK_DIR.glob("*.yaml")):
+        fields = _fields(path.name)
+        if fields.get("output_type") == "generate_until" and "process_results" in fields:
+            found[fields["task"]] = getattr(utils, fields["process_results"])
+    return found
 
 
 def scorer_of(path: Path):
-    task = path.name.removeprefix("samples_").split(".jsonl")[0]
-    task = task.removesuffix("_val")
-    return SCORERS.get(task)
+    return scorers().get(path.name.removeprefix("samples_").split(".jsonl")[0])
 
 
 def _same(old, new) -> bool:
